@@ -1,0 +1,178 @@
+//! The `plughost` command line: one file per subcommand, each a clap struct whose
+//! `run` calls the library.
+
+mod plugins;
+mod register;
+mod steps;
+mod test;
+mod unregister;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use plughost::runtime::{Runtime, RuntimeConfig};
+use plughost::store::{Store, StoreError};
+
+/// Exit codes, stable for scripts.
+pub(crate) mod exit {
+    /// A command failed: bad input, not found, a refused registration.
+    pub(crate) const FAILURE: u8 = 1;
+    /// The store is in use by another process.
+    pub(crate) const STORE_LOCKED: u8 = 3;
+    /// `plughost test`: the plug-in ran and failed (rejected, trapped, hit a limit).
+    pub(crate) const PLUGIN_FAILED: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(name = "plughost", version, about = "Run sandboxed WebAssembly plug-ins in response to data events")]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct Global {
+    /// Where the store and the compile cache live.
+    #[arg(long, global = true, env = "PLUGHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register a plug-in component (and optionally steps for it).
+    Register(register::Register),
+    /// Remove a plug-in, a step or an assembly.
+    #[command(subcommand)]
+    Unregister(unregister::Unregister),
+    /// List and show registered plug-ins.
+    #[command(subcommand)]
+    Plugins(plugins::Plugins),
+    /// Add, list, remove, enable and disable steps.
+    #[command(subcommand)]
+    Steps(steps::Steps),
+    /// Run a plug-in once, locally, against a context and an in-memory data set.
+    Test(test::Test),
+}
+
+impl Cli {
+    pub(crate) fn run(self) -> Result<ExitCode, CliError> {
+        let g = self.global;
+        match self.command {
+            Command::Register(c) => c.run(&g),
+            Command::Unregister(c) => c.run(&g),
+            Command::Plugins(c) => c.run(&g),
+            Command::Steps(c) => c.run(&g),
+            Command::Test(c) => c.run(&g),
+        }
+    }
+}
+
+impl Global {
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| match dirs::data_dir() {
+            Some(d) => d.join("plughost"),
+            None => PathBuf::from("plughost-data"),
+        })
+    }
+
+    pub(crate) fn open_store(&self) -> Result<Arc<Store>, CliError> {
+        Ok(Arc::new(Store::open(&self.data_dir())?))
+    }
+
+    /// A runtime that caches compiled code in the data directory, when a store is given.
+    pub(crate) fn runtime(&self, store: Option<Arc<Store>>) -> Result<Runtime, CliError> {
+        let config = RuntimeConfig {
+            cache_dir: store.as_ref().map(|_| self.data_dir().join("cache")),
+            // One invocation at a time: on-demand allocation starts faster than a pool.
+            pooling: false,
+            ..RuntimeConfig::default()
+        };
+        let index = store.map(|s| s as Arc<dyn plughost::runtime::ArtifactIndex>);
+        Runtime::new(config, index)
+            .map_err(|e| CliError::new("runtime", format!("cannot start the plug-in runtime: {e:#}")))
+    }
+
+    /// Prints `value` as JSON, or `text()` otherwise.
+    pub(crate) fn print<T: serde::Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> Result<(), CliError> {
+        let out = if self.json {
+            serde_json::to_string_pretty(value).map_err(|e| CliError::new("internal", e.to_string()))?
+        } else {
+            text()
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", out.trim_end());
+        Ok(())
+    }
+}
+
+/// An error with a stable code, printed as `error[code]: message`.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) exit: u8,
+}
+
+impl CliError {
+    pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CliError { code: code.into(), message: message.into(), exit: exit::FAILURE }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        let exit = if matches!(e, StoreError::Locked(_)) { exit::STORE_LOCKED } else { exit::FAILURE };
+        CliError { code: e.code().into(), message: e.to_string(), exit }
+    }
+}
+
+impl From<plughost::registry::RegistryError> for CliError {
+    fn from(e: plughost::registry::RegistryError) -> Self {
+        if let plughost::registry::RegistryError::Store(s) = e {
+            return s.into();
+        }
+        CliError::new(e.code(), e.to_string())
+    }
+}
+
+/// Lays rows out in aligned columns; the first row is the header.
+pub(crate) fn table(rows: Vec<Vec<String>>) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| if i + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[i]) })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads a file a user named, with an error that says which one.
+pub(crate) fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::new("io", format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// Parses a JSON file a user named.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> Result<T, CliError> {
+    let bytes = read_file(path, what)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CliError::new("bad_json", format!("{what} {} is not valid: {e}", path.display())))
+}
+
+pub(crate) fn kib(bytes: u64) -> String {
+    if bytes >= 10 << 20 { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes.div_ceil(1024)) }
+}

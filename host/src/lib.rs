@@ -1,0 +1,16 @@
+//! plughost: an open host for sandboxed WebAssembly plug-ins driven by data events.
+//!
+//! The modules, bottom-up: [`model`] (records, values, contexts), `codec` (the
+//! binary encoding), [`runtime`] (wasmtime sandbox), [`store`] (redb),
+//! [`registry`] (assemblies, plug-ins, steps), [`memdata`] (an in-memory data set
+//! for local tests), and the `plughost` command line in `main.rs` and `cli/`.
+
+mod codec;
+pub mod memdata;
+pub mod model;
+pub mod query;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+
+pub use codec::{CodecError, FORMAT_VERSION};

@@ -1,0 +1,152 @@
+//! Outcomes and limits: every hostile behaviour fails alone with its own code.
+
+use std::sync::Arc;
+
+use plughost::memdata::{MemoryData, Write};
+use plughost::model::{ExecutionContext, ParameterValue, Stage, Value};
+use plughost::runtime::{ErrorCode, LimitOverrides, Limits, NoData};
+use plughost_test_support::artifacts;
+use uuid::Uuid;
+
+use super::{create_context, load, runtime};
+
+fn hostile(mode: &str) -> ExecutionContext {
+    ExecutionContext { configuration: Some(mode.into()), ..Default::default() }
+}
+
+fn limits(pairs: &[&str]) -> Limits {
+    let mut o = LimitOverrides::default();
+    for p in pairs {
+        o.set(p).unwrap();
+    }
+    Limits::default().with(&o)
+}
+
+#[test]
+fn every_hostile_plugin_fails_alone_with_its_own_code() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::HOSTILE);
+    let cases: &[(&str, &[&str], ErrorCode)] = &[
+        ("fail", &[], ErrorCode::PluginError),
+        ("retry", &[], ErrorCode::PluginRetryable),
+        ("loop", &["fuel=50000000"], ErrorCode::OutOfFuel),
+        ("loop", &["fuel=1000000000000000", "timeout=200ms"], ErrorCode::Timeout),
+        ("memory", &["memory=16MiB"], ErrorCode::MemoryLimit),
+        ("recursion", &[], ErrorCode::StackOverflow),
+        ("trap", &[], ErrorCode::Trap),
+        ("trace-flood", &["trace=4KiB"], ErrorCode::TraceLimit),
+        ("stdout-flood", &["trace=4KiB"], ErrorCode::TraceLimit),
+        ("huge-output", &[], ErrorCode::OutputTooLarge),
+        ("call-storm", &["host_calls=500"], ErrorCode::HostCallLimit),
+        ("bad-output", &[], ErrorCode::InvalidOutput),
+    ];
+    for (mode, pairs, code) in cases {
+        let lim = limits(pairs);
+        let inv = rt.invoke(&plugin, &hostile(mode), &lim, Arc::new(NoData));
+        let failure = inv.failure().unwrap_or_else(|| panic!("{mode} succeeded"));
+        assert_eq!(failure.code, *code, "{mode}: {}", failure.message);
+        assert!(inv.fuel_used <= lim.fuel, "{mode} used more fuel than its budget");
+        // The host is unharmed: the next invocation of the same plug-in works.
+        let ok = rt.invoke(&plugin, &hostile("ok"), &Limits::default(), Arc::new(NoData));
+        assert!(ok.outcome.is_ok(), "after {mode}: {:?}", ok.outcome);
+    }
+}
+
+#[test]
+fn a_looping_plugin_does_not_hold_up_others_on_other_threads() {
+    let rt = Arc::new(runtime());
+    let plugin = load(&rt, artifacts::HOSTILE);
+    let looping = {
+        let (rt, plugin) = (rt.clone(), plugin.clone());
+        std::thread::spawn(move || {
+            rt.invoke(&plugin, &hostile("loop"), &limits(&["fuel=1000000000000000", "timeout=2s"]), Arc::new(NoData))
+        })
+    };
+    for _ in 0..50 {
+        let ok = rt.invoke(&plugin, &hostile("ok"), &Limits::default(), Arc::new(NoData));
+        assert!(ok.outcome.is_ok());
+    }
+    assert_eq!(looping.join().unwrap().failure().unwrap().code, ErrorCode::Timeout);
+}
+
+#[test]
+fn success_carries_outputs_trace_and_fuel() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::HOSTILE);
+    let inv = rt.invoke(&plugin, &hostile("stdio"), &Limits::default(), Arc::new(NoData));
+    let result = inv.outcome.as_ref().unwrap();
+    assert_eq!(result.output_parameters["message"], ParameterValue::Value(Value::Text("ok".into())));
+    assert_eq!(inv.trace, "hello from stdout\nhello from stderr\n");
+    assert!(inv.fuel_used > 0);
+    // Fuel is deterministic: the same call costs the same.
+    let again = rt.invoke(&plugin, &hostile("stdio"), &Limits::default(), Arc::new(NoData));
+    assert_eq!(again.fuel_used, inv.fuel_used);
+}
+
+#[test]
+fn an_oversized_context_is_refused_before_the_plugin_runs() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::HOSTILE);
+    let mut ctx = hostile("ok");
+    ctx.shared_variables.insert("blob".into(), Value::Text("x".repeat(100_000)));
+    let inv = rt.invoke(&plugin, &ctx, &limits(&["input=64KiB"]), Arc::new(NoData));
+    assert_eq!(inv.failure().unwrap().code, ErrorCode::InputTooLarge);
+    assert_eq!(inv.fuel_used, 0);
+}
+
+#[test]
+fn account_number_fills_the_number_and_rejects_bad_input() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::ACCOUNT_NUMBER);
+    let ctx = create_context(Stage::PreOperation, &[("name", Value::Text("Contoso".into()))]);
+    let inv = rt.invoke(&plugin, &ctx, &Limits::default(), Arc::new(NoData));
+    let result = inv.outcome.unwrap();
+    let ParameterValue::Entity(target) = &result.input_parameters["Target"] else { panic!("no Target") };
+    assert_eq!(target.attributes["accountnumber"], Value::Text("AC-2D052440".into()));
+    assert!(inv.trace.contains("assigned account number AC-2D052440"));
+
+    let mut configured = ctx.clone();
+    configured.configuration = Some("ACME-".into());
+    let inv = rt.invoke(&plugin, &configured, &Limits::default(), Arc::new(NoData));
+    let ParameterValue::Entity(target) = &inv.outcome.unwrap().input_parameters["Target"] else { panic!() };
+    assert_eq!(target.attributes["accountnumber"], Value::Text("ACME-2D052440".into()));
+
+    let nameless = create_context(Stage::PreOperation, &[("name", Value::Text("  ".into()))]);
+    let failure = rt.invoke(&plugin, &nameless, &Limits::default(), Arc::new(NoData)).outcome.unwrap_err();
+    assert_eq!(failure.code, ErrorCode::PluginError);
+    assert!(failure.message.contains("needs a name"), "{}", failure.message);
+
+    let negative = create_context(
+        Stage::PreOperation,
+        &[("name", Value::Text("A".into())), ("creditlimit", Value::Money("-5".into()))],
+    );
+    let failure = rt.invoke(&plugin, &negative, &Limits::default(), Arc::new(NoData)).outcome.unwrap_err();
+    assert!(failure.message.contains("cannot be negative"), "{}", failure.message);
+}
+
+#[test]
+fn follow_up_task_creates_a_record_through_the_organization_service() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::FOLLOW_UP_TASK);
+    let account_id = Uuid::new_v4();
+    let mut ctx = create_context(Stage::PostOperation, &[("name", Value::Text("Fabrikam".into()))]);
+    ctx.primary_entity_id = Some(account_id);
+    let data = Arc::new(MemoryData::default());
+    let inv = rt.invoke(&plugin, &ctx, &Limits::default(), data.clone());
+    let result = inv.outcome.unwrap();
+    let writes = data.writes();
+    assert_eq!(writes.len(), 1);
+    let Write::Create { record } = &writes[0] else { panic!("{writes:?}") };
+    assert_eq!(record.logical_name, "task");
+    assert_eq!(record.attributes["subject"], Value::Text("Follow up with Fabrikam".into()));
+    let Value::Reference(regarding) = &record.attributes["regardingobjectid"] else { panic!() };
+    assert_eq!(regarding.id, account_id);
+    assert_eq!(record.attributes["scheduledend"], Value::DateTime(ctx.operation_created_on + 7 * 24 * 3600 * 1000));
+    assert_eq!(result.shared_variables["followup_task_id"], Value::Guid(record.id.unwrap()));
+    assert_eq!(inv.host_calls, 2, "one create, one trace");
+
+    // Without a data service the plug-in gets a service error and reports it.
+    let failure = rt.invoke(&plugin, &ctx, &Limits::default(), Arc::new(NoData)).outcome.unwrap_err();
+    assert_eq!(failure.code, ErrorCode::PluginError);
+    assert!(failure.message.contains("Denied"), "{}", failure.message);
+}
