@@ -9,6 +9,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("ACCOUNT_NUMBER", "account-number"),
     ("FOLLOW_UP_TASK", "follow-up-task"),
     ("HOSTILE", "hostile"),
+    ("PROBE", "probe"),
     ("OTHER_WORLD", "fixtures/other-world"),
     ("FUTURE_VERSION", "fixtures/future-version"),
 ];

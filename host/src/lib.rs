@@ -6,11 +6,16 @@
 //! for local tests), and the `plughost` command line in `main.rs` and `cli/`.
 
 mod codec;
+pub mod config;
+pub mod jobs;
 pub mod memdata;
+pub mod metadata;
 pub mod model;
+pub mod pipeline;
 pub mod query;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod store;
 
 pub use codec::{CodecError, FORMAT_VERSION};

@@ -214,11 +214,12 @@ impl StepSpec {
         let name = match self.name {
             Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
             _ => format!(
-                "{}: {} of {} ({})",
+                "{}: {} of {} ({}{})",
                 self.plugin,
                 message,
                 self.entity.as_deref().unwrap_or("any entity"),
-                self.stage.name()
+                self.stage.name(),
+                if self.mode == Mode::Asynchronous { ", async" } else { "" }
             ),
         };
         Ok(StepRecord {
@@ -243,7 +244,7 @@ impl StepSpec {
 }
 
 /// What `register` did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Registration {
     pub assembly: AssemblyRecord,
     /// False when the same bytes were registered before.

@@ -77,3 +77,168 @@ impl TestCommand {
         path.display().to_string()
     }
 }
+
+/// A real `plughost serve` child process on an ephemeral port, with its own data
+/// directory; stopped with SIGTERM when dropped.
+pub struct TestServer {
+    child: std::process::Child,
+    pub url: String,
+    pub token: String,
+    pub cli: TestCommand,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status and JSON body (`null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// Panics with the body unless the status is `status`.
+    pub fn expect(self, status: u16) -> serde_json::Value {
+        assert_eq!(self.status, status, "HTTP status; body: {}", self.body);
+        self.body
+    }
+
+    /// The error code of an error reply.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestServer {
+    /// Starts a server and waits until it answers.
+    pub fn start(bin: &str) -> TestServer {
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts a server with extra environment variables.
+    pub fn start_with(bin: &str, env: &[(&str, &str)]) -> TestServer {
+        let cli = TestCommand::new(bin);
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("PLUGHOST_DATA_DIR", cli.data_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start plughost serve");
+        let info = cli.data_dir().join("server.json");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&info)
+                && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                break json["url"].as_str().expect("url").to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let token = std::fs::read_to_string(cli.data_dir().join("admin-token")).expect("admin token").trim().to_owned();
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        TestServer { child, url, token, cli, agent }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut resp = result.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        Reply { status, body }
+    }
+
+    /// A request to `path` (under the server's URL) with the admin token.
+    pub fn get(&self, path: &str) -> Reply {
+        Self::reply(
+            self.agent
+                .get(format!("{}{path}", self.url))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .call(),
+        )
+    }
+
+    pub fn get_anonymous(&self, path: &str) -> Reply {
+        Self::reply(self.agent.get(format!("{}{path}", self.url)).call())
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
+        Self::reply(
+            self.agent
+                .post(format!("{}{path}", self.url))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .send_json(body),
+        )
+    }
+
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> Reply {
+        Self::reply(
+            self.agent
+                .post(format!("{}{path}", self.url))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .header("Content-Type", "application/json")
+                .send(body),
+        )
+    }
+
+    pub fn patch(&self, path: &str, body: &serde_json::Value) -> Reply {
+        Self::reply(self.agent.patch(format!("{}{path}", self.url)).send_json(body))
+    }
+
+    pub fn put(&self, path: &str, body: &serde_json::Value) -> Reply {
+        Self::reply(
+            self.agent
+                .put(format!("{}{path}", self.url))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .send_json(body),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        Self::reply(
+            self.agent
+                .delete(format!("{}{path}", self.url))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .call(),
+        )
+    }
+
+    /// Runs the CLI against this server's data directory.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cli.run(args)
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("wait for the server");
+        status.code()
+    }
+
+    fn signal(&self, signal: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}

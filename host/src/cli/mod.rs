@@ -1,8 +1,13 @@
 //! The `plughost` command line: one file per subcommand, each a clap struct whose
 //! `run` calls the library.
 
+mod backend;
+mod entities;
+mod jobs;
 mod plugins;
 mod register;
+mod serve;
+mod status;
 mod steps;
 mod test;
 mod unregister;
@@ -13,6 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use plughost::config::Config;
 use plughost::runtime::{Runtime, RuntimeConfig};
 use plughost::store::{Store, StoreError};
 
@@ -43,6 +49,16 @@ pub(crate) struct Global {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Talk to the server at this URL (default: the one this data directory's server
+    /// recorded, else work on the store directly).
+    #[arg(long, global = true, env = "PLUGHOST_SERVER")]
+    server: Option<String>,
+    /// The admin token for --server (default: the data directory's token file).
+    #[arg(long, global = true, env = "PLUGHOST_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A TOML configuration file (default: plughost.toml in the data directory).
+    #[arg(long, global = true, env = "PLUGHOST_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +76,16 @@ enum Command {
     Steps(steps::Steps),
     /// Run a plug-in once, locally, against a context and an in-memory data set.
     Test(test::Test),
+    /// Run the service: the data API, the admin API and the pipeline.
+    Serve(serve::Serve),
+    /// Create, read, update, delete and query records; define entities.
+    #[command(subcommand)]
+    Entities(entities::Entities),
+    /// List and show system jobs.
+    #[command(subcommand)]
+    Jobs(jobs::Jobs),
+    /// Show where the data lives and whether a server is running.
+    Status(status::Status),
 }
 
 impl Cli {
@@ -71,6 +97,10 @@ impl Cli {
             Command::Plugins(c) => c.run(&g),
             Command::Steps(c) => c.run(&g),
             Command::Test(c) => c.run(&g),
+            Command::Serve(c) => c.run(&g),
+            Command::Entities(c) => c.run(&g),
+            Command::Jobs(c) => c.run(&g),
+            Command::Status(c) => c.run(&g),
         }
     }
 }
@@ -85,6 +115,15 @@ impl Global {
 
     pub(crate) fn open_store(&self) -> Result<Arc<Store>, CliError> {
         Ok(Arc::new(Store::open(&self.data_dir())?))
+    }
+
+    pub(crate) fn load_config(&self) -> Result<Config, CliError> {
+        Config::load(self.config.as_deref(), &self.data_dir()).map_err(|m| CliError::new("bad_config", m))
+    }
+
+    /// The server if one runs (or `--server`), else the store in this process.
+    pub(crate) fn backend(&self) -> Result<Box<dyn backend::Backend>, CliError> {
+        backend::connect(self.server.as_deref(), self.token.clone(), &self.data_dir(), self.load_config()?)
     }
 
     /// A runtime that caches compiled code in the data directory, when a store is given.

@@ -14,11 +14,11 @@ pub(crate) enum Plugins {
 
 impl Plugins {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
-        let store = g.open_store()?;
+        let backend = g.backend()?;
         match self {
             Plugins::List => {
-                let plugins = store.plugins()?;
-                let steps = store.steps()?;
+                let plugins = backend.plugins()?;
+                let steps = backend.steps()?;
                 g.print(&plugins, || {
                     if plugins.is_empty() {
                         return "no plug-ins registered: add one with `plughost register FILE --name NAME`".into();
@@ -37,13 +37,9 @@ impl Plugins {
                 })?;
             }
             Plugins::Show { name } => {
-                let plugin = store.plugin(&name)?.ok_or_else(|| {
-                    CliError::new("not_found", format!("no plug-in named '{name}': see `plughost plugins list`"))
-                })?;
-                let assembly = store.assembly(&plugin.assembly)?;
-                let steps: Vec<_> = store.steps()?.into_iter().filter(|s| s.plugin == name).collect();
-                let json = serde_json::json!({ "plugin": plugin, "assembly": assembly, "steps": steps });
-                g.print(&json, || {
+                let details = backend.plugin(&name)?;
+                let (plugin, assembly, steps) = (&details.plugin, &details.assembly, &details.steps);
+                g.print(&details, || {
                     let mut out = format!("plug-in   {}\n", plugin.name);
                     if let Some(d) = &plugin.description {
                         out.push_str(&format!("about     {d}\n"));
@@ -59,7 +55,7 @@ impl Plugins {
                         out.push_str(&format!("          imports {}\n", a.imports.join(", ")));
                     }
                     out.push_str(&format!("steps     {}\n", steps.len()));
-                    for s in &steps {
+                    for s in steps {
                         out.push_str(&format!(
                             "  {}  {}{}\n",
                             s.id,

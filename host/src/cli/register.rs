@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use plughost::model::{Mode, Stage};
-use plughost::registry::{self, StepSpec};
+use plughost::registry::StepSpec;
 
 use super::{CliError, Global, kib, read_file};
 
@@ -63,13 +63,7 @@ impl Register {
                 Ok(spec)
             })
             .collect::<Result<Vec<_>, CliError>>()?;
-        let store = g.open_store()?;
-        let runtime = g.runtime(Some(store.clone()))?;
-        let reg = registry::register(&store, &runtime, &bytes, &self.name, self.description, steps)?;
-        // Compile now, so the first event does not pay for it.
-        if let Err(e) = runtime.load(&reg.assembly.hash, || Ok(bytes.clone())) {
-            tracing::warn!("registered, but compiling for the cache failed: {e:#}");
-        }
+        let reg = g.backend()?.register(&bytes, &self.name, self.description, steps)?;
         g.print(&reg, || {
             let a = &reg.assembly;
             let mut out = format!(

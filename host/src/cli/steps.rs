@@ -152,16 +152,15 @@ fn describe(s: &StepRecord) -> String {
 
 impl Steps {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
-        let store = g.open_store()?;
+        let backend = g.backend()?;
         match self {
             Steps::Add(add) => {
-                let record = add.spec()?.into_record(plughost::runtime::RuntimeConfig::default().max_memory_bytes)?;
-                store.add_step(&record)?;
+                let record = backend.add_step(add.spec()?)?;
                 g.print(&record, || format!("added step {} {}", record.id, record.name))?;
             }
             Steps::List { plugin } => {
                 let steps: Vec<_> =
-                    store.steps()?.into_iter().filter(|s| plugin.as_ref().is_none_or(|p| &s.plugin == p)).collect();
+                    backend.steps()?.into_iter().filter(|s| plugin.as_ref().is_none_or(|p| &s.plugin == p)).collect();
                 g.print(&steps, || {
                     if steps.is_empty() {
                         return "no steps registered: add one with `plughost steps add`".into();
@@ -187,22 +186,19 @@ impl Steps {
                 })?;
             }
             Steps::Show { step } => {
-                let s = store.resolve_step(&step)?;
+                let s = backend.step(&step)?;
                 g.print(&s, || describe(&s))?;
             }
             Steps::Remove { step } => {
-                let s = store.resolve_step(&step)?;
-                let removed = store.remove_step(s.id)?;
+                let removed = backend.remove_step(&step)?;
                 g.print(&removed, || format!("removed step {} {}", removed.id, removed.name))?;
             }
             Steps::Enable { step } => {
-                let s = store.resolve_step(&step)?;
-                let s = store.set_step_enabled(s.id, true)?;
+                let s = backend.set_step_enabled(&step, true)?;
                 g.print(&s, || format!("enabled step {} {}", s.id, s.name))?;
             }
             Steps::Disable { step } => {
-                let s = store.resolve_step(&step)?;
-                let s = store.set_step_enabled(s.id, false)?;
+                let s = backend.set_step_enabled(&step, false)?;
                 g.print(&s, || format!("disabled step {} {}", s.id, s.name))?;
             }
         }

@@ -21,33 +21,24 @@ pub(crate) enum Unregister {
 
 impl Unregister {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
-        let store = g.open_store()?;
+        let backend = g.backend()?;
         match self {
             Unregister::Plugin { name, with_steps } => {
-                let (plugin, steps) = store.unregister_plugin(&name, with_steps)?;
-                let json = serde_json::json!({ "plugin": plugin, "removed_steps": steps });
-                g.print(&json, || {
-                    let mut out = format!("unregistered plug-in {}\n", plugin.name);
-                    for s in &steps {
+                let removed = backend.unregister_plugin(&name, with_steps)?;
+                g.print(&removed, || {
+                    let mut out = format!("unregistered plug-in {}\n", removed.plugin.name);
+                    for s in &removed.removed_steps {
                         out.push_str(&format!("removed step {} {}\n", s.id, s.name));
                     }
                     out
                 })?;
             }
             Unregister::Step { step } => {
-                let step = store.resolve_step(&step)?;
-                let removed = store.remove_step(step.id)?;
+                let removed = backend.remove_step(&step)?;
                 g.print(&removed, || format!("removed step {} {}", removed.id, removed.name))?;
             }
             Unregister::Assembly { hash } => {
-                let record = store.resolve_assembly(&hash)?;
-                let removed = store.unregister_assembly(&record.hash)?;
-                // Compiled code for it is of no further use.
-                if let Ok(dirs) = std::fs::read_dir(g.data_dir().join("cache")) {
-                    for dir in dirs.flatten() {
-                        let _ = std::fs::remove_file(dir.path().join(format!("{}.cwasm", removed.hash)));
-                    }
-                }
+                let removed = backend.unregister_assembly(&hash)?;
                 g.print(&removed, || format!("unregistered assembly {}", removed.hash))?;
             }
         }

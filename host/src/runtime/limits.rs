@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Resolved limits for one invocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Deterministic CPU budget (wasmtime fuel, about one unit per instruction).
     pub fuel: u64,

@@ -4,6 +4,7 @@
 mod cli;
 mod registry;
 mod sandbox;
+mod server;
 
 use std::sync::Arc;
 

@@ -10,6 +10,12 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+mod commit;
+mod data;
+
+pub use commit::{ChangeSet, CommitError, Committer, Receipt, RecordChange};
+pub use data::{Snapshot, StoredRecord};
+
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
 use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord};
@@ -26,6 +32,12 @@ const ASSEMBLY_BYTES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("a
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 const STEPS: TableDefinition<u128, &[u8]> = TableDefinition::new("steps");
 const ARTIFACTS: TableDefinition<&str, [u8; 32]> = TableDefinition::new("artifacts");
+const ENTITY_DEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("entity_definitions");
+/// Records by (entity logical name, id).
+const RECORDS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("records");
+const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+/// Meta key of the last job sequence number handed out.
+const JOB_SEQUENCE: &str = "job_sequence";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +59,8 @@ pub enum StoreError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("stored data could not be read: {0}")]
     Codec(#[from] CodecError),
@@ -62,6 +76,7 @@ impl StoreError {
             StoreError::SchemaTooNew { .. } => "store_too_new",
             StoreError::Io { .. } | StoreError::Db(_) => "store_error",
             StoreError::NotFound(_) => "not_found",
+            StoreError::Invalid(_) => "invalid",
             StoreError::Conflict(_) => "conflict",
         }
     }
@@ -81,7 +96,7 @@ db_error!(redb::TransactionError, redb::TableError, redb::StorageError, redb::Co
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 pub struct Store {
-    db: Database,
+    pub(crate) db: Database,
     path: PathBuf,
 }
 
@@ -139,6 +154,9 @@ impl Store {
             txn.open_table(PLUGINS)?;
             txn.open_table(STEPS)?;
             txn.open_table(ARTIFACTS)?;
+            txn.open_table(ENTITY_DEFS)?;
+            txn.open_table(RECORDS)?;
+            txn.open_table(JOBS)?;
         }
         txn.commit()?;
         Ok(())
@@ -376,7 +394,7 @@ impl ArtifactIndex for Store {
     }
 }
 
-fn get<'k, K, T, Tbl>(table: &Tbl, key: impl std::borrow::Borrow<K::SelfType<'k>>) -> Result<Option<T>>
+pub(crate) fn get<'k, K, T, Tbl>(table: &Tbl, key: impl std::borrow::Borrow<K::SelfType<'k>>) -> Result<Option<T>>
 where
     K: redb::Key + 'static,
     T: DeserializeOwned,
@@ -388,7 +406,7 @@ where
     }
 }
 
-fn all<K, T>(table: &impl ReadableTable<K, &'static [u8]>) -> Result<Vec<T>>
+pub(crate) fn all<K, T>(table: &impl ReadableTable<K, &'static [u8]>) -> Result<Vec<T>>
 where
     K: redb::Key + 'static,
     T: DeserializeOwned,

@@ -1,0 +1,60 @@
+//! A plug-in that shows the tests what the pipeline gave it, chosen by the step's
+//! configuration string.
+//!
+//! | configuration | behaviour |
+//! |---|---|
+//! | `audit` | creates an `audit` record with the message, stage, depth, the `name` of the pre-image `before` and post-image `after`, and the shared variable `note` |
+//! | `share` | sets the shared variable `note` to "shared by probe" |
+//! | `update-self` | updates its own primary record (an infinite loop on Update steps) |
+//! | `greet` | implements a custom message: input `Name` -> output `Greeting` |
+//! | `uppercase` | upper-cases the Target's `name` |
+
+use plughost_sdk::prelude::*;
+
+struct Probe;
+
+impl Plugin for Probe {
+    fn execute(ctx: &mut Context) -> Result<(), PluginError> {
+        match ctx.configuration().unwrap_or_default() {
+            "audit" => {
+                let mut audit = Entity::new("audit");
+                audit.set("message", ctx.message());
+                audit.set("stage", i64::from(ctx.raw().stage as u8));
+                audit.set("depth", i64::from(ctx.depth()));
+                audit.set("before", ctx.pre_image("before").and_then(|e| e.text("name")).map(str::to_owned));
+                audit.set("after", ctx.post_image("after").and_then(|e| e.text("name")).map(str::to_owned));
+                let note = match ctx.shared("note") {
+                    Some(Value::Text(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                audit.set("note", note);
+                service::create(&audit)?;
+            }
+            "share" => ctx.set_shared("note", "shared by probe"),
+            "update-self" => {
+                let id = ctx.entity_id().ok_or_else(|| PluginError::permanent("no primary record"))?.to_owned();
+                let mut me = Entity::new(ctx.entity_name()).with_id(&id);
+                me.set("description", format!("touched at depth {}", ctx.depth()));
+                service::update(&me)?;
+            }
+            "greet" => {
+                let name = match ctx.input("Name") {
+                    Some(ParameterValue::Value(Value::Text(n))) => n.clone(),
+                    _ => return Err(PluginError::permanent("Greet needs a text parameter 'Name'")),
+                };
+                ctx.set_output("Greeting", ParameterValue::Value(Value::Text(format!("Hello, {name}!"))));
+            }
+            "uppercase" => {
+                let mut target = ctx.target().cloned().ok_or_else(|| PluginError::permanent("no Target"))?;
+                if let Some(name) = target.text("name").map(str::to_uppercase) {
+                    target.set("name", name);
+                }
+                ctx.set_target(target);
+            }
+            other => return Err(PluginError::permanent(format!("probe: unknown configuration '{other}'"))),
+        }
+        Ok(())
+    }
+}
+
+export_plugin!(Probe);

@@ -1,0 +1,401 @@
+//! Where a command's work happens: in this process on the store, or in a running
+//! server over HTTP. Commands are written once against [`Backend`].
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use plughost::config::Config;
+use plughost::jobs::SystemJob;
+use plughost::metadata::EntityDefinition;
+use plughost::model::{Entity, EntityCollection};
+use plughost::pipeline::{Caller, Pipeline, Request, Response};
+use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
+use plughost::runtime::{ArtifactIndex, Runtime};
+use plughost::server::{DefineBody, ErrorBody, IdBody, MessageBody, PluginDetails, ServerInfo, UnregisteredPlugin};
+use plughost::store::{Committer, Store, StoreError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::CliError;
+
+pub(crate) trait Backend {
+    fn register(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        description: Option<String>,
+        steps: Vec<StepSpec>,
+    ) -> Result<Registration, CliError>;
+    fn plugins(&self) -> Result<Vec<PluginRecord>, CliError>;
+    fn plugin(&self, name: &str) -> Result<PluginDetails, CliError>;
+    fn steps(&self) -> Result<Vec<StepRecord>, CliError>;
+    fn step(&self, key: &str) -> Result<StepRecord, CliError>;
+    fn add_step(&self, spec: StepSpec) -> Result<StepRecord, CliError>;
+    fn remove_step(&self, key: &str) -> Result<StepRecord, CliError>;
+    fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError>;
+    fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError>;
+    fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError>;
+    fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError>;
+    fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError>;
+    fn execute(&self, request: Request) -> Result<Response, CliError>;
+    fn jobs(&self) -> Result<Vec<SystemJob>, CliError>;
+}
+
+/// Works on the store in this process.
+pub(crate) struct Local {
+    store: Arc<Store>,
+    data_dir: std::path::PathBuf,
+    config: Config,
+    runtime: OnceLock<Arc<Runtime>>,
+    pipeline: OnceLock<Arc<Pipeline>>,
+}
+
+impl Local {
+    pub(crate) fn new(store: Arc<Store>, data_dir: &Path, config: Config) -> Local {
+        Local { store, data_dir: data_dir.to_owned(), config, runtime: OnceLock::new(), pipeline: OnceLock::new() }
+    }
+
+    fn runtime(&self) -> Result<Arc<Runtime>, CliError> {
+        if let Some(r) = self.runtime.get() {
+            return Ok(r.clone());
+        }
+        let mut config = self.config.runtime_config(&self.data_dir);
+        // One command, few invocations: on-demand allocation starts faster than a pool.
+        config.pooling = false;
+        let rt = Runtime::new(config, Some(self.store.clone() as Arc<dyn ArtifactIndex>))
+            .map_err(|e| CliError::new("runtime", format!("cannot start the plug-in runtime: {e:#}")))?;
+        Ok(self.runtime.get_or_init(|| Arc::new(rt)).clone())
+    }
+
+    fn pipeline(&self) -> Result<Arc<Pipeline>, CliError> {
+        if let Some(p) = self.pipeline.get() {
+            return Ok(p.clone());
+        }
+        let committer = Committer::start(self.store.clone(), self.config.group_commit_max_batch);
+        let p = Pipeline::new(self.store.clone(), self.runtime()?, committer, self.config.limits)
+            .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        Ok(self.pipeline.get_or_init(|| p).clone())
+    }
+}
+
+impl Backend for Local {
+    fn register(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        description: Option<String>,
+        steps: Vec<StepSpec>,
+    ) -> Result<Registration, CliError> {
+        let runtime = self.runtime()?;
+        let reg = registry::register(&self.store, &runtime, bytes, name, description, steps)?;
+        // Compile now, so the first event does not pay for it.
+        if let Err(e) = runtime.load(&reg.assembly.hash, || Ok(bytes.to_vec())) {
+            tracing::warn!("registered, but compiling for the cache failed: {e:#}");
+        }
+        Ok(reg)
+    }
+
+    fn plugins(&self) -> Result<Vec<PluginRecord>, CliError> {
+        Ok(self.store.plugins()?)
+    }
+
+    fn plugin(&self, name: &str) -> Result<PluginDetails, CliError> {
+        let plugin = self.store.plugin(name)?.ok_or_else(|| {
+            CliError::new("not_found", format!("no plug-in named '{name}': see `plughost plugins list`"))
+        })?;
+        let assembly = self.store.assembly(&plugin.assembly)?;
+        let steps = self.store.steps()?.into_iter().filter(|s| s.plugin == name).collect();
+        Ok(PluginDetails { plugin, assembly, steps })
+    }
+
+    fn steps(&self) -> Result<Vec<StepRecord>, CliError> {
+        Ok(self.store.steps()?)
+    }
+
+    fn step(&self, key: &str) -> Result<StepRecord, CliError> {
+        Ok(self.store.resolve_step(key)?)
+    }
+
+    fn add_step(&self, spec: StepSpec) -> Result<StepRecord, CliError> {
+        let record = spec.into_record(self.config.runtime.max_memory_bytes)?;
+        self.store.add_step(&record)?;
+        Ok(record)
+    }
+
+    fn remove_step(&self, key: &str) -> Result<StepRecord, CliError> {
+        let step = self.store.resolve_step(key)?;
+        Ok(self.store.remove_step(step.id)?)
+    }
+
+    fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError> {
+        let step = self.store.resolve_step(key)?;
+        Ok(self.store.set_step_enabled(step.id, enabled)?)
+    }
+
+    fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError> {
+        let (plugin, removed_steps) = self.store.unregister_plugin(name, with_steps)?;
+        Ok(UnregisteredPlugin { plugin, removed_steps })
+    }
+
+    fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError> {
+        let record = self.store.resolve_assembly(key)?;
+        let removed = self.store.unregister_assembly(&record.hash)?;
+        // Compiled code for it is of no further use.
+        if let Ok(dirs) = std::fs::read_dir(self.data_dir.join("cache")) {
+            for dir in dirs.flatten() {
+                let _ = std::fs::remove_file(dir.path().join(format!("{}.cwasm", removed.hash)));
+            }
+        }
+        Ok(removed)
+    }
+
+    fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError> {
+        Ok(self.store.definitions()?)
+    }
+
+    fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError> {
+        Ok(self.store.define_entity(&def)?)
+    }
+
+    fn execute(&self, request: Request) -> Result<Response, CliError> {
+        self.pipeline()?.execute(request, &Caller::default()).map_err(|e| CliError::new(e.code(), e.to_string()))
+    }
+
+    fn jobs(&self) -> Result<Vec<SystemJob>, CliError> {
+        Ok(self.store.jobs()?)
+    }
+}
+
+/// Talks to a running server.
+pub(crate) struct Remote {
+    url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Remote {
+    pub(crate) fn new(url: &str, token: Option<String>) -> Remote {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Remote { url: url.trim_end_matches('/').to_owned(), token, agent }
+    }
+
+    /// Whether a server answers at this address.
+    pub(crate) fn alive(&self) -> bool {
+        self.agent
+            .get(format!("{}/healthz", self.url))
+            .config()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .call()
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    fn answer<T: DeserializeOwned>(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, CliError> {
+        let mut resp = result
+            .map_err(|e| CliError::new("unreachable", format!("cannot reach the server at {}: {e}", self.url)))?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .map_err(|e| CliError::new("bad_response", e.to_string()))?;
+        if status.is_success() {
+            let body = if body.is_empty() { "null" } else { &body };
+            serde_json::from_str(body)
+                .map_err(|e| CliError::new("bad_response", format!("the server's answer is not understood: {e}")))
+        } else {
+            match serde_json::from_str::<ErrorBody>(&body) {
+                Ok(e) => Err(CliError::new(e.error.code, e.error.message)),
+                Err(_) => Err(CliError::new("http", format!("the server answered {status}: {body}"))),
+            }
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.answer(self.auth(self.agent.get(self.url(path))).call())
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
+        self.answer(self.auth(self.agent.post(self.url(path))).send_json(body))
+    }
+
+    fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.answer(self.auth(self.agent.delete(self.url(path))).call())
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl Backend for Remote {
+    fn register(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        description: Option<String>,
+        steps: Vec<StepSpec>,
+    ) -> Result<Registration, CliError> {
+        let mut req = self.auth(self.agent.post(self.url("/assemblies"))).query("name", name);
+        if let Some(d) = &description {
+            req = req.query("description", d);
+        }
+        if !steps.is_empty() {
+            req = req.query("steps", serde_json::to_string(&steps).expect("steps serialize"));
+        }
+        self.answer(req.header("Content-Type", "application/wasm").send(bytes))
+    }
+
+    fn plugins(&self) -> Result<Vec<PluginRecord>, CliError> {
+        self.get("/plugins")
+    }
+
+    fn plugin(&self, name: &str) -> Result<PluginDetails, CliError> {
+        self.get(&format!("/plugins/{}", enc(name)))
+    }
+
+    fn steps(&self) -> Result<Vec<StepRecord>, CliError> {
+        self.get("/steps")
+    }
+
+    fn step(&self, key: &str) -> Result<StepRecord, CliError> {
+        self.get(&format!("/steps/{}", enc(key)))
+    }
+
+    fn add_step(&self, spec: StepSpec) -> Result<StepRecord, CliError> {
+        self.post("/steps", &spec)
+    }
+
+    fn remove_step(&self, key: &str) -> Result<StepRecord, CliError> {
+        self.delete(&format!("/steps/{}", enc(key)))
+    }
+
+    fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError> {
+        let action = if enabled { "enable" } else { "disable" };
+        self.answer(self.auth(self.agent.post(self.url(&format!("/steps/{}/{action}", enc(key))))).send_empty())
+    }
+
+    fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError> {
+        self.delete(&format!("/plugins/{}?with_steps={with_steps}", enc(name)))
+    }
+
+    fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError> {
+        self.delete(&format!("/assemblies/{}", enc(key)))
+    }
+
+    fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError> {
+        self.get("/metadata/entities")
+    }
+
+    fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError> {
+        let body = DefineBody { attributes: def.attributes };
+        self.answer(
+            self.auth(self.agent.put(self.url(&format!("/metadata/entities/{}", enc(&def.name))))).send_json(&body),
+        )
+    }
+
+    fn execute(&self, request: Request) -> Result<Response, CliError> {
+        match request {
+            Request::Create { record } => {
+                let mut path = format!("/entities/{}", enc(&record.logical_name));
+                if let Some(id) = record.id {
+                    path.push_str(&format!("?id={id}"));
+                }
+                let id: IdBody = self.post(&path, &record.attributes)?;
+                Ok(Response::Created(id.id))
+            }
+            Request::Update { record } => {
+                let id = record.id.ok_or_else(|| CliError::new("invalid", "an update needs the record's id"))?;
+                let path = self.url(&format!("/entities/{}/{id}", enc(&record.logical_name)));
+                let _: IdBody = self.answer(self.auth(self.agent.patch(path)).send_json(&record.attributes))?;
+                Ok(Response::Updated)
+            }
+            Request::Delete { target } => {
+                let _: Option<()> = self.delete(&format!("/entities/{}/{}", enc(&target.logical_name), target.id))?;
+                Ok(Response::Deleted)
+            }
+            Request::Retrieve { target, columns } => {
+                let mut path = format!("/entities/{}/{}", enc(&target.logical_name), target.id);
+                if !columns.is_empty() {
+                    path.push_str(&format!("?columns={}", enc(&columns.join(","))));
+                }
+                let e: Entity = self.get(&path)?;
+                Ok(Response::Retrieved(e))
+            }
+            Request::RetrieveMultiple { query } => {
+                let c: EntityCollection = self.post("/query", &query)?;
+                Ok(Response::Collection(c))
+            }
+            Request::Custom { message, target, parameters } => {
+                let m: MessageBody =
+                    self.post(&format!("/messages/{}", enc(&message)), &MessageBody { target, parameters })?;
+                Ok(Response::Custom(m.parameters))
+            }
+        }
+    }
+
+    fn jobs(&self) -> Result<Vec<SystemJob>, CliError> {
+        self.get("/jobs")
+    }
+}
+
+/// Chooses the backend: `--server` if given, else a server this data directory
+/// says is running, else the store itself.
+pub(crate) fn connect(
+    server: Option<&str>,
+    token: Option<String>,
+    data_dir: &Path,
+    config: Config,
+) -> Result<Box<dyn Backend>, CliError> {
+    let token = token
+        .or_else(|| std::fs::read_to_string(plughost::config::token_path(data_dir)).ok().map(|t| t.trim().to_owned()));
+    if let Some(url) = server {
+        return Ok(Box::new(Remote::new(url, token)));
+    }
+    if let Some(info) = ServerInfo::read(data_dir) {
+        let remote = Remote::new(&info.url, token);
+        if remote.alive() {
+            return Ok(Box::new(remote));
+        }
+    }
+    match Store::open(data_dir) {
+        Ok(store) => Ok(Box::new(Local::new(Arc::new(store), data_dir, config))),
+        Err(StoreError::Locked(path)) => Err(CliError {
+            code: "store_locked".into(),
+            message: format!(
+                "the store {} is in use by another process and no server answers for it: if `plughost serve` runs elsewhere, pass --server URL",
+                path.display()
+            ),
+            exit: super::exit::STORE_LOCKED,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,35 @@
+//! `plughost serve`: run the service until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use super::{CliError, Global};
+
+#[derive(clap::Args)]
+pub(crate) struct Serve {
+    /// Address to listen on (default 127.0.0.1:7171; port 0 picks a free one).
+    #[arg(long, env = "PLUGHOST_LISTEN")]
+    listen: Option<SocketAddr>,
+}
+
+impl Serve {
+    pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        let mut config = g.load_config()?;
+        if let Some(addr) = self.listen {
+            config.listen = addr;
+        }
+        let data_dir = g.data_dir();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("plughost-io")
+            .build()
+            .map_err(|e| CliError::new("runtime", format!("cannot start tokio: {e}")))?;
+        rt.block_on(plughost::server::serve(config, data_dir, None)).map_err(|e| match e
+            .downcast::<plughost::store::StoreError>()
+        {
+            Ok(store) => CliError::from(store),
+            Err(e) => CliError::new("serve_failed", format!("{e:#}")),
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,169 @@
+//! Service configuration: defaults, then a TOML file, then environment overrides.
+//! `plughost serve` needs no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{Limits, RuntimeConfig};
+
+/// The address `plughost serve` listens on unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
+/// The config file looked for in the data directory.
+pub const CONFIG_FILE: &str = "plughost.toml";
+/// The file holding the admin token, created at first start.
+pub const TOKEN_FILE: &str = "admin-token";
+/// The file a running server writes so the CLI can find it.
+pub const SERVER_FILE: &str = "server.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The admin bearer token; when unset, one is created in the data directory.
+    pub admin_token: Option<String>,
+    /// Largest request body of the data API, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest component upload, in bytes.
+    pub max_assembly_bytes: usize,
+    /// Most change sets committed in one transaction.
+    pub group_commit_max_batch: usize,
+    pub runtime: RuntimeSection,
+    /// Default limits of every step.
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSection {
+    pub max_memory_bytes: u64,
+    pub max_instances: u32,
+    pub pooling: bool,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        let d = RuntimeConfig::default();
+        RuntimeSection { max_memory_bytes: d.max_memory_bytes, max_instances: d.max_instances, pooling: d.pooling }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            admin_token: None,
+            max_body_bytes: 8 << 20,
+            max_assembly_bytes: crate::runtime::MAX_COMPONENT_BYTES,
+            group_commit_max_batch: 1024,
+            runtime: RuntimeSection::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `file` (or `<data_dir>/plughost.toml` if present), then applies
+    /// `PLUGHOST_*` environment overrides.
+    pub fn load(file: Option<&Path>, data_dir: &Path) -> Result<Config, String> {
+        let default_file = data_dir.join(CONFIG_FILE);
+        let path = file.map(Path::to_path_buf).or_else(|| default_file.exists().then_some(default_file));
+        let mut config = match &path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config {} is not valid: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+            v.parse().map_err(|_| format!("environment variable {key}='{v}' is not valid"))
+        }
+        if let Some(v) = var("PLUGHOST_LISTEN") {
+            self.listen = parse("PLUGHOST_LISTEN", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_ADMIN_TOKEN") {
+            self.admin_token = Some(v);
+        }
+        if let Some(v) = var("PLUGHOST_MAX_BODY_BYTES") {
+            self.max_body_bytes = parse("PLUGHOST_MAX_BODY_BYTES", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_GROUP_COMMIT_MAX_BATCH") {
+            self.group_commit_max_batch = parse("PLUGHOST_GROUP_COMMIT_MAX_BATCH", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_POOLING") {
+            self.runtime.pooling = parse("PLUGHOST_POOLING", &v)?;
+        }
+        Ok(())
+    }
+
+    pub fn runtime_config(&self, data_dir: &Path) -> RuntimeConfig {
+        RuntimeConfig {
+            cache_dir: Some(data_dir.join("cache")),
+            max_memory_bytes: self.runtime.max_memory_bytes,
+            max_instances: self.runtime.max_instances,
+            pooling: self.runtime.pooling,
+        }
+    }
+
+    /// The admin token: configured, or read from (or created in) the data directory.
+    pub fn admin_token(&self, data_dir: &Path) -> Result<String, String> {
+        if let Some(t) = &self.admin_token {
+            return Ok(t.clone());
+        }
+        let path = token_path(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+            _ => {}
+        }
+        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        write_private(&path, &token).map_err(|e| format!("cannot write the admin token {}: {e}", path.display()))?;
+        Ok(token)
+    }
+}
+
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_the_file_and_bad_values_are_named() {
+        let mut c: Config = toml::from_str("listen = \"127.0.0.1:9000\"\n[limits]\nfuel = 5\nmemory_bytes = 1\ntimeout_ms = 1\ntrace_bytes = 1\nhost_calls = 1\ninput_bytes = 1\noutput_bytes = 1\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.fuel, 5);
+        c.apply_env(|k| (k == "PLUGHOST_LISTEN").then(|| "127.0.0.1:9001".to_owned())).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        let err = c.apply_env(|k| (k == "PLUGHOST_MAX_BODY_BYTES").then(|| "lots".to_owned())).unwrap_err();
+        assert!(err.contains("PLUGHOST_MAX_BODY_BYTES"));
+        assert!(toml::from_str::<Config>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn the_admin_token_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::default();
+        let t1 = c.admin_token(dir.path()).unwrap();
+        assert_eq!(t1.len(), 64);
+        assert_eq!(c.admin_token(dir.path()).unwrap(), t1);
+    }
+}

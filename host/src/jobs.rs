@@ -1,0 +1,214 @@
+//! System jobs (Dataverse AsyncOperation): the durable record of an asynchronous
+//! operation, its state machine, and the numbers Dataverse gives them.
+//!
+//! **Invariant:** a job's status changes only through [`JobStatus::can_become`];
+//! the store applies no transition that table does not allow.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{AssemblyHash, EntityReference, ExecutionContext};
+
+/// The state of a system job (statecode), derived from its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Ready,
+    Suspended,
+    Locked,
+    Completed,
+}
+
+impl JobState {
+    /// Dataverse's statecode.
+    pub fn code(self) -> u32 {
+        match self {
+            JobState::Ready => 0,
+            JobState::Suspended => 1,
+            JobState::Locked => 2,
+            JobState::Completed => 3,
+        }
+    }
+}
+
+/// The status of a system job (statuscode), with Dataverse's names and numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobStatus {
+    WaitingForResources,
+    Waiting,
+    InProgress,
+    Pausing,
+    Canceling,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::WaitingForResources,
+        JobStatus::Waiting,
+        JobStatus::InProgress,
+        JobStatus::Pausing,
+        JobStatus::Canceling,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+    ];
+
+    /// Dataverse's statuscode.
+    pub fn code(self) -> u32 {
+        match self {
+            JobStatus::WaitingForResources => 0,
+            JobStatus::Waiting => 10,
+            JobStatus::InProgress => 20,
+            JobStatus::Pausing => 21,
+            JobStatus::Canceling => 22,
+            JobStatus::Succeeded => 30,
+            JobStatus::Failed => 31,
+            JobStatus::Canceled => 32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::WaitingForResources => "WaitingForResources",
+            JobStatus::Waiting => "Waiting",
+            JobStatus::InProgress => "InProgress",
+            JobStatus::Pausing => "Pausing",
+            JobStatus::Canceling => "Canceling",
+            JobStatus::Succeeded => "Succeeded",
+            JobStatus::Failed => "Failed",
+            JobStatus::Canceled => "Canceled",
+        }
+    }
+
+    pub fn state(self) -> JobState {
+        match self {
+            JobStatus::WaitingForResources => JobState::Ready,
+            JobStatus::Waiting => JobState::Suspended,
+            JobStatus::InProgress | JobStatus::Pausing | JobStatus::Canceling => JobState::Locked,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled => JobState::Completed,
+        }
+    }
+
+    /// The legal transitions, in one table (Dataverse "Asynchronous operation states").
+    pub fn can_become(self, next: JobStatus) -> bool {
+        use JobStatus::*;
+        matches!(
+            (self, next),
+            // A worker locks a ready job; a user postpones, pauses or cancels it.
+            (WaitingForResources, InProgress | Waiting | Canceled)
+            // A waiting job becomes ready (resume, postpone-until reached) or is canceled.
+            | (Waiting, WaitingForResources | Canceled)
+            // A running job finishes, is released (lease expiry, shutdown), asked to pause or cancel,
+            // or goes back to waiting (retry with backoff, next recurrence).
+            | (InProgress, Succeeded | Failed | Canceled | WaitingForResources | Waiting | Pausing | Canceling)
+            | (Pausing, Waiting | Succeeded | Failed | WaitingForResources)
+            | (Canceling, Canceled | Succeeded | Failed)
+            // A user retries a failed or canceled job.
+            | (Failed | Canceled, WaitingForResources)
+        )
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let key = s.to_ascii_lowercase();
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.name().to_ascii_lowercase() == key || st.code().to_string() == key)
+            .ok_or_else(|| {
+                let names: Vec<_> = JobStatus::ALL.iter().map(|s| format!("{} ({})", s.name(), s.code())).collect();
+                format!("unknown status '{s}': use one of {}", names.join(", "))
+            })
+    }
+}
+
+/// What kind of operation a job runs (Dataverse operationtype).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationType {
+    /// An asynchronous plug-in step (Dataverse 1, "Event").
+    PluginExecution,
+}
+
+impl OperationType {
+    pub fn code(self) -> u32 {
+        match self {
+            OperationType::PluginExecution => 1,
+        }
+    }
+}
+
+/// A durable asynchronous operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SystemJob {
+    pub id: Uuid,
+    /// Creation order across all jobs; the queue runs jobs in this order.
+    pub sequence: u64,
+    pub name: String,
+    pub operation_type: OperationType,
+    pub status: JobStatus,
+    /// UTC milliseconds.
+    pub created_on: i64,
+    pub started_on: Option<i64>,
+    pub completed_on: Option<i64>,
+    /// The job does not start before this time (UTC milliseconds).
+    pub postpone_until: Option<i64>,
+    /// Jobs with the same token run one at a time in creation order.
+    pub dependency_token: Option<String>,
+    pub correlation_id: Uuid,
+    pub depth: u32,
+    /// The step that queued the job and the assembly it pointed at then.
+    pub step_id: Option<Uuid>,
+    pub assembly: Option<AssemblyHash>,
+    /// The record the event was about (regardingobjectid).
+    pub regarding: Option<EntityReference>,
+    /// The serialized execution context the plug-in will receive.
+    pub context: ExecutionContext,
+    /// The worker holding the job, its lease expiry (UTC ms) and the fencing token.
+    pub host_id: Option<String>,
+    pub lease_expiry: Option<i64>,
+    pub fencing_token: u64,
+    pub retry_count: u32,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+    pub trace: String,
+    pub fuel_used: u64,
+    pub duration_us: u64,
+}
+
+impl SystemJob {
+    pub fn state(&self) -> JobState {
+        self.status.state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_dataverse_numbers() {
+        let table: Vec<_> = JobStatus::ALL.iter().map(|s| (s.state().code(), s.code())).collect();
+        assert_eq!(table, vec![(0, 0), (1, 10), (2, 20), (2, 21), (2, 22), (3, 30), (3, 31), (3, 32)]);
+        assert_eq!("InProgress".parse::<JobStatus>().unwrap(), JobStatus::InProgress);
+        assert_eq!("31".parse::<JobStatus>().unwrap(), JobStatus::Failed);
+    }
+
+    #[test]
+    fn completed_jobs_only_go_back_through_retry() {
+        assert!(!JobStatus::Succeeded.can_become(JobStatus::InProgress));
+        assert!(!JobStatus::Failed.can_become(JobStatus::Succeeded));
+        assert!(JobStatus::Failed.can_become(JobStatus::WaitingForResources));
+        assert!(!JobStatus::WaitingForResources.can_become(JobStatus::Succeeded));
+    }
+}

@@ -1,0 +1,830 @@
+//! The event execution pipeline: runs a data request through its steps —
+//! PreValidation (10), PreOperation (20), the core operation or MainOperation (30),
+//! PostOperation (40) — and queues a system job for each matching async step.
+//!
+//! A request runs against a read snapshot plus a private write buffer (the
+//! overlay); plug-ins' calls back into the organization service re-enter the
+//! pipeline one level deeper through the same overlay. When every step has
+//! succeeded, the overlay and the new jobs go to the group-commit writer as one
+//! change set, so a request's data change and its system jobs commit together or
+//! not at all. A conflicting concurrent change re-runs the request.
+//!
+//! **Invariant:** nothing a failed request did is stored; no job is queued for a
+//! change that did not commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use uuid::Uuid;
+
+use crate::jobs::{JobStatus, OperationType, SystemJob};
+use crate::metadata::EntityDefinition;
+use crate::model::{
+    AssemblyHash, Entity, EntityCollection, EntityReference, ExecutionContext, ExecutionResult, Mode, ParameterValue,
+    Parameters, Query, Stage, Value,
+};
+use crate::query;
+use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord, now_ms};
+use crate::runtime::{CallContext, ErrorCode, Failure, Limits, OrganizationService, Runtime, ServiceError};
+use crate::store::{ChangeSet, CommitError, Committer, RecordChange, Snapshot, Store, StoreError, StoredRecord};
+
+/// Deepest a chain of plug-in calls may go (Dataverse's limit).
+pub const MAX_DEPTH: u32 = 8;
+/// How often a request is re-run after a concurrent change to a record it read.
+const MAX_ATTEMPTS: usize = 5;
+
+/// A data request.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Create {
+        record: Entity,
+    },
+    Update {
+        record: Entity,
+    },
+    Delete {
+        target: EntityReference,
+    },
+    Retrieve {
+        target: EntityReference,
+        columns: Vec<String>,
+    },
+    RetrieveMultiple {
+        query: Query,
+    },
+    /// A custom message (custom API), optionally bound to a record.
+    Custom {
+        message: String,
+        target: Option<EntityReference>,
+        parameters: Parameters,
+    },
+}
+
+impl Request {
+    pub fn message(&self) -> &str {
+        match self {
+            Request::Create { .. } => "Create",
+            Request::Update { .. } => "Update",
+            Request::Delete { .. } => "Delete",
+            Request::Retrieve { .. } => "Retrieve",
+            Request::RetrieveMultiple { .. } => "RetrieveMultiple",
+            Request::Custom { message, .. } => message,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    Created(Uuid),
+    Updated,
+    Deleted,
+    Retrieved(Entity),
+    Collection(EntityCollection),
+    Custom(Parameters),
+}
+
+/// Who makes a request.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub user_id: Uuid,
+    /// Joins this request to an existing correlation (a new one otherwise).
+    pub correlation_id: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error("{step} failed: {failure}")]
+    Plugin { step: String, step_id: Uuid, failure: Failure },
+    #[error("{0}")]
+    DepthExceeded(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    UnknownEntity(String),
+    #[error("{0}")]
+    UnknownMessage(String),
+    #[error("the request kept conflicting with concurrent changes to {0}; try again")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PipelineError {
+    /// A stable code for the API and the CLI.
+    pub fn code(&self) -> &str {
+        match self {
+            PipelineError::Plugin { failure, .. } => failure.code.as_str(),
+            PipelineError::DepthExceeded(_) => "infinite_loop",
+            PipelineError::NotFound(_) => "not_found",
+            PipelineError::AlreadyExists(_) => "already_exists",
+            PipelineError::Invalid(_) => "invalid",
+            PipelineError::UnknownEntity(_) => "unknown_entity",
+            PipelineError::UnknownMessage(_) => "unknown_message",
+            PipelineError::Conflict(_) => "conflict",
+            PipelineError::Store(e) => e.code(),
+        }
+    }
+
+    fn to_service_error(&self) -> ServiceError {
+        let m = self.to_string();
+        match self {
+            PipelineError::Plugin { .. } => ServiceError::Rejected(m),
+            PipelineError::DepthExceeded(_) => ServiceError::DepthExceeded(m),
+            PipelineError::NotFound(_) | PipelineError::UnknownEntity(_) | PipelineError::UnknownMessage(_) => {
+                ServiceError::NotFound(m)
+            }
+            PipelineError::AlreadyExists(_) => ServiceError::AlreadyExists(m),
+            PipelineError::Invalid(_) => ServiceError::Invalid(m),
+            PipelineError::Conflict(_) | PipelineError::Store(_) => ServiceError::Failed(m),
+        }
+    }
+}
+
+type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// The enabled steps, by message, with each plug-in's assembly: rebuilt when the
+/// registry changes.
+#[derive(Default)]
+struct StepIndex {
+    by_message: HashMap<String, Vec<StepRecord>>,
+    assemblies: HashMap<String, AssemblyHash>,
+}
+
+impl StepIndex {
+    fn load(store: &Store) -> Result<StepIndex> {
+        let mut index = StepIndex::default();
+        for p in store.plugins()? {
+            index.assemblies.insert(p.name, p.assembly);
+        }
+        for s in store.steps()? {
+            if s.enabled {
+                index.by_message.entry(s.message.clone()).or_default().push(s);
+            }
+        }
+        for steps in index.by_message.values_mut() {
+            steps.sort_by_key(|s| (s.stage, s.rank, s.created_at));
+        }
+        Ok(index)
+    }
+
+    /// Steps for (message, entity, stage, mode), in rank order.
+    fn matching<'a>(
+        &'a self,
+        message: &str,
+        entity: &'a str,
+        stage: Stage,
+        mode: Mode,
+    ) -> impl Iterator<Item = &'a StepRecord> + 'a {
+        self.by_message
+            .get(message)
+            .into_iter()
+            .flatten()
+            .filter(move |s| s.stage == stage && s.mode == mode && s.entity.as_deref().is_none_or(|e| e == entity))
+    }
+}
+
+pub struct Pipeline {
+    store: Arc<Store>,
+    runtime: Arc<Runtime>,
+    committer: Committer,
+    defaults: Limits,
+    steps: RwLock<Arc<StepIndex>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<Store>,
+        runtime: Arc<Runtime>,
+        committer: Committer,
+        defaults: Limits,
+    ) -> Result<Arc<Pipeline>> {
+        let steps = RwLock::new(Arc::new(StepIndex::load(&store)?));
+        Ok(Arc::new(Pipeline { store, runtime, committer, defaults, steps }))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Re-reads the registry; call after plug-ins or steps change.
+    pub fn reload_steps(&self) -> Result<()> {
+        let index = Arc::new(StepIndex::load(&self.store)?);
+        *self.steps.write().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(())
+    }
+
+    /// Runs `request` through the pipeline and commits its effects durably.
+    /// Blocks: call from a thread that may block (plug-ins run on it).
+    pub fn execute(self: &Arc<Self>, request: Request, caller: &Caller) -> Result<Response> {
+        let correlation_id = caller.correlation_id.unwrap_or_else(Uuid::new_v4);
+        let mut conflict = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let scope = Scope::new(self.clone(), self.store.snapshot()?, correlation_id, caller.user_id);
+            let response =
+                scope.run(request.clone(), 1, BTreeMap::new()).map(|(r, _)| r).map_err(|e| scope.root_cause(e))?;
+            let changes = scope.into_changes();
+            if changes.is_empty() {
+                return Ok(response);
+            }
+            match self.committer.commit_blocking(changes) {
+                Ok(_) => return Ok(response),
+                Err(CommitError::Conflict { entity, id }) => conflict = format!("{entity} {id}"),
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(CommitError::Stopped) => return Err(StoreError::Db("the store's writer has stopped".into()).into()),
+            }
+        }
+        Err(PipelineError::Conflict(conflict))
+    }
+}
+
+/// A record in the overlay: the version it had in the snapshot, and its state now.
+#[derive(Clone)]
+struct Slot {
+    base: Option<u64>,
+    state: Option<StoredRecord>,
+}
+
+#[derive(Clone, Default)]
+struct Overlay {
+    records: BTreeMap<(String, Uuid), Slot>,
+    jobs: Vec<SystemJob>,
+}
+
+/// One request in flight: its snapshot, its write buffer and its jobs. It is the
+/// organization service the request's plug-ins call.
+struct Scope {
+    me: Weak<Scope>,
+    pipeline: Arc<Pipeline>,
+    steps: Arc<StepIndex>,
+    snapshot: Snapshot,
+    overlay: Mutex<Overlay>,
+    correlation_id: Uuid,
+    user_id: Uuid,
+    /// Set when a call went deeper than [`MAX_DEPTH`], to name the root cause.
+    depth_exceeded: Mutex<Option<String>>,
+}
+
+impl Scope {
+    fn new(pipeline: Arc<Pipeline>, snapshot: Snapshot, correlation_id: Uuid, user_id: Uuid) -> Arc<Scope> {
+        let steps = pipeline.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Arc::new_cyclic(|me| Scope {
+            me: me.clone(),
+            pipeline,
+            steps,
+            snapshot,
+            overlay: Mutex::new(Overlay::default()),
+            correlation_id,
+            user_id,
+            depth_exceeded: Mutex::new(None),
+        })
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An infinite loop shows up as a plug-in failing on a depth error: report the loop.
+    fn root_cause(&self, e: PipelineError) -> PipelineError {
+        match (&e, self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).take()) {
+            (PipelineError::Plugin { .. }, Some(depth)) => PipelineError::DepthExceeded(format!("{depth}; then {e}")),
+            _ => e,
+        }
+    }
+
+    fn into_changes(self: Arc<Self>) -> ChangeSet {
+        let overlay = std::mem::take(&mut *self.overlay());
+        let records = overlay
+            .records
+            .into_iter()
+            .filter(|(_, slot)| match (slot.base, &slot.state) {
+                (None, None) => false,
+                (Some(v), Some(s)) => s.version != v,
+                _ => true,
+            })
+            .map(|((entity, id), slot)| RecordChange { entity, id, expected_version: slot.base, new: slot.state })
+            .collect();
+        ChangeSet { records, jobs: overlay.jobs }
+    }
+
+    /// The current state of a record: the overlay's, else the snapshot's.
+    fn read(&self, entity: &str, id: Uuid) -> Result<Option<StoredRecord>> {
+        if let Some(slot) = self.overlay().records.get(&(entity.to_owned(), id)) {
+            return Ok(slot.state.clone());
+        }
+        Ok(self.snapshot.record(entity, id)?)
+    }
+
+    fn write(&self, entity: &str, id: Uuid, state: Option<StoredRecord>) -> Result<()> {
+        let key = (entity.to_owned(), id);
+        if let Some(slot) = self.overlay().records.get_mut(&key) {
+            slot.state = state;
+            return Ok(());
+        }
+        let base = self.snapshot.record(entity, id)?.map(|r| r.version);
+        self.overlay().records.insert(key, Slot { base, state });
+        Ok(())
+    }
+
+    fn definition(&self, entity: &str) -> Result<EntityDefinition> {
+        self.snapshot.definition(entity)?.ok_or_else(|| {
+            PipelineError::UnknownEntity(format!(
+                "unknown entity '{entity}': define it first (plughost entities define {entity} --attr NAME:TYPE)"
+            ))
+        })
+    }
+
+    /// Runs one message at `depth`; returns the response and the shared variables.
+    fn run(
+        &self,
+        request: Request,
+        depth: u32,
+        shared: BTreeMap<String, Value>,
+    ) -> Result<(Response, BTreeMap<String, Value>)> {
+        if depth > MAX_DEPTH {
+            let m = format!(
+                "{} would run at depth {depth}, deeper than the maximum of {MAX_DEPTH}: plug-ins are calling each other in an infinite loop",
+                request.message()
+            );
+            self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(m.clone());
+            return Err(PipelineError::DepthExceeded(m));
+        }
+        let message = request.message().to_owned();
+        let mut ctx = ExecutionContext {
+            message_name: message.clone(),
+            depth,
+            correlation_id: self.correlation_id,
+            initiating_user_id: self.user_id,
+            user_id: self.user_id,
+            operation_created_on: now_ms(),
+            shared_variables: shared,
+            ..ExecutionContext::default()
+        };
+        // Inputs, the primary entity, and the record as it was (for pre-images and filters).
+        let mut pre_state: Option<Entity> = None;
+        match &request {
+            Request::Create { record } => {
+                self.definition(&record.logical_name)?;
+                ctx.primary_entity_name = record.logical_name.clone();
+                ctx.primary_entity_id = record.id;
+                ctx.input_parameters.insert("Target".into(), ParameterValue::Entity(record.clone()));
+            }
+            Request::Update { record } => {
+                self.definition(&record.logical_name)?;
+                let id = record.id.ok_or_else(|| PipelineError::Invalid("an update needs the record's id".into()))?;
+                let current =
+                    self.read(&record.logical_name, id)?.ok_or_else(|| not_found(&record.logical_name, id))?;
+                pre_state = Some(current.to_entity(&record.logical_name, id));
+                ctx.primary_entity_name = record.logical_name.clone();
+                ctx.primary_entity_id = Some(id);
+                ctx.input_parameters.insert("Target".into(), ParameterValue::Entity(record.clone()));
+            }
+            Request::Delete { target } | Request::Retrieve { target, .. } => {
+                self.definition(&target.logical_name)?;
+                let current = self
+                    .read(&target.logical_name, target.id)?
+                    .ok_or_else(|| not_found(&target.logical_name, target.id))?;
+                pre_state = Some(current.to_entity(&target.logical_name, target.id));
+                ctx.primary_entity_name = target.logical_name.clone();
+                ctx.primary_entity_id = Some(target.id);
+                ctx.input_parameters.insert("Target".into(), ParameterValue::Reference(target.clone()));
+                if let Request::Retrieve { columns, .. } = &request {
+                    ctx.input_parameters
+                        .insert("ColumnSet".into(), ParameterValue::Value(Value::Text(columns.join(","))));
+                }
+            }
+            Request::RetrieveMultiple { query } => {
+                self.definition(&query.entity_name)?;
+                ctx.primary_entity_name = query.entity_name.clone();
+                ctx.input_parameters.insert("Query".into(), ParameterValue::Query(query.clone()));
+            }
+            Request::Custom { target, parameters, .. } => {
+                if let Some(t) = target {
+                    ctx.primary_entity_name = t.logical_name.clone();
+                    ctx.primary_entity_id = Some(t.id);
+                    ctx.input_parameters.insert("Target".into(), ParameterValue::Reference(t.clone()));
+                }
+                ctx.input_parameters.extend(parameters.clone());
+            }
+        }
+        let entity = ctx.primary_entity_name.clone();
+        let fires = |s: &StepRecord| update_filter_fires(s, &request, pre_state.as_ref());
+
+        for stage in [Stage::PreValidation, Stage::PreOperation] {
+            let steps: Vec<StepRecord> = self
+                .steps
+                .matching(&message, &entity, stage, Mode::Synchronous)
+                .filter(|s| fires(s))
+                .cloned()
+                .collect();
+            for step in &steps {
+                self.run_step(step, &mut ctx, stage, pre_state.as_ref(), None)?;
+            }
+        }
+
+        let post_state = self.core_operation(&request, &mut ctx)?;
+
+        let post_steps: Vec<StepRecord> = self
+            .steps
+            .matching(&message, &entity, Stage::PostOperation, Mode::Synchronous)
+            .filter(|s| fires(s))
+            .cloned()
+            .collect();
+        for step in &post_steps {
+            self.run_step(step, &mut ctx, Stage::PostOperation, pre_state.as_ref(), post_state.as_ref())?;
+        }
+        let async_steps: Vec<StepRecord> = self
+            .steps
+            .matching(&message, &entity, Stage::PostOperation, Mode::Asynchronous)
+            .filter(|s| fires(s))
+            .cloned()
+            .collect();
+        for step in &async_steps {
+            self.queue_job(step, &ctx, pre_state.as_ref(), post_state.as_ref());
+        }
+        Ok((response(&request, &ctx), ctx.shared_variables))
+    }
+
+    /// The core operation (or stage 30 for custom messages); returns the record after it.
+    fn core_operation(&self, request: &Request, ctx: &mut ExecutionContext) -> Result<Option<Entity>> {
+        let target_entity = |ctx: &ExecutionContext| -> Result<Entity> {
+            match ctx.input_parameters.get("Target") {
+                Some(ParameterValue::Entity(e)) => Ok(e.clone()),
+                _ => Err(PipelineError::Invalid("the Target parameter must be a record".into())),
+            }
+        };
+        let now = now_ms();
+        match request {
+            Request::Create { record } => {
+                let mut target = target_entity(ctx)?;
+                if target.logical_name != record.logical_name {
+                    return Err(PipelineError::Invalid("a plug-in changed the Target's entity".into()));
+                }
+                self.definition(&target.logical_name)?.check_record(&mut target).map_err(PipelineError::Invalid)?;
+                let id = target.id.unwrap_or_else(Uuid::new_v4);
+                if self.read(&target.logical_name, id)?.is_some() {
+                    return Err(PipelineError::AlreadyExists(format!(
+                        "{} with id {id} already exists",
+                        target.logical_name
+                    )));
+                }
+                let stored =
+                    StoredRecord { version: 1, created_on: now, modified_on: now, attributes: target.attributes };
+                let after = stored.to_entity(&target.logical_name, id);
+                self.write(&target.logical_name, id, Some(stored))?;
+                ctx.primary_entity_id = Some(id);
+                ctx.output_parameters.insert("id".into(), ParameterValue::Value(Value::Guid(id)));
+                Ok(Some(after))
+            }
+            Request::Update { record } => {
+                let mut target = target_entity(ctx)?;
+                let id = record.id.expect("checked before");
+                if target.logical_name != record.logical_name || target.id.is_some_and(|t| t != id) {
+                    return Err(PipelineError::Invalid("a plug-in changed which record the Target is".into()));
+                }
+                self.definition(&target.logical_name)?.check_record(&mut target).map_err(PipelineError::Invalid)?;
+                let mut stored =
+                    self.read(&target.logical_name, id)?.ok_or_else(|| not_found(&target.logical_name, id))?;
+                stored.attributes.extend(target.attributes);
+                stored.version += 1;
+                stored.modified_on = now;
+                let after = stored.to_entity(&target.logical_name, id);
+                self.write(&target.logical_name, id, Some(stored))?;
+                Ok(Some(after))
+            }
+            Request::Delete { target } => {
+                self.write(&target.logical_name, target.id, None)?;
+                Ok(None)
+            }
+            Request::Retrieve { target, columns } => {
+                let stored = self
+                    .read(&target.logical_name, target.id)?
+                    .ok_or_else(|| not_found(&target.logical_name, target.id))?;
+                let entity = query::project(stored.to_entity(&target.logical_name, target.id), columns);
+                ctx.output_parameters.insert("BusinessEntity".into(), ParameterValue::Entity(entity.clone()));
+                Ok(Some(entity))
+            }
+            Request::RetrieveMultiple { .. } => {
+                let q = match ctx.input_parameters.get("Query") {
+                    Some(ParameterValue::Query(q)) => q.clone(),
+                    _ => return Err(PipelineError::Invalid("the Query parameter must be a query".into())),
+                };
+                let collection = self.retrieve_multiple(&q)?;
+                ctx.output_parameters
+                    .insert("BusinessEntityCollection".into(), ParameterValue::Entities(collection.entities));
+                ctx.output_parameters
+                    .insert("MoreRecords".into(), ParameterValue::Value(Value::Boolean(collection.more_records)));
+                if let Some(cookie) = collection.paging_cookie {
+                    ctx.output_parameters.insert("PagingCookie".into(), ParameterValue::Value(Value::Text(cookie)));
+                }
+                Ok(None)
+            }
+            Request::Custom { message, .. } => {
+                let steps: Vec<StepRecord> = self
+                    .steps
+                    .matching(message, &ctx.primary_entity_name, Stage::MainOperation, Mode::Synchronous)
+                    .cloned()
+                    .collect();
+                if steps.is_empty() || CORE_MESSAGES.contains(&message.as_str()) {
+                    return Err(PipelineError::UnknownMessage(format!(
+                        "no plug-in implements message '{message}': register a main-operation (30) step for it"
+                    )));
+                }
+                for step in &steps {
+                    self.run_step(step, ctx, Stage::MainOperation, None, None)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs a query over the snapshot plus this request's own writes.
+    fn retrieve_multiple(&self, q: &Query) -> Result<EntityCollection> {
+        query::validate(q).map_err(PipelineError::Invalid)?;
+        let def = self.definition(&q.entity_name)?;
+        for c in q.criteria.conditions.iter().chain(q.criteria.groups.iter().flat_map(|g| &g.conditions)) {
+            if def.attribute_type(&c.attribute).is_none() {
+                return Err(PipelineError::Invalid(format!("{} has no attribute '{}'", q.entity_name, c.attribute)));
+            }
+        }
+        let page = q.page_size.unwrap_or(query::MAX_PAGE_SIZE) as usize;
+        let limit = q.top.map_or(usize::MAX, |t| t as usize);
+        let overlay: BTreeMap<Uuid, Option<StoredRecord>> = self
+            .overlay()
+            .records
+            .iter()
+            .filter(|((e, _), _)| e == &q.entity_name)
+            .map(|((_, id), slot)| (*id, slot.state.clone()))
+            .collect();
+        let by_id = q.orders.is_empty();
+        // Without an order the cookie is the last id (a cursor); with one, an offset.
+        let (after, offset) = match &q.paging_cookie {
+            None => (None, 0),
+            Some(c) => match (by_id, c.strip_prefix("id:"), c.strip_prefix("offset:")) {
+                (true, Some(id), _) => (Some(Uuid::parse_str(id).map_err(|_| bad_cookie(c))?), 0),
+                (false, _, Some(n)) => (None, n.parse::<usize>().map_err(|_| bad_cookie(c))?),
+                _ => return Err(bad_cookie(c)),
+            },
+        };
+        let mut found = Vec::new();
+        let keep = |id: Uuid, rec: &StoredRecord| {
+            let e = rec.to_entity(&q.entity_name, id);
+            query::matches(&e, &q.criteria).then_some(e)
+        };
+        // Records from the snapshot (unless this request changed them), then the request's own new ones.
+        let want = if by_id { page.saturating_add(1).min(limit) } else { usize::MAX };
+        self.snapshot.scan(&q.entity_name, after, |id, rec| {
+            found.extend(match overlay.get(&id) {
+                Some(Some(mine)) => keep(id, mine),
+                Some(None) => None,
+                None => keep(id, &rec),
+            });
+            if found.len() >= want { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        for (id, state) in &overlay {
+            if let Some(rec) = state
+                && self.snapshot.record(&q.entity_name, *id)?.is_none()
+                && after.is_none_or(|a| *id > a)
+            {
+                found.extend(keep(*id, rec));
+            }
+        }
+        if by_id {
+            found.sort_by_key(|e| e.id);
+        } else {
+            query::sort(&mut found, &q.orders);
+        }
+        found.truncate(limit);
+        let start = offset.min(found.len());
+        let end = start.saturating_add(page).min(found.len());
+        let more = end < found.len();
+        let entities: Vec<Entity> = found[start..end].iter().cloned().map(|e| query::project(e, &q.columns)).collect();
+        let cookie = more.then(|| match (by_id, entities.last()) {
+            (true, Some(last)) => format!("id:{}", last.id.expect("stored records have ids")),
+            _ => format!("offset:{end}"),
+        });
+        Ok(EntityCollection { entities, more_records: more, paging_cookie: cookie })
+    }
+
+    /// Runs one synchronous step and folds its result into the context.
+    fn run_step(
+        &self,
+        step: &StepRecord,
+        ctx: &mut ExecutionContext,
+        stage: Stage,
+        pre: Option<&Entity>,
+        post: Option<&Entity>,
+    ) -> Result<()> {
+        let step_ctx = self.step_context(step, ctx, stage, pre, post);
+        let failed = |failure: Failure| PipelineError::Plugin { step: step.name.clone(), step_id: step.id, failure };
+        let Some(hash) = self.steps.assemblies.get(&step.plugin) else {
+            return Err(failed(Failure::new(
+                ErrorCode::InstantiationFailed,
+                format!("plug-in '{}' is not registered", step.plugin),
+            )));
+        };
+        let store = self.pipeline.store.clone();
+        let hash = *hash;
+        let plugin = self
+            .pipeline
+            .runtime
+            .load(&hash, || {
+                store.assembly_bytes(&hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
+            })
+            .map_err(|e| failed(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))))?;
+        let me: Arc<dyn OrganizationService> = self.me.upgrade().expect("a scope outlives its invocations");
+        let limits = self.pipeline.defaults.with(&step.limits);
+        let invocation = self.pipeline.runtime.invoke(&plugin, &step_ctx, &limits, me);
+        tracing::debug!(step = %step.name, correlation_id = %ctx.correlation_id, fuel = invocation.fuel_used, "step ran");
+        let result: ExecutionResult = invocation.outcome.map_err(failed)?;
+        // A pre-stage plug-in changes the request through its input parameters.
+        if matches!(stage, Stage::PreValidation | Stage::PreOperation | Stage::MainOperation) {
+            ctx.input_parameters.extend(result.input_parameters);
+        }
+        ctx.output_parameters.extend(result.output_parameters);
+        ctx.shared_variables.extend(result.shared_variables);
+        Ok(())
+    }
+
+    fn step_context(
+        &self,
+        step: &StepRecord,
+        ctx: &ExecutionContext,
+        stage: Stage,
+        pre: Option<&Entity>,
+        post: Option<&Entity>,
+    ) -> ExecutionContext {
+        let mut c = ctx.clone();
+        c.stage = stage;
+        c.mode = step.mode;
+        c.step_id = Some(step.id);
+        c.configuration = step.configuration.clone();
+        for image in &step.images {
+            let (source, images) = match image.kind {
+                ImageKind::Pre => (pre, &mut c.pre_entity_images),
+                ImageKind::Post => (post, &mut c.post_entity_images),
+            };
+            if let Some(e) = source {
+                images.insert(image.alias.clone(), query::project(e.clone(), &image.attributes));
+            }
+        }
+        c
+    }
+
+    fn queue_job(&self, step: &StepRecord, ctx: &ExecutionContext, pre: Option<&Entity>, post: Option<&Entity>) {
+        let context = self.step_context(step, ctx, Stage::PostOperation, pre, post);
+        let job = SystemJob {
+            id: Uuid::new_v4(),
+            sequence: 0,
+            name: step.name.clone(),
+            operation_type: OperationType::PluginExecution,
+            status: JobStatus::WaitingForResources,
+            created_on: now_ms(),
+            started_on: None,
+            completed_on: None,
+            postpone_until: None,
+            dependency_token: None,
+            correlation_id: ctx.correlation_id,
+            depth: ctx.depth,
+            step_id: Some(step.id),
+            assembly: self.steps.assemblies.get(&step.plugin).copied(),
+            regarding: ctx
+                .primary_entity_id
+                .map(|id| EntityReference { logical_name: ctx.primary_entity_name.clone(), id }),
+            context,
+            host_id: None,
+            lease_expiry: None,
+            fencing_token: 0,
+            retry_count: 0,
+            error_code: None,
+            message: None,
+            trace: String::new(),
+            fuel_used: 0,
+            duration_us: 0,
+        };
+        self.overlay().jobs.push(job);
+    }
+
+    /// Runs a nested request for a plug-in; on failure, undoes what it wrote.
+    fn nested(&self, caller: &CallContext, request: Request) -> std::result::Result<Response, ServiceError> {
+        let savepoint = self.overlay().clone();
+        match self.run(request, caller.depth + 1, BTreeMap::new()) {
+            Ok((response, _)) => Ok(response),
+            Err(e) => {
+                *self.overlay() = savepoint;
+                Err(e.to_service_error())
+            }
+        }
+    }
+}
+
+fn not_found(entity: &str, id: Uuid) -> PipelineError {
+    PipelineError::NotFound(format!("{entity} with id {id} does not exist"))
+}
+
+fn bad_cookie(c: &str) -> PipelineError {
+    PipelineError::Invalid(format!("paging cookie '{c}' does not belong to this query"))
+}
+
+/// An Update step with filtering attributes fires only when one of them changes.
+fn update_filter_fires(step: &StepRecord, request: &Request, before: Option<&Entity>) -> bool {
+    let Request::Update { record } = request else { return true };
+    if step.filtering_attributes.is_empty() {
+        return true;
+    }
+    step.filtering_attributes.iter().any(|a| match record.attributes.get(a) {
+        Some(new) => before.and_then(|b| b.attributes.get(a)).is_none_or(|old| old != new),
+        None => false,
+    })
+}
+
+fn response(request: &Request, ctx: &ExecutionContext) -> Response {
+    let out = &ctx.output_parameters;
+    match request {
+        Request::Create { .. } => Response::Created(ctx.primary_entity_id.expect("a created record has an id")),
+        Request::Update { .. } => Response::Updated,
+        Request::Delete { .. } => Response::Deleted,
+        Request::Retrieve { .. } => match out.get("BusinessEntity") {
+            Some(ParameterValue::Entity(e)) => Response::Retrieved(e.clone()),
+            _ => Response::Retrieved(Entity::default()),
+        },
+        Request::RetrieveMultiple { .. } => {
+            let entities = match out.get("BusinessEntityCollection") {
+                Some(ParameterValue::Entities(es)) => es.clone(),
+                _ => Vec::new(),
+            };
+            let more_records = matches!(out.get("MoreRecords"), Some(ParameterValue::Value(Value::Boolean(true))));
+            let paging_cookie = match out.get("PagingCookie") {
+                Some(ParameterValue::Value(Value::Text(c))) => Some(c.clone()),
+                _ => None,
+            };
+            Response::Collection(EntityCollection { entities, more_records, paging_cookie })
+        }
+        Request::Custom { .. } => Response::Custom(out.clone()),
+    }
+}
+
+impl OrganizationService for Scope {
+    fn create(&self, caller: &CallContext, record: Entity) -> std::result::Result<Uuid, ServiceError> {
+        match self.nested(caller, Request::Create { record })? {
+            Response::Created(id) => Ok(id),
+            other => Err(ServiceError::Failed(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    fn retrieve(
+        &self,
+        caller: &CallContext,
+        target: EntityReference,
+        columns: Vec<String>,
+    ) -> std::result::Result<Entity, ServiceError> {
+        match self.nested(caller, Request::Retrieve { target, columns })? {
+            Response::Retrieved(e) => Ok(e),
+            other => Err(ServiceError::Failed(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    fn update(&self, caller: &CallContext, record: Entity) -> std::result::Result<(), ServiceError> {
+        self.nested(caller, Request::Update { record }).map(|_| ())
+    }
+
+    fn delete(&self, caller: &CallContext, target: EntityReference) -> std::result::Result<(), ServiceError> {
+        self.nested(caller, Request::Delete { target }).map(|_| ())
+    }
+
+    fn retrieve_multiple(
+        &self,
+        caller: &CallContext,
+        query: Query,
+    ) -> std::result::Result<EntityCollection, ServiceError> {
+        match self.nested(caller, Request::RetrieveMultiple { query })? {
+            Response::Collection(c) => Ok(c),
+            other => Err(ServiceError::Failed(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    fn execute(
+        &self,
+        caller: &CallContext,
+        message: String,
+        parameters: Parameters,
+    ) -> std::result::Result<Parameters, ServiceError> {
+        match self.nested(caller, Request::Custom { message, target: None, parameters })? {
+            Response::Custom(p) => Ok(p),
+            other => Err(ServiceError::Failed(format!("unexpected response {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Routes and handlers of `/api/v1`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request as HttpRequest, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::jobs::{JobStatus, SystemJob};
+use crate::metadata::{AttributeType, EntityDefinition};
+use crate::model::{Entity, EntityReference, Parameters, Value, parse_guid};
+use crate::pipeline::{Caller, Request, Response};
+use crate::registry::{self, StepSpec};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let data = Router::new()
+        .route("/entities/{entity}", post(create).get(list))
+        .route("/entities/{entity}/{id}", get(retrieve).patch(update).delete(delete))
+        .route("/query", post(query))
+        .route("/messages/{message}", post(custom_message))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    let uploads = Router::new()
+        .route("/assemblies", post(register).get(assemblies))
+        .layer(DefaultBodyLimit::max(state.config.max_assembly_bytes));
+    let admin = Router::new()
+        .route("/assemblies/{hash}", axum::routing::delete(unregister_assembly))
+        .route("/plugins", get(plugins))
+        .route("/plugins/{name}", get(plugin).delete(unregister_plugin))
+        .route("/steps", get(steps).post(add_step))
+        .route("/steps/{step}", get(step).delete(remove_step))
+        .route("/steps/{step}/enable", post(enable_step))
+        .route("/steps/{step}/disable", post(disable_step))
+        .route("/metadata/entities", get(definitions))
+        .route("/metadata/entities/{name}", axum::routing::put(define_entity))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .merge(uploads)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", data.merge(admin))
+        .fallback(|| async { ApiError::not_found("no such route: see the API reference in README.md") })
+        .with_state(state)
+}
+
+async fn require_admin(State(state): State<AppState>, request: HttpRequest, next: Next) -> HttpResponse {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin routes need 'Authorization: Bearer TOKEN' (see `plughost status --show-token`)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs blocking work (plug-ins, durable writes) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("worker failed: {e}")))
+    })
+}
+
+/// Parses a JSON body with errors in the API's own shape.
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_body" };
+        ApiError::new(status, code, e.body_text())
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not valid: {e}")))
+}
+
+fn caller(headers: &HeaderMap) -> ApiResult<Caller> {
+    let guid = |name: &str| -> ApiResult<Option<Uuid>> {
+        headers
+            .get(name)
+            .map(|v| {
+                let s = v.to_str().map_err(|_| ApiError::bad_request(format!("header {name} is not text")))?;
+                parse_guid(s).map_err(|m| ApiError::bad_request(format!("header {name}: {m}")))
+            })
+            .transpose()
+    };
+    Ok(Caller { user_id: guid("x-plughost-user")?.unwrap_or_default(), correlation_id: guid("x-correlation-id")? })
+}
+
+fn guid_param(s: &str) -> ApiResult<Uuid> {
+    parse_guid(s).map_err(ApiError::bad_request)
+}
+
+async fn run(state: &AppState, request: Request, caller: Caller) -> ApiResult<Response> {
+    let pipeline = state.pipeline.clone();
+    blocking(move || Ok(pipeline.execute(request, &caller)?)).await
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "runtime": state.runtime().stats(),
+    }))
+}
+
+// ---- data ----
+
+#[derive(Deserialize)]
+struct CreateQuery {
+    id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct IdBody {
+    pub id: Uuid,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(entity): Path<String>,
+    Query(q): Query<CreateQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let attributes: BTreeMap<String, Value> = json_body(body)?;
+    let mut record = Entity::new(entity.clone());
+    record.id = q.id.as_deref().map(guid_param).transpose()?;
+    record.attributes = attributes;
+    record.validate().map_err(ApiError::bad_request)?;
+    match run(&state, Request::Create { record }, caller(&headers)?).await? {
+        Response::Created(id) => {
+            let location = format!("/api/v1/entities/{entity}/{id}");
+            Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(IdBody { id })))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(r: &Response) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected pipeline response {r:?}"))
+}
+
+#[derive(Deserialize)]
+struct Columns {
+    columns: Option<String>,
+}
+
+fn split_columns(c: Option<String>) -> Vec<String> {
+    c.map(|c| c.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Path((entity, id)): Path<(String, String)>,
+    Query(c): Query<Columns>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Entity>> {
+    let target = EntityReference { logical_name: entity, id: guid_param(&id)? };
+    match run(&state, Request::Retrieve { target, columns: split_columns(c.columns) }, caller(&headers)?).await? {
+        Response::Retrieved(e) => Ok(Json(e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((entity, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<IdBody>> {
+    let attributes: BTreeMap<String, Value> = json_body(body)?;
+    let id = guid_param(&id)?;
+    let mut record = Entity::new(entity);
+    record.id = Some(id);
+    record.attributes = attributes;
+    record.validate().map_err(ApiError::bad_request)?;
+    run(&state, Request::Update { record }, caller(&headers)?).await?;
+    Ok(Json(IdBody { id }))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path((entity, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let target = EntityReference { logical_name: entity, id: guid_param(&id)? };
+    run(&state, Request::Delete { target }, caller(&headers)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    top: Option<u32>,
+    page_size: Option<u32>,
+    cookie: Option<String>,
+    columns: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(entity): Path<String>,
+    Query(l): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<crate::model::EntityCollection>> {
+    let query = crate::model::Query {
+        entity_name: entity,
+        columns: split_columns(l.columns),
+        criteria: Default::default(),
+        orders: Vec::new(),
+        top: l.top,
+        page_size: Some(l.page_size.unwrap_or(100)),
+        paging_cookie: l.cookie,
+    };
+    query_response(&state, query, &headers).await
+}
+
+async fn query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<crate::model::EntityCollection>> {
+    query_response(&state, json_body(body)?, &headers).await
+}
+
+async fn query_response(
+    state: &AppState,
+    query: crate::model::Query,
+    headers: &HeaderMap,
+) -> ApiResult<Json<crate::model::EntityCollection>> {
+    match run(state, Request::RetrieveMultiple { query }, caller(headers)?).await? {
+        Response::Collection(c) => Ok(Json(c)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The body of a custom message call.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MessageBody {
+    pub target: Option<EntityReference>,
+    pub parameters: Parameters,
+}
+
+async fn custom_message(
+    State(state): State<AppState>,
+    Path(message): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<MessageBody>> {
+    let body: MessageBody = json_body(body)?;
+    let request = Request::Custom { message, target: body.target, parameters: body.parameters };
+    match run(&state, request, caller(&headers)?).await? {
+        Response::Custom(parameters) => Ok(Json(MessageBody { target: None, parameters })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+// ---- registry ----
+
+#[derive(Deserialize)]
+struct RegisterQuery {
+    name: String,
+    description: Option<String>,
+    /// Steps to add in the same transaction: a JSON list of step specs.
+    steps: Option<String>,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Query(q): Query<RegisterQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let bytes = body.map_err(|e| ApiError::new(e.status(), "payload_too_large", e.body_text()))?;
+    let steps: Vec<StepSpec> = match &q.steps {
+        Some(json) => serde_json::from_str(json).map_err(|e| ApiError::bad_request(format!("steps: {e}")))?,
+        None => Vec::new(),
+    };
+    let s = state.clone();
+    let reg = blocking(move || {
+        let reg = registry::register(s.store(), s.runtime(), &bytes, &q.name, q.description, steps)?;
+        // Compile now, so the first event does not pay for it.
+        if let Err(e) = s.runtime().load(&reg.assembly.hash, || Ok(bytes.to_vec())) {
+            tracing::warn!("registered, but compiling failed: {e:#}");
+        }
+        s.pipeline.reload_steps()?;
+        Ok(reg)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(reg)))
+}
+
+async fn assemblies(State(state): State<AppState>) -> ApiResult<Json<Vec<registry::AssemblyRecord>>> {
+    let s = state.clone();
+    Ok(Json(blocking(move || Ok(s.store().assemblies()?)).await?))
+}
+
+async fn unregister_assembly(
+    State(state): State<AppState>,
+    Path(hash): Path<String>,
+) -> ApiResult<Json<registry::AssemblyRecord>> {
+    let s = state.clone();
+    blocking(move || {
+        let record = s.store().resolve_assembly(&hash)?;
+        let removed = s.store().unregister_assembly(&record.hash)?;
+        s.runtime().evict(&removed.hash);
+        Ok(Json(removed))
+    })
+    .await
+}
+
+async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<registry::PluginRecord>>> {
+    let s = state.clone();
+    Ok(Json(blocking(move || Ok(s.store().plugins()?)).await?))
+}
+
+/// A plug-in with its assembly and steps.
+#[derive(Serialize, Deserialize)]
+pub struct PluginDetails {
+    pub plugin: registry::PluginRecord,
+    pub assembly: Option<registry::AssemblyRecord>,
+    pub steps: Vec<registry::StepRecord>,
+}
+
+async fn plugin(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<PluginDetails>> {
+    let s = state.clone();
+    blocking(move || {
+        let plugin =
+            s.store().plugin(&name)?.ok_or_else(|| ApiError::not_found(format!("no plug-in named '{name}'")))?;
+        let assembly = s.store().assembly(&plugin.assembly)?;
+        let steps = s.store().steps()?.into_iter().filter(|st| st.plugin == name).collect();
+        Ok(Json(PluginDetails { plugin, assembly, steps }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct UnregisterPluginQuery {
+    #[serde(default)]
+    with_steps: bool,
+}
+
+/// What unregistering a plug-in removed.
+#[derive(Serialize, Deserialize)]
+pub struct UnregisteredPlugin {
+    pub plugin: registry::PluginRecord,
+    pub removed_steps: Vec<registry::StepRecord>,
+}
+
+async fn unregister_plugin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<UnregisterPluginQuery>,
+) -> ApiResult<Json<UnregisteredPlugin>> {
+    let s = state.clone();
+    blocking(move || {
+        let (plugin, removed_steps) = s.store().unregister_plugin(&name, q.with_steps)?;
+        s.pipeline.reload_steps()?;
+        Ok(Json(UnregisteredPlugin { plugin, removed_steps }))
+    })
+    .await
+}
+
+async fn steps(State(state): State<AppState>) -> ApiResult<Json<Vec<registry::StepRecord>>> {
+    let s = state.clone();
+    Ok(Json(blocking(move || Ok(s.store().steps()?)).await?))
+}
+
+async fn add_step(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<registry::StepRecord>)> {
+    let spec: StepSpec = json_body(body)?;
+    let s = state.clone();
+    let record = blocking(move || {
+        let record = spec.into_record(s.runtime().config().max_memory_bytes)?;
+        s.store().add_step(&record)?;
+        s.pipeline.reload_steps()?;
+        Ok(record)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
+    let s = state.clone();
+    blocking(move || Ok(Json(s.store().resolve_step(&key)?))).await
+}
+
+async fn remove_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
+    let s = state.clone();
+    blocking(move || {
+        let step = s.store().resolve_step(&key)?;
+        let removed = s.store().remove_step(step.id)?;
+        s.pipeline.reload_steps()?;
+        Ok(Json(removed))
+    })
+    .await
+}
+
+async fn set_enabled(state: AppState, key: String, enabled: bool) -> ApiResult<Json<registry::StepRecord>> {
+    blocking(move || {
+        let step = state.store().resolve_step(&key)?;
+        let step = state.store().set_step_enabled(step.id, enabled)?;
+        state.pipeline.reload_steps()?;
+        Ok(Json(step))
+    })
+    .await
+}
+
+async fn enable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
+    set_enabled(state, key, true).await
+}
+
+async fn disable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
+    set_enabled(state, key, false).await
+}
+
+// ---- metadata ----
+
+async fn definitions(State(state): State<AppState>) -> ApiResult<Json<Vec<EntityDefinition>>> {
+    let s = state.clone();
+    Ok(Json(blocking(move || Ok(s.store().definitions()?)).await?))
+}
+
+/// The body of `PUT /metadata/entities/{name}`: attributes to add.
+#[derive(Serialize, Deserialize)]
+pub struct DefineBody {
+    pub attributes: BTreeMap<String, AttributeType>,
+}
+
+async fn define_entity(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<EntityDefinition>> {
+    let body: DefineBody = json_body(body)?;
+    let def = EntityDefinition { name, attributes: body.attributes };
+    let s = state.clone();
+    blocking(move || Ok(Json(s.store().define_entity(&def)?))).await
+}
+
+// ---- jobs ----
+
+#[derive(Deserialize)]
+struct JobFilter {
+    status: Option<String>,
+}
+
+async fn jobs(State(state): State<AppState>, Query(f): Query<JobFilter>) -> ApiResult<Json<Vec<SystemJob>>> {
+    let status = f.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::bad_request)?;
+    let s = state.clone();
+    let jobs = blocking(move || Ok(s.store().jobs()?)).await?;
+    Ok(Json(jobs.into_iter().filter(|j| status.is_none_or(|st| j.status == st)).collect()))
+}
+
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SystemJob>> {
+    let id = guid_param(&id)?;
+    let s = state.clone();
+    blocking(move || s.store().job(id)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no system job {id}"))))
+        .await
+}

@@ -1,0 +1,112 @@
+//! `plughost serve`: the HTTP JSON API under `/api/v1` (data, custom messages,
+//! registry, metadata, jobs), `/healthz`, and graceful shutdown.
+//!
+//! **Invariant:** handlers translate HTTP to library calls and back; no business
+//! rule lives here. Pipeline work runs on blocking threads (plug-ins block).
+
+mod api;
+mod error;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::api::{DefineBody, IdBody, MessageBody, PluginDetails, UnregisteredPlugin, app};
+pub use self::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::config::{Config, SERVER_FILE};
+use crate::pipeline::Pipeline;
+use crate::runtime::{ArtifactIndex, Runtime};
+use crate::store::{Committer, Store};
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub pipeline: Arc<Pipeline>,
+    pub admin_token: Arc<str>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn store(&self) -> &Arc<Store> {
+        self.pipeline.store()
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        self.pipeline.runtime()
+    }
+}
+
+/// What a running server tells the CLI about itself (`<data dir>/server.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub url: String,
+    pub pid: u32,
+}
+
+impl ServerInfo {
+    pub fn read(data_dir: &Path) -> Option<ServerInfo> {
+        let text = std::fs::read_to_string(data_dir.join(SERVER_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Opens the store and the runtime and starts the writer: everything `serve` and
+/// one-shot CLI data commands need.
+pub fn open_host(config: &Config, data_dir: &Path) -> anyhow::Result<Arc<Pipeline>> {
+    let store = Arc::new(Store::open(data_dir)?);
+    let runtime =
+        Arc::new(Runtime::new(config.runtime_config(data_dir), Some(store.clone() as Arc<dyn ArtifactIndex>))?);
+    let committer = Committer::start(store.clone(), config.group_commit_max_batch);
+    Ok(Pipeline::new(store, runtime, committer, config.limits)?)
+}
+
+/// Runs the server until SIGINT or SIGTERM; `ready` receives the bound address.
+pub async fn serve(
+    config: Config,
+    data_dir: PathBuf,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let pipeline = tokio::task::block_in_place(|| open_host(&config, &data_dir))?;
+    let admin_token: Arc<str> = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?.into();
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {}: {e} (is another server running? use --listen)", config.listen)
+    })?;
+    let addr = listener.local_addr()?;
+    let info = ServerInfo { url: format!("http://{addr}"), pid: std::process::id() };
+    let info_path = data_dir.join(SERVER_FILE);
+    std::fs::write(&info_path, serde_json::to_vec(&info)?)?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "plughost is serving");
+    eprintln!("plughost serving on http://{addr} (data in {})", data_dir.display());
+    if let Some(tx) = ready {
+        let _ = tx.send(addr);
+    }
+    let state = AppState { pipeline, admin_token, config: Arc::new(config) };
+    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await;
+    let _ = std::fs::remove_file(&info_path);
+    tracing::info!("plughost stopped");
+    Ok(result?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("plughost: shutting down");
+}

@@ -1,0 +1,116 @@
+//! Records, entity definitions and system jobs: reads through a consistent
+//! snapshot, and the metadata writes.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use redb::{ReadTransaction, ReadableDatabase};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ENTITY_DEFS, JOBS, RECORDS, Result, Store, StoreError, all, get};
+use crate::codec;
+use crate::jobs::SystemJob;
+use crate::metadata::EntityDefinition;
+use crate::model::{Entity, Value};
+
+/// A record as stored: its attributes plus what the host maintains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// Incremented by every write; optimistic concurrency checks it at commit.
+    pub version: u64,
+    /// UTC milliseconds.
+    pub created_on: i64,
+    pub modified_on: i64,
+    pub attributes: BTreeMap<String, Value>,
+}
+
+impl StoredRecord {
+    /// The record as callers and plug-ins see it, system attributes included.
+    pub fn to_entity(&self, logical_name: &str, id: Uuid) -> Entity {
+        let mut e = Entity::new(logical_name);
+        e.id = Some(id);
+        e.attributes = self.attributes.clone();
+        e.attributes.insert("createdon".into(), Value::DateTime(self.created_on));
+        e.attributes.insert("modifiedon".into(), Value::DateTime(self.modified_on));
+        e
+    }
+}
+
+/// A consistent read view of the store, unaffected by later commits.
+pub struct Snapshot {
+    txn: ReadTransaction,
+}
+
+impl Snapshot {
+    pub fn record(&self, entity: &str, id: Uuid) -> Result<Option<StoredRecord>> {
+        get(&self.txn.open_table(RECORDS)?, (entity, id.as_u128()))
+    }
+
+    /// Calls `f` for the records of `entity` in id order, starting after `after`.
+    pub fn scan(
+        &self,
+        entity: &str,
+        after: Option<Uuid>,
+        mut f: impl FnMut(Uuid, StoredRecord) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let table = self.txn.open_table(RECORDS)?;
+        let start = after.map_or(0, |a| a.as_u128().saturating_add(1));
+        if after.is_some_and(|a| a.as_u128() == u128::MAX) {
+            return Ok(());
+        }
+        for entry in table.range((entity, start)..=(entity, u128::MAX))? {
+            let (k, v) = entry?;
+            let id = Uuid::from_u128(k.value().1);
+            if f(id, codec::decode(v.value())?).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn definition(&self, name: &str) -> Result<Option<EntityDefinition>> {
+        get(&self.txn.open_table(ENTITY_DEFS)?, name)
+    }
+}
+
+impl Store {
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot { txn: self.db.begin_read()? })
+    }
+
+    pub fn definitions(&self) -> Result<Vec<EntityDefinition>> {
+        let txn = self.db.begin_read()?;
+        all(&txn.open_table(ENTITY_DEFS)?)
+    }
+
+    /// Defines an entity, or adds attributes to an existing one.
+    pub fn define_entity(&self, def: &EntityDefinition) -> Result<EntityDefinition> {
+        def.validate().map_err(StoreError::Invalid)?;
+        let txn = self.db.begin_write()?;
+        let merged = {
+            let mut table = txn.open_table(ENTITY_DEFS)?;
+            let mut current: EntityDefinition = get(&table, def.name.as_str())?
+                .unwrap_or_else(|| EntityDefinition { name: def.name.clone(), attributes: BTreeMap::new() });
+            current.merge(def).map_err(StoreError::Conflict)?;
+            current.validate().map_err(StoreError::Invalid)?;
+            table.insert(def.name.as_str(), codec::encode(&current)?.as_slice())?;
+            current
+        };
+        txn.commit()?;
+        Ok(merged)
+    }
+
+    pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {
+        let txn = self.db.begin_read()?;
+        get(&txn.open_table(JOBS)?, id.as_u128())
+    }
+
+    /// Every job, in creation order.
+    pub fn jobs(&self) -> Result<Vec<SystemJob>> {
+        let txn = self.db.begin_read()?;
+        let mut jobs: Vec<SystemJob> = all(&txn.open_table(JOBS)?)?;
+        jobs.sort_by_key(|j| j.sequence);
+        Ok(jobs)
+    }
+}
