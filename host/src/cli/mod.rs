@@ -58,7 +58,7 @@ pub(crate) struct Global {
     token: Option<String>,
     /// A TOML configuration file (default: plughost.toml in the data directory).
     #[arg(long, global = true, env = "PLUGHOST_CONFIG")]
-    config: Option<PathBuf>,
+    config_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -118,7 +118,7 @@ impl Global {
     }
 
     pub(crate) fn load_config(&self) -> Result<Config, CliError> {
-        Config::load(self.config.as_deref(), &self.data_dir()).map_err(|m| CliError::new("bad_config", m))
+        Config::load(self.config_file.as_deref(), &self.data_dir()).map_err(|m| CliError::new("bad_config", m))
     }
 
     /// The server if one runs (or `--server`), else the store in this process.
@@ -214,4 +214,13 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, 
 
 pub(crate) fn kib(bytes: u64) -> String {
     if bytes >= 10 << 20 { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes.div_ceil(1024)) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
