@@ -2,6 +2,7 @@
 //! `run` calls the library.
 
 mod backend;
+mod bench;
 mod entities;
 mod jobs;
 mod plugins;
@@ -86,6 +87,9 @@ enum Command {
     Jobs(jobs::Jobs),
     /// Show where the data lives and whether a server is running.
     Status(status::Status),
+    /// Measure the service (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 impl Cli {
@@ -101,6 +105,7 @@ impl Cli {
             Command::Entities(c) => c.run(&g),
             Command::Jobs(c) => c.run(&g),
             Command::Status(c) => c.run(&g),
+            Command::Bench(c) => c.run(&g),
         }
     }
 }

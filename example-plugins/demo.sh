@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The plughost demo, on the embedded default store in a fresh data directory:
+# builds the example plug-ins and the host, starts `plughost serve`, registers
+# the plug-ins, raises data events with the CLI and with curl, and shows what the
+# synchronous plug-ins changed or rejected and the system jobs the async step queued.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Installing the wasm32-wasip2 target and building (first run: several minutes)"
+rustup target add wasm32-wasip2 >/dev/null
+(cd example-plugins/rust && cargo build --release --locked --quiet)
+cargo build --locked --quiet -p plughost
+PH="$PWD/target/debug/plughost"
+WASM="$PWD/example-plugins/rust/target/wasm32-wasip2/release"
+
+export PLUGHOST_DATA_DIR="${PLUGHOST_DATA_DIR:-$(mktemp -d)}"
+step "Starting plughost serve (data in $PLUGHOST_DATA_DIR)"
+"$PH" serve --listen 127.0.0.1:0 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -f "$PLUGHOST_DATA_DIR/server.json" ] && break; sleep 0.1; done
+URL=$(sed -E 's/.*"url":"([^"]+)".*/\1/' "$PLUGHOST_DATA_DIR/server.json")
+
+step "Defining the entities"
+"$PH" entities define account --attr name:text --attr accountnumber:text --attr creditlimit:money
+"$PH" entities define task --attr subject:text --attr regardingobjectid:reference --attr scheduledend:datetime
+
+step "Registering the example plug-ins"
+"$PH" register "$WASM/account_number.wasm" --name account-number --step Create:account:pre-operation
+"$PH" register "$WASM/follow_up_task.wasm" --name follow-up-task --step Create:account:post-operation:async
+"$PH" steps list
+
+step "Creating accounts: the pre-operation plug-in fills the account number"
+"$PH" entities create account --set name=Contoso --set 'creditlimit={"money":"25000.00"}'
+curl -sS -X POST "$URL/api/v1/entities/account" -H 'Content-Type: application/json' -d '{"name": "Fabrikam"}'
+echo
+
+step "A bad account is rejected by the plug-in, and nothing is stored"
+"$PH" entities create account --set name= || true
+curl -sS -X POST "$URL/api/v1/entities/account" -H 'Content-Type: application/json' \
+  -d '{"name": "Litware", "creditlimit": {"money": "-5"}}'
+echo
+
+step "The accounts as stored"
+"$PH" entities query account --order name
+
+step "The system jobs the asynchronous step queued, one per created account"
+"$PH" jobs list
+
+step "Stopping the server (SIGTERM)"
+kill -TERM $SERVER
+wait $SERVER || true
+trap - EXIT
+echo "done: the data stays in $PLUGHOST_DATA_DIR"
