@@ -32,6 +32,8 @@ pub struct Config {
     pub runtime: RuntimeSection,
     /// Default limits of every step.
     pub limits: Limits,
+    /// The asynchronous service's worker pool.
+    pub workers: crate::worker::WorkerConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +61,7 @@ impl Default for Config {
             group_commit_max_batch: 1024,
             runtime: RuntimeSection::default(),
             limits: Limits::default(),
+            workers: crate::worker::WorkerConfig::default(),
         }
     }
 }
@@ -96,6 +99,18 @@ impl Config {
         }
         if let Some(v) = var("PLUGHOST_GROUP_COMMIT_MAX_BATCH") {
             self.group_commit_max_batch = parse("PLUGHOST_GROUP_COMMIT_MAX_BATCH", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_WORKERS") {
+            self.workers.workers = parse("PLUGHOST_WORKERS", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_LEASE_MS") {
+            self.workers.lease_ms = parse("PLUGHOST_LEASE_MS", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_MAX_RETRIES") {
+            self.workers.max_retries = parse("PLUGHOST_MAX_RETRIES", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_RETRY_BACKOFF_MS") {
+            self.workers.backoff_ms = parse("PLUGHOST_RETRY_BACKOFF_MS", &v)?;
         }
         if let Some(v) = var("PLUGHOST_POOLING") {
             self.runtime.pooling = parse("PLUGHOST_POOLING", &v)?;

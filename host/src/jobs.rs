@@ -96,10 +96,11 @@ impl JobStatus {
         use JobStatus::*;
         matches!(
             (self, next),
-            // A worker locks a ready job; a user postpones, pauses or cancels it.
-            (WaitingForResources, InProgress | Waiting | Canceled)
-            // A waiting job becomes ready (resume, postpone-until reached) or is canceled.
-            | (Waiting, WaitingForResources | Canceled)
+            // A worker locks a ready job; a user postpones, pauses or cancels it; the
+            // host fails it when it cannot run (its step was unregistered).
+            (WaitingForResources, InProgress | Waiting | Canceled | Failed)
+            // A waiting job becomes ready (resume, postpone-until reached), is canceled or failed.
+            | (Waiting, WaitingForResources | Canceled | Failed)
             // A running job finishes, is released (lease expiry, shutdown), asked to pause or cancel,
             // or goes back to waiting (retry with backoff, next recurrence).
             | (InProgress, Succeeded | Failed | Canceled | WaitingForResources | Waiting | Pausing | Canceling)
@@ -210,5 +211,6 @@ mod tests {
         assert!(!JobStatus::Failed.can_become(JobStatus::Succeeded));
         assert!(JobStatus::Failed.can_become(JobStatus::WaitingForResources));
         assert!(!JobStatus::WaitingForResources.can_become(JobStatus::Succeeded));
+        assert!(!JobStatus::Canceled.can_become(JobStatus::Failed));
     }
 }

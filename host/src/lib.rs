@@ -17,5 +17,6 @@ pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod worker;
 
 pub use codec::{CodecError, FORMAT_VERSION};

@@ -153,6 +153,8 @@ type Result<T, E = PipelineError> = std::result::Result<T, E>;
 #[derive(Default)]
 struct StepIndex {
     by_message: HashMap<String, Vec<StepRecord>>,
+    /// Every step, enabled or not: what queued jobs refer to.
+    by_id: HashMap<Uuid, StepRecord>,
     assemblies: HashMap<String, AssemblyHash>,
 }
 
@@ -163,6 +165,7 @@ impl StepIndex {
             index.assemblies.insert(p.name, p.assembly);
         }
         for s in store.steps()? {
+            index.by_id.insert(s.id, s.clone());
             if s.enabled {
                 index.by_message.entry(s.message.clone()).or_default().push(s);
             }
@@ -243,11 +246,98 @@ impl Pipeline {
             match self.committer.commit_blocking(changes) {
                 Ok(_) => return Ok(response),
                 Err(CommitError::Conflict { entity, id }) => conflict = format!("{entity} {id}"),
-                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(CommitError::Store(e) | CommitError::Refused(e)) => return Err(e.into()),
                 Err(CommitError::Stopped) => return Err(StoreError::Db("the store's writer has stopped".into()).into()),
             }
         }
         Err(PipelineError::Conflict(conflict))
+    }
+
+    /// Runs a plug-in execution job: the plug-in's writes are buffered (and run
+    /// through the pipeline at depth + 1) and returned as the job's effects, to be
+    /// committed with its completion. Blocks.
+    pub fn run_job(self: &Arc<Self>, job: &SystemJob) -> JobRun {
+        let steps = self.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let orphan = |what: String| {
+            JobRun::failed("plugin_not_registered", format!("{what} was unregistered while this job was queued"))
+        };
+        let Some(step_id) = job.step_id else { return orphan("the job's step".into()) };
+        let Some(step) = steps.by_id.get(&step_id) else {
+            return orphan(format!("step '{}' ({step_id})", job.name));
+        };
+        let Some(hash) = steps.assemblies.get(&step.plugin).copied() else {
+            let queued = job.assembly.map(|h| format!(", assembly {} at queue time", h.short())).unwrap_or_default();
+            return orphan(format!("plug-in '{}'{queued}", step.plugin));
+        };
+        let store = self.store.clone();
+        let plugin = match self.runtime.load(&hash, || {
+            store.assembly_bytes(&hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                return JobRun::failed(
+                    "plugin_not_registered",
+                    format!("assembly {} cannot be loaded: {e:#}", hash.short()),
+                );
+            }
+        };
+        let snapshot = match self.store.snapshot() {
+            Ok(s) => s,
+            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        };
+        let scope = Scope::new(self.clone(), snapshot, job.correlation_id, job.context.initiating_user_id);
+        let mut context = job.context.clone();
+        context.operation_id = Some(job.id);
+        let limits = self.defaults.with(&step.limits);
+        let invocation = self.runtime.invoke(&plugin, &context, &limits, scope.clone());
+        let mut run = JobRun {
+            result: crate::store::JobResult::Succeeded,
+            effects: ChangeSet::default(),
+            trace: invocation.trace,
+            fuel_used: invocation.fuel_used,
+            duration_us: invocation.duration_us,
+            delete_on_success: step.delete_job_on_success,
+        };
+        match invocation.outcome {
+            Ok(_) => run.effects = scope.into_changes(),
+            Err(f) if f.code.is_retryable() => {
+                run.result = crate::store::JobResult::Retry { code: f.code.to_string(), message: f.message }
+            }
+            Err(f) => run.result = crate::store::JobResult::Failed { code: f.code.to_string(), message: f.message },
+        }
+        run
+    }
+}
+
+/// What running a job came to, ready to be completed.
+#[derive(Debug)]
+pub struct JobRun {
+    pub result: crate::store::JobResult,
+    pub effects: ChangeSet,
+    pub trace: String,
+    pub fuel_used: u64,
+    pub duration_us: u64,
+    pub delete_on_success: bool,
+}
+
+impl JobRun {
+    fn failed(code: &str, message: String) -> JobRun {
+        JobRun::ended(crate::store::JobResult::Failed { code: code.into(), message })
+    }
+
+    fn retry(code: &str, message: String) -> JobRun {
+        JobRun::ended(crate::store::JobResult::Retry { code: code.into(), message })
+    }
+
+    fn ended(result: crate::store::JobResult) -> JobRun {
+        JobRun {
+            result,
+            effects: ChangeSet::default(),
+            trace: String::new(),
+            fuel_used: 0,
+            duration_us: 0,
+            delete_on_success: false,
+        }
     }
 }
 
@@ -696,7 +786,10 @@ impl Scope {
             started_on: None,
             completed_on: None,
             postpone_until: None,
-            dependency_token: None,
+            dependency_token: match (step.ordered_per_record, ctx.primary_entity_id) {
+                (true, Some(id)) => Some(format!("{}:{id}", ctx.primary_entity_name)),
+                _ => None,
+            },
             correlation_id: ctx.correlation_id,
             depth: ctx.depth,
             step_id: Some(step.id),

@@ -83,6 +83,9 @@ pub struct StepRecord {
     pub delete_job_on_success: bool,
     /// Run up to this many invocations in one instance (0 = a fresh instance every time).
     pub instance_reuse: u32,
+    /// Asynchronous steps: the jobs this step queues for one record run one at a
+    /// time, in the order of the changes (a dependency token per record).
+    pub ordered_per_record: bool,
     pub created_at: i64,
 }
 
@@ -104,6 +107,7 @@ pub struct StepSpec {
     pub disabled: bool,
     pub delete_job_on_success: bool,
     pub instance_reuse: u32,
+    pub ordered_per_record: bool,
 }
 
 /// The messages with a core operation of their own; every other message is a
@@ -207,6 +211,9 @@ impl StepSpec {
         if self.configuration.as_ref().is_some_and(|c| c.len() > MAX_CONFIGURATION_LEN) {
             return Err(invalid(format!("the configuration string is longer than {MAX_CONFIGURATION_LEN} bytes")));
         }
+        if self.ordered_per_record && self.mode != Mode::Asynchronous {
+            return Err(invalid("ordering per record applies only to asynchronous steps".into()));
+        }
         if self.instance_reuse > MAX_INSTANCE_REUSE {
             return Err(invalid(format!("instance reuse is at most {MAX_INSTANCE_REUSE} invocations")));
         }
@@ -238,6 +245,7 @@ impl StepSpec {
             enabled: !self.disabled,
             delete_job_on_success: self.delete_job_on_success,
             instance_reuse: self.instance_reuse,
+            ordered_per_record: self.ordered_per_record,
             created_at: now_ms(),
         })
     }

@@ -12,8 +12,11 @@ use plughost::model::{Entity, EntityCollection};
 use plughost::pipeline::{Caller, Pipeline, Request, Response};
 use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
 use plughost::runtime::{ArtifactIndex, Runtime};
-use plughost::server::{DefineBody, ErrorBody, IdBody, MessageBody, PluginDetails, ServerInfo, UnregisteredPlugin};
-use plughost::store::{Committer, Store, StoreError};
+use plughost::server::{
+    DefineBody, ErrorBody, IdBody, MessageBody, PluginDetails, PostponeBody, ServerInfo, ServiceStatus,
+    UnregisteredPlugin,
+};
+use plughost::store::{CommitError, Committer, JobAction, JobQueue, Store, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -40,6 +43,16 @@ pub(crate) trait Backend {
     fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError>;
     fn execute(&self, request: Request) -> Result<Response, CliError>;
     fn jobs(&self) -> Result<Vec<SystemJob>, CliError>;
+    fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError>;
+    /// The asynchronous service's status, after `action` ("pause" or "resume") if given.
+    fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError>;
+}
+
+fn commit_error(e: CommitError) -> CliError {
+    match e {
+        CommitError::Refused(s) | CommitError::Store(s) => s.into(),
+        other => CliError::new("store_error", other.to_string()),
+    }
 }
 
 /// Works on the store in this process.
@@ -164,6 +177,22 @@ impl Backend for Local {
 
     fn jobs(&self) -> Result<Vec<SystemJob>, CliError> {
         Ok(self.store.jobs()?)
+    }
+
+    fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
+        let queue = JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone());
+        queue.manage(id, action).map_err(commit_error)
+    }
+
+    fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
+        if action.is_some() {
+            return Err(CliError::new(
+                "no_server",
+                "no server is running for this data directory: the asynchronous service runs inside `plughost serve`",
+            ));
+        }
+        let queue = JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone());
+        Ok(ServiceStatus { running: false, paused: false, workers: 0, counts: queue.counts()? })
     }
 }
 
@@ -364,6 +393,34 @@ impl Backend for Remote {
 
     fn jobs(&self) -> Result<Vec<SystemJob>, CliError> {
         self.get("/jobs")
+    }
+
+    fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
+        match action {
+            JobAction::Delete => {
+                let _: Option<()> = self.delete(&format!("/jobs/{id}"))?;
+                Ok(None)
+            }
+            JobAction::Postpone(until) => {
+                self.post(&format!("/jobs/{id}/postpone"), &PostponeBody { until: until.into() })
+            }
+            other => {
+                let name = match other {
+                    JobAction::Cancel => "cancel",
+                    JobAction::Pause => "pause",
+                    JobAction::Resume => "resume",
+                    _ => "retry",
+                };
+                self.answer(self.auth(self.agent.post(self.url(&format!("/jobs/{id}/{name}")))).send_empty())
+            }
+        }
+    }
+
+    fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
+        match action {
+            Some(a) => self.answer(self.auth(self.agent.post(self.url(&format!("/service/{a}")))).send_empty()),
+            None => self.get("/service"),
+        }
     }
 }
 

@@ -56,7 +56,8 @@ impl ApiBench {
     fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
         let dir = tempfile::tempdir().map_err(|e| CliError::new("io", e.to_string()))?;
-        let mut config = plughost::config::Config { listen: "127.0.0.1:0".parse().expect("address"), ..Default::default() };
+        let mut config =
+            plughost::config::Config { listen: "127.0.0.1:0".parse().expect("address"), ..Default::default() };
         config.admin_token = Some("bench".into());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -69,13 +70,17 @@ impl ApiBench {
         let base = format!("http://{addr}/api/v1");
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let admin = |req: ureq::RequestBuilder<ureq::typestate::WithBody>| req.header("Authorization", "Bearer bench");
-        for (entity, attrs) in [("account", r#"{"attributes": {"name": "text", "accountnumber": "text"}}"#), ("contact", r#"{"attributes": {"name": "text"}}"#)] {
+        for (entity, attrs) in [
+            ("account", r#"{"attributes": {"name": "text", "accountnumber": "text"}}"#),
+            ("contact", r#"{"attributes": {"name": "text"}}"#),
+        ] {
             admin(agent.put(format!("{base}/metadata/entities/{entity}")))
                 .header("Content-Type", "application/json")
                 .send(attrs)
                 .map_err(|e| CliError::new("bench", e.to_string()))?;
         }
-        let steps = r#"[{"plugin": "account-number", "message": "Create", "entity": "account", "stage": "pre-operation"}]"#;
+        let steps =
+            r#"[{"plugin": "account-number", "message": "Create", "entity": "account", "stage": "pre-operation"}]"#;
         let reg = admin(agent.post(format!("{base}/assemblies")))
             .query("name", "account-number")
             .query("steps", steps)
@@ -96,7 +101,8 @@ impl ApiBench {
         });
         let json = serde_json::json!({ "command": "plughost bench api", "measurements": results });
         g.print(&json, || {
-            let mut rows = vec![["SCENARIO", "CLIENTS", "REQUESTS", "REQ/S", "P50 MS", "P99 MS"].map(String::from).to_vec()];
+            let mut rows =
+                vec![["SCENARIO", "CLIENTS", "REQUESTS", "REQ/S", "P50 MS", "P99 MS"].map(String::from).to_vec()];
             for m in &results {
                 rows.push(vec![
                     m.scenario.to_owned(),
@@ -114,7 +120,13 @@ impl ApiBench {
 }
 
 /// `clients` threads send `requests` durable creates in all; latency per request.
-fn measure(base: &str, scenario: &'static str, entity: &str, clients: usize, requests: usize) -> Result<Measurement, CliError> {
+fn measure(
+    base: &str,
+    scenario: &'static str,
+    entity: &str,
+    clients: usize,
+    requests: usize,
+) -> Result<Measurement, CliError> {
     let next = Arc::new(AtomicUsize::new(0));
     let url = format!("{base}/entities/{entity}");
     let started = Instant::now();
@@ -145,7 +157,11 @@ fn measure(base: &str, scenario: &'static str, entity: &str, clients: usize, req
         .collect();
     let mut all = Vec::with_capacity(requests);
     for t in threads {
-        all.extend(t.join().map_err(|_| CliError::new("bench", "a client thread panicked"))?.map_err(|m| CliError::new("bench", m))?);
+        all.extend(
+            t.join()
+                .map_err(|_| CliError::new("bench", "a client thread panicked"))?
+                .map_err(|m| CliError::new("bench", m))?,
+        );
     }
     let elapsed = started.elapsed();
     all.sort();

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use plughost::jobs::JobStatus;
+use plughost::jobs::{JobStatus, SystemJob};
+use plughost::model::{Value, value_from_json};
+use plughost::store::JobAction;
 
 use super::{CliError, Global, table};
 
@@ -16,14 +18,60 @@ pub(crate) enum Jobs {
     },
     /// Show one job with its trace (by id or unique id prefix).
     Show { id: String },
+    /// Cancel a ready, waiting or running job.
+    Cancel { id: String },
+    /// Pause a ready job (it waits until resumed) or a running one.
+    Pause { id: String },
+    /// Resume a waiting job.
+    Resume { id: String },
+    /// Do not start a ready or waiting job before TIME (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    Postpone { id: String, until: String },
+    /// Run a failed or canceled job again.
+    Retry { id: String },
+    /// Delete a job that is not running.
+    Delete { id: String },
+}
+
+/// Finds the one job whose id starts with `key` (4+ characters).
+fn resolve(jobs: Vec<SystemJob>, key: &str) -> Result<SystemJob, CliError> {
+    let matches: Vec<_> = jobs.into_iter().filter(|j| j.id.to_string().starts_with(key)).collect();
+    match (matches.len(), key.len() >= 4) {
+        (1, true) => Ok(matches.into_iter().next().expect("one")),
+        (0, _) | (_, false) => {
+            Err(CliError::new("not_found", format!("no system job matches '{key}' (give 4+ characters of the id)")))
+        }
+        (n, _) => Err(CliError::new("conflict", format!("'{key}' matches {n} jobs: give more of the id"))),
+    }
 }
 
 impl Jobs {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
-        let jobs = g.backend()?.jobs()?;
+        let backend = g.backend()?;
+        let jobs = backend.jobs()?;
+        let act = |id: &str, action: JobAction| -> Result<(), CliError> {
+            let job = resolve(jobs.clone(), id)?;
+            let after = backend.manage_job(job.id, action)?;
+            g.print(&after, || match &after {
+                Some(j) => format!("job {} is now {:?} / {} ({})", j.id, j.state(), j.status.name(), j.status.code()),
+                None => format!("deleted job {}", job.id),
+            })
+        };
         match self {
+            Jobs::Cancel { id } => act(&id, JobAction::Cancel)?,
+            Jobs::Pause { id } => act(&id, JobAction::Pause)?,
+            Jobs::Resume { id } => act(&id, JobAction::Resume)?,
+            Jobs::Retry { id } => act(&id, JobAction::Retry)?,
+            Jobs::Delete { id } => act(&id, JobAction::Delete)?,
+            Jobs::Postpone { id, until } => {
+                let Value::DateTime(t) = value_from_json(serde_json::json!({ "datetime": until }))
+                    .map_err(|m| CliError::new("invalid", m))?
+                else {
+                    return Err(CliError::new("invalid", "not a time"));
+                };
+                act(&id, JobAction::Postpone(t))?;
+            }
             Jobs::List { status } => {
-                let jobs: Vec<_> = jobs.into_iter().filter(|j| status.is_none_or(|s| j.status == s)).collect();
+                let jobs: Vec<_> = jobs.iter().filter(|j| status.is_none_or(|s| j.status == s)).cloned().collect();
                 g.print(&jobs, || {
                     if jobs.is_empty() {
                         return "no system jobs".into();
@@ -47,19 +95,7 @@ impl Jobs {
                 })?;
             }
             Jobs::Show { id } => {
-                let matches: Vec<_> = jobs.into_iter().filter(|j| j.id.to_string().starts_with(&id)).collect();
-                let job = match (matches.len(), id.len() >= 4) {
-                    (1, true) => matches.into_iter().next().expect("one"),
-                    (0, _) | (_, false) => {
-                        return Err(CliError::new(
-                            "not_found",
-                            format!("no system job matches '{id}' (give 4+ characters of the id)"),
-                        ));
-                    }
-                    (n, _) => {
-                        return Err(CliError::new("conflict", format!("'{id}' matches {n} jobs: give more of the id")));
-                    }
-                };
+                let job = resolve(jobs, &id)?;
                 g.print(&job, || {
                     let mut out = format!(
                         "job       {}\nname      {}\nstatus    {:?} ({}) / {} ({})\ncreated   {}\n",

@@ -8,6 +8,7 @@ mod jobs;
 mod plugins;
 mod register;
 mod serve;
+mod service;
 mod status;
 mod steps;
 mod test;
@@ -87,6 +88,9 @@ enum Command {
     Jobs(jobs::Jobs),
     /// Show where the data lives and whether a server is running.
     Status(status::Status),
+    /// Pause, resume and inspect the asynchronous service of a running server.
+    #[command(subcommand)]
+    Service(service::Service),
     /// Measure the service (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -106,6 +110,7 @@ impl Cli {
             Command::Jobs(c) => c.run(&g),
             Command::Status(c) => c.run(&g),
             Command::Bench(c) => c.run(&g),
+            Command::Service(c) => c.run(&g),
         }
     }
 }

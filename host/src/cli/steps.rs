@@ -69,6 +69,9 @@ pub(crate) struct Add {
     /// Asynchronous steps: delete the system job once it succeeds.
     #[arg(long)]
     delete_on_success: bool,
+    /// Asynchronous steps: run this step's jobs for one record one at a time, in order.
+    #[arg(long)]
+    ordered: bool,
     /// Register the step disabled.
     #[arg(long)]
     disabled: bool,
@@ -113,6 +116,7 @@ impl Add {
             disabled: self.disabled,
             delete_job_on_success: self.delete_on_success,
             instance_reuse: self.reuse,
+            ordered_per_record: self.ordered,
         })
     }
 }

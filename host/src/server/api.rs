@@ -20,6 +20,7 @@ use crate::metadata::{AttributeType, EntityDefinition};
 use crate::model::{Entity, EntityReference, Parameters, Value, parse_guid};
 use crate::pipeline::{Caller, Request, Response};
 use crate::registry::{self, StepSpec};
+use crate::store::{JobAction, QueueCounts};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -45,12 +46,16 @@ pub fn app(state: AppState) -> Router {
         .route("/metadata/entities", get(definitions))
         .route("/metadata/entities/{name}", axum::routing::put(define_entity))
         .route("/jobs", get(jobs))
-        .route("/jobs/{id}", get(job))
+        .route("/jobs/{id}", get(job).delete(delete_job))
+        .route("/jobs/{id}/{action}", post(job_action))
+        .route("/service", get(service))
+        .route("/service/{action}", post(service_action))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .merge(uploads)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", data.merge(admin))
         .fallback(|| async { ApiError::not_found("no such route: see the API reference in README.md") })
         .with_state(state)
@@ -464,16 +469,161 @@ async fn define_entity(
 
 // ---- jobs ----
 
-#[derive(Deserialize)]
-struct JobFilter {
-    status: Option<String>,
+/// Filters of `GET /jobs`; every one optional.
+#[derive(Deserialize, Default)]
+pub struct JobFilter {
+    pub status: Option<String>,
+    pub step: Option<String>,
+    pub entity: Option<String>,
+    pub token: Option<String>,
+    /// Created at or after / before (UTC ms).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+impl JobFilter {
+    pub fn apply(&self, jobs: Vec<SystemJob>) -> ApiResult<Vec<SystemJob>> {
+        let status = self.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::bad_request)?;
+        let step = self.step.as_deref().map(guid_param).transpose()?;
+        Ok(jobs
+            .into_iter()
+            .filter(|j| status.is_none_or(|s| j.status == s))
+            .filter(|j| step.is_none_or(|s| j.step_id == Some(s)))
+            .filter(|j| self.entity.as_ref().is_none_or(|e| j.regarding.as_ref().is_some_and(|r| &r.logical_name == e)))
+            .filter(|j| self.token.as_ref().is_none_or(|t| j.dependency_token.as_ref() == Some(t)))
+            .filter(|j| self.since.is_none_or(|t| j.created_on >= t) && self.until.is_none_or(|t| j.created_on < t))
+            .take(self.limit.unwrap_or(usize::MAX))
+            .collect())
+    }
 }
 
 async fn jobs(State(state): State<AppState>, Query(f): Query<JobFilter>) -> ApiResult<Json<Vec<SystemJob>>> {
-    let status = f.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::bad_request)?;
     let s = state.clone();
     let jobs = blocking(move || Ok(s.store().jobs()?)).await?;
-    Ok(Json(jobs.into_iter().filter(|j| status.is_none_or(|st| j.status == st)).collect()))
+    Ok(Json(f.apply(jobs)?))
+}
+
+fn commit_error(e: crate::store::CommitError) -> ApiError {
+    match e {
+        crate::store::CommitError::Refused(s) | crate::store::CommitError::Store(s) => s.into(),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", other.to_string()),
+    }
+}
+
+/// The body of `POST /jobs/{id}/postpone`.
+#[derive(Serialize, Deserialize)]
+pub struct PostponeBody {
+    /// RFC 3339 time or UTC milliseconds.
+    pub until: serde_json::Value,
+}
+
+async fn job_action(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Option<SystemJob>>> {
+    let id = guid_param(&id)?;
+    let action = match action.as_str() {
+        "cancel" => JobAction::Cancel,
+        "pause" => JobAction::Pause,
+        "resume" => JobAction::Resume,
+        "retry" => JobAction::Retry,
+        "postpone" => {
+            let body: PostponeBody = json_body(body)?;
+            let Value::DateTime(until) = crate::model::value_from_json(serde_json::json!({ "datetime": body.until }))
+                .map_err(ApiError::bad_request)?
+            else {
+                return Err(ApiError::bad_request("until must be a time"));
+            };
+            JobAction::Postpone(until)
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown job action '{other}': use cancel, pause, resume, postpone or retry"
+            )));
+        }
+    };
+    let queue = state.queue.clone();
+    blocking(move || queue.manage(id, action).map(Json).map_err(commit_error)).await
+}
+
+async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id = guid_param(&id)?;
+    let queue = state.queue.clone();
+    blocking(move || queue.manage(id, JobAction::Delete).map_err(commit_error)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The asynchronous service's state.
+#[derive(Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub running: bool,
+    pub paused: bool,
+    pub workers: usize,
+    pub counts: QueueCounts,
+}
+
+fn service_status(state: &AppState) -> ApiResult<ServiceStatus> {
+    Ok(ServiceStatus {
+        running: state.workers.is_some(),
+        paused: state.workers.as_ref().is_some_and(|w| w.is_paused()),
+        workers: if state.workers.is_some() { state.config.workers.workers } else { 0 },
+        counts: state.queue.counts()?,
+    })
+}
+
+async fn service(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>> {
+    blocking(move || service_status(&state).map(Json)).await
+}
+
+async fn service_action(State(state): State<AppState>, Path(action): Path<String>) -> ApiResult<Json<ServiceStatus>> {
+    let workers = state.workers.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "no_workers", "this server runs no workers (workers.workers = 0)")
+    })?;
+    match action.as_str() {
+        "pause" => workers.pause(),
+        "resume" => workers.resume(),
+        other => return Err(ApiError::not_found(format!("unknown service action '{other}': use pause or resume"))),
+    }
+    blocking(move || service_status(&state).map(Json)).await
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
+    let s = state.clone();
+    let counts = blocking(move || Ok(s.queue.counts()?)).await?;
+    let mut out = String::new();
+    out.push_str("# HELP plughost_jobs System jobs by status.\n# TYPE plughost_jobs gauge\n");
+    for (name, code, n) in &counts.by_status {
+        out.push_str(&format!("plughost_jobs{{status=\"{name}\",code=\"{code}\"}} {n}\n"));
+    }
+    out.push_str(&format!("# HELP plughost_jobs_runnable Jobs ready to run now.\n# TYPE plughost_jobs_runnable gauge\nplughost_jobs_runnable {}\n", counts.runnable));
+    if let Some(w) = &state.workers {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &w.stats;
+        for (name, help, v) in [
+            ("plughost_jobs_succeeded_total", "Jobs completed successfully.", st.succeeded.load(Relaxed)),
+            ("plughost_jobs_failed_total", "Jobs that failed.", st.failed.load(Relaxed)),
+            ("plughost_jobs_retried_total", "Retryable failures scheduled again.", st.retried.load(Relaxed)),
+            ("plughost_jobs_requeued_total", "Jobs re-run after a concurrent change.", st.requeued.load(Relaxed)),
+            ("plughost_jobs_stale_total", "Completions dropped for a lost lease.", st.stale.load(Relaxed)),
+            ("plughost_job_fuel_total", "Fuel used by jobs.", st.fuel_used.load(Relaxed)),
+            ("plughost_job_run_microseconds_total", "Time jobs spent running.", st.run_us.load(Relaxed)),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        }
+    }
+    let rt = state.runtime().stats();
+    out.push_str(&format!(
+        "# HELP plughost_invocations_total Plug-in invocations.\n# TYPE plughost_invocations_total counter\nplughost_invocations_total {}\n",
+        rt.invocations
+    ));
+    out.push_str(&format!(
+        "# HELP plughost_compiled_total Components compiled (not loaded from the cache).\n# TYPE plughost_compiled_total counter\nplughost_compiled_total {}\n",
+        rt.compiled
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SystemJob>> {

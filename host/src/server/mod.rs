@@ -13,17 +13,23 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::api::{DefineBody, IdBody, MessageBody, PluginDetails, UnregisteredPlugin, app};
+pub use self::api::{
+    DefineBody, IdBody, JobFilter, MessageBody, PluginDetails, PostponeBody, ServiceStatus, UnregisteredPlugin, app,
+};
 pub use self::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
 use crate::runtime::{ArtifactIndex, Runtime};
-use crate::store::{Committer, Store};
+use crate::store::{Committer, JobQueue, Store};
+use crate::worker::WorkerPool;
 
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Arc<Pipeline>,
+    pub queue: JobQueue,
+    /// The worker pool; `None` when this server runs no workers (`workers.workers = 0`).
+    pub workers: Option<Arc<WorkerPool>>,
     pub admin_token: Arc<str>,
     pub config: Arc<Config>,
 }
@@ -82,8 +88,21 @@ pub async fn serve(
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let state = AppState { pipeline, admin_token, config: Arc::new(config) };
+    let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone());
+    let workers = (config.workers.workers > 0)
+        .then(|| WorkerPool::start(pipeline.clone(), queue.clone(), config.workers.clone()));
+    let grace = std::time::Duration::from_millis(config.workers.shutdown_grace_ms);
+    let state = AppState { pipeline, queue, workers: workers.clone(), admin_token, config: Arc::new(config) };
     let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await;
+    if let Some(w) = workers {
+        // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.
+        let all = tokio::task::spawn_blocking(move || w.shutdown(grace)).await.unwrap_or(false);
+        if !all {
+            tracing::warn!(
+                "some jobs were still running after the grace period; their leases will expire and they will run again"
+            );
+        }
+    }
     let _ = std::fs::remove_file(&info_path);
     tracing::info!("plughost stopped");
     Ok(result?)

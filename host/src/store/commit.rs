@@ -14,7 +14,7 @@ use redb::WriteTransaction;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{JOB_SEQUENCE, JOBS, META, RECORDS, Store, StoreError, StoredRecord, get};
+use super::{RECORDS, Store, StoreError, StoredRecord, get};
 use crate::codec;
 use crate::jobs::SystemJob;
 
@@ -53,6 +53,9 @@ pub enum CommitError {
     Conflict { entity: String, id: Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The operation was refused (e.g. an illegal job transition); nothing of it was written.
+    #[error("{0}")]
+    Refused(StoreError),
     #[error("the store's writer has stopped")]
     Stopped,
 }
@@ -64,16 +67,29 @@ pub struct Receipt {
     pub job_sequences: Vec<u64>,
 }
 
-struct Pending {
-    changes: ChangeSet,
-    reply: oneshot::Sender<Result<Receipt, CommitError>>,
+/// One operation of a batch: it runs against the batch's transaction and returns
+/// how to answer its producer once the commit's outcome is known.
+type Work = Box<dyn FnOnce(&WriteTransaction) -> Done + Send>;
+
+struct Done {
+    /// A storage failure: the whole batch is abandoned.
+    fatal: bool,
+    finish: Box<dyn FnOnce(Option<String>) + Send>,
 }
 
 /// The handle producers commit through. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Committer {
-    tx: SyncSender<Pending>,
+    tx: SyncSender<Work>,
+    wake: Arc<Wake>,
     _writer: Arc<WriterThread>,
+}
+
+/// Lets workers sleep until a commit queues new jobs.
+#[derive(Default)]
+struct Wake {
+    generation: std::sync::Mutex<u64>,
+    signal: std::sync::Condvar,
 }
 
 struct WriterThread(Option<JoinHandle<()>>);
@@ -89,28 +105,72 @@ impl Drop for WriterThread {
 }
 
 impl Committer {
-    /// Starts the writer thread for `store`, committing at most `max_batch` change sets at once.
+    /// Starts the writer thread for `store`, committing at most `max_batch` operations at once.
     pub fn start(store: Arc<Store>, max_batch: usize) -> Committer {
         let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
         let thread = std::thread::Builder::new()
             .name("plughost-writer".into())
             .spawn(move || writer(&store, &rx, max_batch.max(1)))
             .expect("spawn the writer thread");
-        Committer { tx, _writer: Arc::new(WriterThread(Some(thread))) }
+        Committer { tx, wake: Arc::default(), _writer: Arc::new(WriterThread(Some(thread))) }
     }
 
-    /// Queues `changes` and returns a receiver for the outcome, sent once durable.
-    pub fn submit(&self, changes: ChangeSet) -> oneshot::Receiver<Result<Receipt, CommitError>> {
+    /// Queues an operation for the next batch; the receiver gets its result once
+    /// the batch is durable. The operation must check everything before it writes
+    /// anything: a refused operation (`Err` other than a storage error) is skipped,
+    /// not undone.
+    pub(crate) fn submit_op<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<T, CommitError> + Send + 'static,
+    ) -> oneshot::Receiver<Result<T, CommitError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(p)) = self.tx.send(Pending { changes, reply }) {
-            let _ = p.reply.send(Err(CommitError::Stopped));
+        let work: Work = Box::new(move |txn| {
+            let result = op(txn);
+            let fatal = matches!(result, Err(CommitError::Store(_)));
+            Done {
+                fatal,
+                finish: Box::new(move |batch_error| {
+                    let _ = reply.send(match batch_error {
+                        None => result,
+                        Some(e) => Err(CommitError::Store(StoreError::Db(e))),
+                    });
+                }),
+            }
+        });
+        if self.tx.send(work).is_err() {
+            let (reply, rx) = oneshot::channel();
+            let _ = reply.send(Err(CommitError::Stopped));
+            return rx;
         }
         rx
     }
 
+    /// Queues a change set; the receiver gets the outcome once durable.
+    pub fn submit(&self, changes: ChangeSet) -> oneshot::Receiver<Result<Receipt, CommitError>> {
+        self.submit_op(move |txn| apply(txn, &changes))
+    }
+
+    /// Wakes workers waiting in [`Committer::wait_for_work`].
+    pub(crate) fn notify(&self) {
+        *self.wake.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.wake.signal.notify_all();
+    }
+
+    /// Sleeps until [`Committer::notify`] or `timeout`.
+    pub(crate) fn wait_for_work(&self, timeout: std::time::Duration) {
+        let g = self.wake.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = *g;
+        let _ = self.wake.signal.wait_timeout_while(g, timeout, |g| *g == seen);
+    }
+
     /// Commits `changes` and waits for the durable outcome (for blocking threads).
     pub fn commit_blocking(&self, changes: ChangeSet) -> Result<Receipt, CommitError> {
-        self.submit(changes).blocking_recv().unwrap_or(Err(CommitError::Stopped))
+        let queues_jobs = !changes.jobs.is_empty();
+        let result = self.submit(changes).blocking_recv().unwrap_or(Err(CommitError::Stopped));
+        if queues_jobs && result.is_ok() {
+            self.notify();
+        }
+        result
     }
 
     /// Commits `changes` and waits for the durable outcome.
@@ -119,44 +179,48 @@ impl Committer {
     }
 }
 
-fn writer(store: &Store, rx: &Receiver<Pending>, max_batch: usize) {
+fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(w) => batch.push(w),
                 Err(_) => break,
             }
         }
-        let results = commit_batch(store, &batch);
-        for (pending, result) in batch.into_iter().zip(results) {
-            let _ = pending.reply.send(result);
-        }
+        commit_batch(store, batch);
     }
 }
 
-/// Applies each change set that passes its checks, then commits once.
-fn commit_batch(store: &Store, batch: &[Pending]) -> Vec<Result<Receipt, CommitError>> {
-    let failed = |e: StoreError| batch.iter().map(|_| Err(CommitError::Store(StoreError::Db(e.to_string())))).collect();
+/// Runs every operation in one transaction, commits once, then answers each.
+fn commit_batch(store: &Store, batch: Vec<Work>) {
     let txn = match store.db.begin_write() {
         Ok(t) => t,
-        Err(e) => return failed(e.into()),
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for p in batch {
-        match apply(&txn, &p.changes) {
-            Ok(r) => results.push(Ok(r)),
-            Err(CommitError::Store(e)) => return failed(e),
-            Err(e) => results.push(Err(e)),
+        Err(e) => {
+            // Dropping the operations unanswered tells each producer the writer failed.
+            tracing::error!("cannot begin a write transaction: {e}; {} operations refused", batch.len());
+            return;
         }
+    };
+    let mut done = Vec::with_capacity(batch.len());
+    let mut fatal = false;
+    for work in batch {
+        let d = work(&txn);
+        fatal |= d.fatal;
+        done.push(d);
     }
-    match txn.commit() {
-        Ok(()) => results,
-        Err(e) => failed(e.into()),
+    let outcome = if fatal {
+        drop(txn);
+        Some("a storage error stopped the batch; nothing in it was committed".to_owned())
+    } else {
+        txn.commit().err().map(|e| e.to_string())
+    };
+    for d in done {
+        (d.finish)(outcome.clone());
     }
 }
 
-fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Receipt, CommitError> {
+pub(super) fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Receipt, CommitError> {
     let mut records = txn.open_table(RECORDS).map_err(StoreError::from)?;
     // Check every version before writing anything.
     for c in &changes.records {
@@ -174,21 +238,6 @@ fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Receipt, CommitE
             None => records.remove(key).map_err(StoreError::from)?,
         };
     }
-    let mut receipt = Receipt::default();
-    if !changes.jobs.is_empty() {
-        let mut meta = txn.open_table(META).map_err(StoreError::from)?;
-        let mut sequence: u64 = get(&meta, JOB_SEQUENCE)?.unwrap_or(0);
-        let mut jobs = txn.open_table(JOBS).map_err(StoreError::from)?;
-        for job in &changes.jobs {
-            sequence += 1;
-            let mut job = job.clone();
-            job.sequence = sequence;
-            jobs.insert(job.id.as_u128(), codec::encode(&job).map_err(StoreError::from)?.as_slice())
-                .map_err(StoreError::from)?;
-            receipt.job_sequences.push(sequence);
-        }
-        meta.insert(JOB_SEQUENCE, codec::encode(&sequence).map_err(StoreError::from)?.as_slice())
-            .map_err(StoreError::from)?;
-    }
+    let receipt = Receipt { job_sequences: super::jobs::enqueue(txn, &changes.jobs, crate::registry::now_ms())? };
     Ok(receipt)
 }

@@ -12,9 +12,12 @@ use uuid::Uuid;
 
 mod commit;
 mod data;
+mod jobs;
+mod queue;
 
 pub use commit::{ChangeSet, CommitError, Committer, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
+pub use queue::{CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, QueueCounts};
 
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
@@ -157,6 +160,12 @@ impl Store {
             txn.open_table(ENTITY_DEFS)?;
             txn.open_table(RECORDS)?;
             txn.open_table(JOBS)?;
+            txn.open_table(jobs::READY)?;
+            txn.open_table(jobs::POSTPONED)?;
+            txn.open_table(jobs::TOKENS)?;
+            txn.open_table(jobs::LEASES)?;
+            txn.open_table(jobs::STEP_JOBS)?;
+            txn.open_table(jobs::STATUS_COUNTS)?;
         }
         txn.commit()?;
         Ok(())
@@ -329,6 +338,12 @@ impl Store {
                 steps_table.remove(s.id.as_u128())?;
             }
             plugins.remove(name)?;
+            drop((plugins, steps_table));
+            for s in &steps {
+                let what =
+                    format!("plug-in '{name}' (assembly {}) with its step '{}'", plugin.assembly.short(), s.name);
+                jobs::orphan_step_jobs(&txn, s.id, &what, crate::registry::now_ms())?;
+            }
             (plugin, steps)
         };
         txn.commit()?;

@@ -6,8 +6,13 @@ use serde_json::{Value, json};
 use super::BIN;
 
 /// A server with `account`, `task` and `audit` entities defined.
-fn server() -> TestServer {
-    let s = TestServer::start(BIN);
+pub(crate) fn server() -> TestServer {
+    server_with(&[])
+}
+
+/// The same, with extra environment (e.g. `PLUGHOST_WORKERS=0` to keep jobs queued).
+pub(crate) fn server_with(env: &[(&str, &str)]) -> TestServer {
+    let s = TestServer::start_with(BIN, env);
     s.put(
         "/api/v1/metadata/entities/account",
         &json!({"attributes": {"name": "text", "accountnumber": "text", "creditlimit": "money", "description": "text"}}),
@@ -26,7 +31,7 @@ fn server() -> TestServer {
     s
 }
 
-fn register(s: &TestServer, wasm: &str, name: &str, steps: &[&str]) {
+pub(crate) fn register(s: &TestServer, wasm: &str, name: &str, steps: &[&str]) {
     let mut args = vec!["register", wasm, "--name", name, "--json"];
     for st in steps {
         args.extend(["--step", st]);
@@ -34,11 +39,11 @@ fn register(s: &TestServer, wasm: &str, name: &str, steps: &[&str]) {
     s.run(&args).ok();
 }
 
-fn add_step(s: &TestServer, spec: Value) -> Value {
+pub(crate) fn add_step(s: &TestServer, spec: Value) -> Value {
     s.post("/api/v1/steps", &spec).expect(201)
 }
 
-fn query(s: &TestServer, entity: &str) -> Vec<Value> {
+pub(crate) fn query(s: &TestServer, entity: &str) -> Vec<Value> {
     let c = s.post("/api/v1/query", &json!({"entity_name": entity})).expect(200);
     c["entities"].as_array().unwrap().clone()
 }
@@ -169,7 +174,7 @@ fn a_custom_message_is_implemented_by_a_main_operation_plugin() {
 
 #[test]
 fn async_steps_queue_one_job_per_step_per_committed_change() {
-    let s = server();
+    let s = server_with(&[("PLUGHOST_WORKERS", "0")]);
     register(&s, artifacts::ACCOUNT_NUMBER, "account-number", &["Create:account:pre-operation"]);
     register(
         &s,

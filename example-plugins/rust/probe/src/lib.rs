@@ -8,6 +8,7 @@
 //! | `update-self` | updates its own primary record (an infinite loop on Update steps) |
 //! | `greet` | implements a custom message: input `Name` -> output `Greeting` |
 //! | `uppercase` | upper-cases the Target's `name` |
+//! | `append` | appends the Target's `name` to its record's `description` (shows execution order) |
 
 use plughost_sdk::prelude::*;
 
@@ -50,6 +51,19 @@ impl Plugin for Probe {
                     target.set("name", name);
                 }
                 ctx.set_target(target);
+            }
+            "append" => {
+                let id = ctx.entity_id().ok_or_else(|| PluginError::permanent("no primary record"))?.to_owned();
+                let name = ctx.target().and_then(|t| t.text("name")).unwrap_or_default().to_owned();
+                let current =
+                    service::retrieve(&EntityReference::new(ctx.entity_name(), &id), &["description".into()])?;
+                let description = match current.text("description") {
+                    Some(d) if !d.is_empty() => format!("{d},{name}"),
+                    _ => name,
+                };
+                let mut me = Entity::new(ctx.entity_name()).with_id(&id);
+                me.set("description", description);
+                service::update(&me)?;
             }
             other => return Err(PluginError::permanent(format!("probe: unknown configuration '{other}'"))),
         }

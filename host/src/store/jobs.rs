@@ -1,0 +1,301 @@
+//! The system-job queue's tables and every change to a job, inside a write
+//! transaction.
+//!
+//! **Invariants:**
+//! - Every job write goes through [`put_job`], which keeps the indexes equal to
+//!   what the job records say, and checks the status transition.
+//! - `ready` holds exactly the runnable jobs: WaitingForResources, due, and first
+//!   of their dependency token's chain. Leasing is a range read of its first keys,
+//!   O(log n) whatever the backlog.
+//! - Each operation checks everything before it writes anything, so the group
+//!   committer can skip a refused operation without undoing half of it.
+
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use uuid::Uuid;
+
+use super::{JOB_SEQUENCE, JOBS, META, StoreError, get};
+use crate::codec;
+use crate::jobs::{JobState, JobStatus, SystemJob};
+
+/// Runnable jobs by creation sequence.
+pub(super) const READY: TableDefinition<u64, u128> = TableDefinition::new("jobs_ready");
+/// Jobs waiting for their postpone-until time: (time, id).
+pub(super) const POSTPONED: TableDefinition<(i64, u128), ()> = TableDefinition::new("jobs_postponed");
+/// Unfinished jobs with a dependency token, in creation order: (token, sequence) -> id.
+pub(super) const TOKENS: TableDefinition<(&str, u64), u128> = TableDefinition::new("jobs_tokens");
+/// Locked jobs by lease expiry: (expiry, id).
+pub(super) const LEASES: TableDefinition<(i64, u128), ()> = TableDefinition::new("jobs_leases");
+/// Unfinished jobs by the step that queued them: (step, job).
+pub(super) const STEP_JOBS: TableDefinition<(u128, u128), ()> = TableDefinition::new("jobs_by_step");
+/// How many jobs have each status code, for metrics without a scan.
+pub(super) const STATUS_COUNTS: TableDefinition<u32, u64> = TableDefinition::new("jobs_status_counts");
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+pub(crate) fn load(txn: &WriteTransaction, id: Uuid) -> Result<Option<SystemJob>> {
+    get(&txn.open_table(JOBS).map_err(err)?, id.as_u128())
+}
+
+fn is_due(job: &SystemJob, now: i64) -> bool {
+    job.postpone_until.is_none_or(|t| t <= now)
+}
+
+/// The first unfinished job of `token`'s chain.
+fn token_head(txn: &WriteTransaction, token: &str) -> Result<Option<u128>> {
+    let tokens = txn.open_table(TOKENS).map_err(err)?;
+    let first = tokens.range((token, 0)..=(token, u64::MAX)).map_err(err)?.next();
+    Ok(match first {
+        Some(entry) => Some(entry.map_err(err)?.1.value()),
+        None => None,
+    })
+}
+
+/// Writes `new` in place of `old` (either may be absent: insert, delete) and keeps
+/// every index in step. Refuses a transition the state table does not allow.
+pub(crate) fn put_job(
+    txn: &WriteTransaction,
+    old: Option<&SystemJob>,
+    new: Option<&SystemJob>,
+    now: i64,
+) -> Result<()> {
+    if let (Some(o), Some(n)) = (old, new)
+        && o.status != n.status
+        && !o.status.can_become(n.status)
+    {
+        return Err(StoreError::Conflict(format!("job {} cannot go from {} to {}", o.id, o.status, n.status)));
+    }
+    let mut counts = txn.open_table(STATUS_COUNTS).map_err(err)?;
+    if let Some(o) = old {
+        let id = o.id.as_u128();
+        txn.open_table(READY).map_err(err)?.remove(o.sequence).map_err(err)?;
+        if let Some(t) = o.postpone_until {
+            txn.open_table(POSTPONED).map_err(err)?.remove((t, id)).map_err(err)?;
+        }
+        if let Some(t) = o.lease_expiry {
+            txn.open_table(LEASES).map_err(err)?.remove((t, id)).map_err(err)?;
+        }
+        if let Some(token) = &o.dependency_token {
+            txn.open_table(TOKENS).map_err(err)?.remove((token.as_str(), o.sequence)).map_err(err)?;
+        }
+        if let Some(step) = o.step_id {
+            txn.open_table(STEP_JOBS).map_err(err)?.remove((step.as_u128(), id)).map_err(err)?;
+        }
+        let c = counts.get(o.status.code()).map_err(err)?.map_or(0, |v| v.value());
+        counts.insert(o.status.code(), c.saturating_sub(1)).map_err(err)?;
+    }
+    let mut jobs = txn.open_table(JOBS).map_err(err)?;
+    match new {
+        Some(n) => {
+            jobs.insert(n.id.as_u128(), codec::encode(n)?.as_slice()).map_err(err)?;
+            let c = counts.get(n.status.code()).map_err(err)?.map_or(0, |v| v.value());
+            counts.insert(n.status.code(), c + 1).map_err(err)?;
+        }
+        None => {
+            if let Some(o) = old {
+                jobs.remove(o.id.as_u128()).map_err(err)?;
+            }
+        }
+    }
+    drop((jobs, counts));
+    if let Some(n) = new {
+        let id = n.id.as_u128();
+        if n.state() != JobState::Completed {
+            if let Some(token) = &n.dependency_token {
+                txn.open_table(TOKENS).map_err(err)?.insert((token.as_str(), n.sequence), id).map_err(err)?;
+            }
+            if let Some(step) = n.step_id {
+                txn.open_table(STEP_JOBS).map_err(err)?.insert((step.as_u128(), id), ()).map_err(err)?;
+            }
+        }
+        if n.state() == JobState::Locked
+            && let Some(t) = n.lease_expiry
+        {
+            txn.open_table(LEASES).map_err(err)?.insert((t, id), ()).map_err(err)?;
+        }
+        let waits_for_time = matches!(n.status, JobStatus::WaitingForResources | JobStatus::Waiting) && !is_due(n, now)
+            || n.status == JobStatus::Waiting && n.postpone_until.is_some();
+        if waits_for_time && let Some(t) = n.postpone_until {
+            txn.open_table(POSTPONED).map_err(err)?.insert((t, id), ()).map_err(err)?;
+        }
+        make_ready_if_runnable(txn, n, now)?;
+    }
+    // A job leaving its token's chain lets the next one run.
+    if let Some(token) = old.and_then(|o| o.dependency_token.as_ref())
+        && new.is_none_or(|n| n.state() == JobState::Completed)
+        && let Some(head) = token_head(txn, token)?
+        && let Some(next) = load(txn, Uuid::from_u128(head))?
+    {
+        make_ready_if_runnable(txn, &next, now)?;
+    }
+    Ok(())
+}
+
+fn make_ready_if_runnable(txn: &WriteTransaction, job: &SystemJob, now: i64) -> Result<()> {
+    if job.status != JobStatus::WaitingForResources || !is_due(job, now) {
+        return Ok(());
+    }
+    if let Some(token) = &job.dependency_token
+        && token_head(txn, token)? != Some(job.id.as_u128())
+    {
+        return Ok(());
+    }
+    txn.open_table(READY).map_err(err)?.insert(job.sequence, job.id.as_u128()).map_err(err)?;
+    Ok(())
+}
+
+/// Adds new jobs, giving them the next sequence numbers.
+pub(crate) fn enqueue(txn: &WriteTransaction, jobs: &[SystemJob], now: i64) -> Result<Vec<u64>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut meta = txn.open_table(META).map_err(err)?;
+    let mut sequence: u64 = get(&meta, JOB_SEQUENCE)?.unwrap_or(0);
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut queued = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        sequence += 1;
+        let mut job = job.clone();
+        job.sequence = sequence;
+        out.push(sequence);
+        queued.push(job);
+    }
+    meta.insert(JOB_SEQUENCE, codec::encode(&sequence)?.as_slice()).map_err(err)?;
+    drop(meta);
+    for job in &queued {
+        put_job(txn, None, Some(job), now)?;
+    }
+    Ok(out)
+}
+
+/// Makes due postponed jobs runnable (Waiting -> WaitingForResources), at most `max`.
+fn promote_due(txn: &WriteTransaction, now: i64, max: usize) -> Result<()> {
+    let due: Vec<(i64, u128)> = {
+        let postponed = txn.open_table(POSTPONED).map_err(err)?;
+        let mut v = Vec::new();
+        for entry in postponed.range(..=(now, u128::MAX)).map_err(err)?.take(max) {
+            v.push(entry.map_err(err)?.0.value());
+        }
+        v
+    };
+    for (_, id) in due {
+        let Some(old) = load(txn, Uuid::from_u128(id))? else { continue };
+        let mut new = old.clone();
+        if new.status == JobStatus::Waiting {
+            new.status = JobStatus::WaitingForResources;
+        }
+        put_job(txn, Some(&old), Some(&new), now)?;
+    }
+    Ok(())
+}
+
+/// Returns jobs whose lease expired to the queue (their worker died or hung).
+pub(crate) fn recover_expired(txn: &WriteTransaction, now: i64, max: usize) -> Result<usize> {
+    let expired: Vec<u128> = {
+        let leases = txn.open_table(LEASES).map_err(err)?;
+        let mut v = Vec::new();
+        for entry in leases.range(..(now, 0)).map_err(err)?.take(max) {
+            v.push(entry.map_err(err)?.0.value().1);
+        }
+        v
+    };
+    for id in &expired {
+        let Some(old) = load(txn, Uuid::from_u128(*id))? else { continue };
+        let mut new = old.clone();
+        new.status = match old.status {
+            JobStatus::Canceling => JobStatus::Canceled,
+            JobStatus::Pausing => JobStatus::Waiting,
+            _ => JobStatus::WaitingForResources,
+        };
+        if new.status == JobStatus::Canceled {
+            new.completed_on = Some(now);
+        }
+        new.host_id = None;
+        new.lease_expiry = None;
+        put_job(txn, Some(&old), Some(&new), now)?;
+    }
+    Ok(expired.len())
+}
+
+/// Locks up to `max` runnable jobs for `host` until `now + lease_ms`, bumping each
+/// job's fencing token.
+pub(crate) fn lease(txn: &WriteTransaction, host: &str, max: usize, lease_ms: i64, now: i64) -> Result<Vec<SystemJob>> {
+    promote_due(txn, now, max.max(64) * 4)?;
+    recover_expired(txn, now, max.max(64) * 4)?;
+    let ids: Vec<u128> = {
+        let ready = txn.open_table(READY).map_err(err)?;
+        let mut v = Vec::with_capacity(max);
+        for entry in ready.iter().map_err(err)?.take(max) {
+            v.push(entry.map_err(err)?.1.value());
+        }
+        v
+    };
+    let mut leased = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(old) = load(txn, Uuid::from_u128(id))? else { continue };
+        let mut new = old.clone();
+        new.status = JobStatus::InProgress;
+        new.started_on = Some(now);
+        new.host_id = Some(host.to_owned());
+        new.lease_expiry = Some(now + lease_ms);
+        new.fencing_token += 1;
+        put_job(txn, Some(&old), Some(&new), now)?;
+        leased.push(new);
+    }
+    Ok(leased)
+}
+
+/// Jobs queued by `step` and not finished, at most `max`.
+pub(crate) fn jobs_of_step(txn: &WriteTransaction, step: Uuid, max: usize) -> Result<Vec<SystemJob>> {
+    let ids: Vec<u128> = {
+        let t = txn.open_table(STEP_JOBS).map_err(err)?;
+        let s = step.as_u128();
+        let mut v = Vec::new();
+        for entry in t.range((s, 0)..=(s, u128::MAX)).map_err(err)?.take(max) {
+            v.push(entry.map_err(err)?.0.value().1);
+        }
+        v
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(load(txn, Uuid::from_u128(id))?);
+    }
+    Ok(out)
+}
+
+/// Fails the waiting jobs of a step that no longer exists (`plugin_not_registered`).
+/// Running ones are failed when their worker completes them.
+pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, now: i64) -> Result<usize> {
+    let mut failed = 0;
+    for old in jobs_of_step(txn, step, usize::MAX)? {
+        if old.state() == JobState::Locked {
+            continue;
+        }
+        let mut new = old.clone();
+        new.status = JobStatus::Failed;
+        new.completed_on = Some(now);
+        new.error_code = Some("plugin_not_registered".into());
+        new.message = Some(format!("{what} was unregistered while this job was queued"));
+        put_job(txn, Some(&old), Some(&new), now)?;
+        failed += 1;
+    }
+    Ok(failed)
+}
+
+/// Counts by status code.
+pub(crate) fn status_counts(txn: &redb::ReadTransaction) -> Result<Vec<(JobStatus, u64)>> {
+    let t = txn.open_table(STATUS_COUNTS).map_err(err)?;
+    let mut out = Vec::new();
+    for s in JobStatus::ALL {
+        out.push((s, t.get(s.code()).map_err(err)?.map_or(0, |v| v.value())));
+    }
+    Ok(out)
+}
+
+/// How many jobs are runnable now.
+pub(crate) fn ready_len(txn: &redb::ReadTransaction) -> Result<u64> {
+    txn.open_table(READY).map_err(err)?.len().map_err(err)
+}

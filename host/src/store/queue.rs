@@ -1,0 +1,289 @@
+//! The queue manager's operations on system jobs: lease, complete, release, and
+//! the user's management actions. Every one is a group-committed operation.
+//!
+//! **Invariant:** a completion is accepted only while the job is still locked with
+//! the fencing token it was leased with; its effects are written in the same
+//! transaction that completes the job, so they exist exactly once or not at all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::commit::apply;
+use super::jobs::{self, load, put_job};
+use super::{ChangeSet, CommitError, Committer, Store, StoreError};
+use crate::jobs::{JobState, JobStatus, SystemJob};
+use crate::registry::now_ms;
+
+/// What a worker reports about a job it ran.
+#[derive(Clone, Debug)]
+pub struct JobCompletion {
+    pub id: Uuid,
+    pub fencing_token: u64,
+    pub result: JobResult,
+    /// The plug-in's data writes (and the jobs they queue): committed only on success.
+    pub effects: ChangeSet,
+    pub trace: String,
+    pub fuel_used: u64,
+    pub duration_us: u64,
+    /// Delete the job once it succeeds (the step's setting).
+    pub delete_on_success: bool,
+    /// Retries allowed for a retryable failure, and the first backoff (doubled each time).
+    pub max_retries: u32,
+    pub backoff_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum JobResult {
+    Succeeded,
+    Failed { code: String, message: String },
+    Retry { code: String, message: String },
+}
+
+/// What became of a completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompletionOutcome {
+    /// The job is now in this status.
+    Recorded(JobStatus),
+    /// The job was deleted on success.
+    Deleted,
+    /// The job is no longer leased with that token (its lease expired and another
+    /// worker has it, or it was canceled): the result was dropped.
+    Stale,
+    /// A record the plug-in read changed meanwhile: the job goes back to the queue
+    /// to run again, with no effects written.
+    Requeued,
+}
+
+/// A user's action on a job. Only state, status and postpone-until change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action", content = "until")]
+pub enum JobAction {
+    Cancel,
+    Pause,
+    Resume,
+    /// Do not start before this time (UTC milliseconds).
+    Postpone(i64),
+    Retry,
+    Delete,
+}
+
+/// Job counts for status and metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub by_status: Vec<(String, u32, u64)>,
+    pub runnable: u64,
+}
+
+#[derive(Clone)]
+pub struct JobQueue {
+    store: Arc<Store>,
+    committer: Committer,
+}
+
+fn wait<T>(rx: tokio::sync::oneshot::Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
+    rx.blocking_recv().unwrap_or(Err(CommitError::Stopped))
+}
+
+impl JobQueue {
+    pub fn new(store: Arc<Store>, committer: Committer) -> JobQueue {
+        JobQueue { store, committer }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Locks up to `max` runnable jobs for `host` (blocking).
+    pub fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
+        let host = host.to_owned();
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        wait(self.committer.submit_op(move |txn| Ok(jobs::lease(txn, &host, max, lease_ms, now_ms())?)))
+    }
+
+    /// Wakes idle workers.
+    pub fn notify(&self) {
+        self.committer.notify();
+    }
+
+    /// Sleeps until new jobs may have been queued, or `timeout`.
+    pub fn wait_for_work(&self, timeout: Duration) {
+        self.committer.wait_for_work(timeout);
+    }
+
+    /// Queues a completion; the receiver gets its outcome once durable.
+    pub fn complete(&self, c: JobCompletion) -> tokio::sync::oneshot::Receiver<Result<CompletionOutcome, CommitError>> {
+        let committer = self.committer.clone();
+        self.committer.submit_op(move |txn| {
+            let now = now_ms();
+            let Some(old) = load(txn, c.id)? else { return Ok(CompletionOutcome::Stale) };
+            if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
+                return Ok(CompletionOutcome::Stale);
+            }
+            let mut new = old.clone();
+            new.host_id = None;
+            new.lease_expiry = None;
+            new.trace = c.trace;
+            new.fuel_used = c.fuel_used;
+            new.duration_us = c.duration_us;
+            match (old.status, c.result) {
+                (JobStatus::Canceling, _) => {
+                    new.status = JobStatus::Canceled;
+                    new.completed_on = Some(now);
+                    new.message = Some("canceled while running; its effects were discarded".into());
+                }
+                (JobStatus::Pausing, _) => {
+                    new.status = JobStatus::Waiting;
+                    new.message = Some("paused while running; resume runs it again".into());
+                }
+                (_, JobResult::Succeeded) => match apply(txn, &c.effects) {
+                    Err(CommitError::Conflict { .. }) => {
+                        new.status = JobStatus::WaitingForResources;
+                        put_job(txn, Some(&old), Some(&new), now)?;
+                        return Ok(CompletionOutcome::Requeued);
+                    }
+                    Err(e) => return Err(e),
+                    Ok(_) => {
+                        if !c.effects.jobs.is_empty() {
+                            committer.notify();
+                        }
+                        new.status = JobStatus::Succeeded;
+                        new.completed_on = Some(now);
+                        new.error_code = None;
+                        new.message = None;
+                        if c.delete_on_success {
+                            put_job(txn, Some(&old), None, now)?;
+                            return Ok(CompletionOutcome::Deleted);
+                        }
+                    }
+                },
+                (_, JobResult::Failed { code, message }) => {
+                    new.status = JobStatus::Failed;
+                    new.completed_on = Some(now);
+                    new.error_code = Some(code);
+                    new.message = Some(message);
+                }
+                (_, JobResult::Retry { code, message }) => {
+                    if old.retry_count < c.max_retries {
+                        let backoff = c.backoff_ms.saturating_mul(1i64 << old.retry_count.min(20));
+                        new.status = JobStatus::Waiting;
+                        new.postpone_until = Some(now.saturating_add(backoff));
+                        new.retry_count += 1;
+                        new.error_code = Some(code);
+                        new.message =
+                            Some(format!("{message} (retry {} of {} in {backoff} ms)", new.retry_count, c.max_retries));
+                    } else {
+                        new.status = JobStatus::Failed;
+                        new.completed_on = Some(now);
+                        new.error_code = Some(code);
+                        new.message = Some(format!("{message} (gave up after {} retries)", old.retry_count));
+                    }
+                }
+            }
+            put_job(txn, Some(&old), Some(&new), now)?;
+            Ok(CompletionOutcome::Recorded(new.status))
+        })
+    }
+
+    /// Puts leased jobs that were never run back in the queue (shutdown).
+    pub fn release(&self, leased: Vec<(Uuid, u64)>) -> Result<usize, CommitError> {
+        wait(self.committer.submit_op(move |txn| {
+            let now = now_ms();
+            let mut released = 0;
+            for (id, token) in leased {
+                let Some(old) = load(txn, id)? else { continue };
+                if old.state() != JobState::Locked || old.fencing_token != token {
+                    continue;
+                }
+                let mut new = old.clone();
+                new.status = match old.status {
+                    JobStatus::Canceling => JobStatus::Canceled,
+                    JobStatus::Pausing => JobStatus::Waiting,
+                    _ => JobStatus::WaitingForResources,
+                };
+                if new.status == JobStatus::Canceled {
+                    new.completed_on = Some(now);
+                }
+                new.host_id = None;
+                new.lease_expiry = None;
+                put_job(txn, Some(&old), Some(&new), now)?;
+                released += 1;
+            }
+            Ok(released)
+        }))
+    }
+
+    /// Applies a user's action; refuses one the job's status does not allow.
+    pub fn manage(&self, id: Uuid, action: JobAction) -> Result<Option<SystemJob>, CommitError> {
+        wait(self.committer.submit_op(move |txn| {
+            let now = now_ms();
+            let old = load(txn, id)?
+                .ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
+            let refuse = |what: &str| {
+                CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())))
+            };
+            let mut new = old.clone();
+            match action {
+                JobAction::Cancel => match old.status {
+                    JobStatus::WaitingForResources | JobStatus::Waiting => {
+                        new.status = JobStatus::Canceled;
+                        new.completed_on = Some(now);
+                    }
+                    JobStatus::InProgress | JobStatus::Pausing => new.status = JobStatus::Canceling,
+                    _ => return Err(refuse("only ready, waiting or running jobs can be canceled")),
+                },
+                JobAction::Pause => match old.status {
+                    JobStatus::WaitingForResources => new.status = JobStatus::Waiting,
+                    JobStatus::InProgress => new.status = JobStatus::Pausing,
+                    _ => return Err(refuse("only ready or running jobs can be paused")),
+                },
+                JobAction::Resume => match old.status {
+                    JobStatus::Waiting => {
+                        new.status = JobStatus::WaitingForResources;
+                        new.postpone_until = None;
+                    }
+                    _ => return Err(refuse("only waiting jobs can be resumed")),
+                },
+                JobAction::Postpone(until) => match old.status {
+                    JobStatus::WaitingForResources | JobStatus::Waiting => {
+                        new.status = JobStatus::Waiting;
+                        new.postpone_until = Some(until);
+                    }
+                    _ => return Err(refuse("only ready or waiting jobs can be postponed")),
+                },
+                JobAction::Retry => match old.status {
+                    JobStatus::Failed | JobStatus::Canceled => {
+                        new.status = JobStatus::WaitingForResources;
+                        new.completed_on = None;
+                        new.postpone_until = None;
+                        new.retry_count = 0;
+                        new.error_code = None;
+                        new.message = None;
+                    }
+                    _ => return Err(refuse("only failed or canceled jobs can be retried")),
+                },
+                JobAction::Delete => {
+                    if old.state() == JobState::Locked {
+                        return Err(refuse("a running job cannot be deleted: cancel it first"));
+                    }
+                    put_job(txn, Some(&old), None, now)?;
+                    return Ok(None);
+                }
+            }
+            put_job(txn, Some(&old), Some(&new), now)?;
+            Ok(Some(new))
+        }))
+        .inspect(|_| self.committer.notify())
+    }
+
+    /// Job counts by status, and how many are runnable now.
+    pub fn counts(&self) -> Result<QueueCounts, StoreError> {
+        use redb::ReadableDatabase;
+        let txn = self.store.db.begin_read()?;
+        let by_status =
+            jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
+        Ok(QueueCounts { by_status, runnable: jobs::ready_len(&txn)? })
+    }
+}

@@ -1,0 +1,211 @@
+//! The asynchronous service through a real server: jobs run, retry, fail alone,
+//! keep their dependency order, survive unregistration of their step, and are
+//! managed by users.
+
+use std::time::{Duration, Instant};
+
+use plughost_test_support::{TestServer, artifacts};
+use serde_json::{Value, json};
+
+use super::server::{add_step, query, register, server, server_with};
+
+/// Polls `/jobs` until `done` holds for the list, or panics after a minute.
+fn wait_jobs(s: &TestServer, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = s.get("/api/v1/jobs").expect(200).as_array().unwrap().clone();
+        if done(&jobs) {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not settle: {:#}",
+            json!(jobs.iter().map(|j| (&j["name"], &j["status"], &j["message"])).collect::<Vec<_>>())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn completed(jobs: &[Value]) -> bool {
+    jobs.iter().all(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed" | "Canceled")))
+}
+
+fn create(s: &TestServer, name: &str) -> String {
+    s.post("/api/v1/entities/account", &json!({"name": name})).expect(201)["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn async_jobs_run_and_commit_their_effects_once() {
+    let s = server();
+    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    let ids: Vec<String> = (0..5).map(|i| create(&s, &format!("acc{i}"))).collect();
+    let jobs = wait_jobs(&s, |j| j.len() == 5 && completed(j));
+    for j in &jobs {
+        assert_eq!(j["status"], "Succeeded", "{j}");
+        assert!(j["trace"].as_str().unwrap().contains("created follow-up task"), "{j}");
+        assert!(j["fuel_used"].as_u64().unwrap() > 0);
+        assert_eq!(j["host_id"], Value::Null, "a completed job holds no lease");
+    }
+    let tasks = query(&s, "task");
+    assert_eq!(tasks.len(), 5);
+    let mut regarding: Vec<String> = tasks
+        .iter()
+        .map(|t| t["attributes"]["regardingobjectid"]["reference"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    regarding.sort();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(regarding, ids, "one task per account, exactly");
+    let metrics = s.get_anonymous("/metrics");
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap().to_owned();
+    assert!(text.contains("plughost_jobs{status=\"Succeeded\",code=\"30\"} 5"), "{text}");
+}
+
+#[test]
+fn retryable_failures_back_off_then_fail_and_bad_plugins_fail_alone() {
+    let s = server_with(&[("PLUGHOST_MAX_RETRIES", "2"), ("PLUGHOST_RETRY_BACKOFF_MS", "20")]);
+    register(&s, artifacts::HOSTILE, "hostile", &[]);
+    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    for mode in ["retry", "trap", "loop"] {
+        add_step(
+            &s,
+            json!({"plugin": "hostile", "name": mode, "message": "Create", "entity": "account", "stage": "post-operation",
+                   "mode": "asynchronous", "configuration": mode, "limits": {"fuel": 100000000}}),
+        );
+    }
+    create(&s, "A");
+    let jobs = wait_jobs(&s, |j| j.len() == 4 && completed(j));
+    let by_name = |n: &str| jobs.iter().find(|j| j["name"].as_str().unwrap().starts_with(n)).unwrap().clone();
+    let retry = by_name("retry");
+    assert_eq!((retry["status"].as_str(), retry["error_code"].as_str()), (Some("Failed"), Some("plugin_retryable")));
+    assert_eq!(retry["retry_count"], 2);
+    assert!(retry["message"].as_str().unwrap().contains("gave up after 2 retries"), "{retry}");
+    let trap = by_name("trap");
+    assert_eq!(trap["error_code"], "trap");
+    assert!(trap["trace"].as_str().unwrap().contains("hostile: trapping on purpose"));
+    assert_eq!(by_name("loop")["error_code"], "out_of_fuel");
+    assert_eq!(by_name("follow-up")["status"], "Succeeded", "the other jobs are unaffected");
+    assert_eq!(query(&s, "task").len(), 1);
+}
+
+#[test]
+fn jobs_of_one_record_run_in_order_and_a_postponed_one_holds_back_the_rest() {
+    let s = server();
+    register(&s, artifacts::PROBE, "probe", &[]);
+    add_step(
+        &s,
+        json!({"plugin": "probe", "message": "Update", "entity": "account", "stage": "post-operation", "mode": "asynchronous",
+               "configuration": "append", "ordered_per_record": true, "filtering_attributes": ["name"]}),
+    );
+    s.post("/api/v1/service/pause", &json!({})).expect(200);
+    let id = create(&s, "start");
+    for name in ["a", "b", "c", "d"] {
+        s.patch(&format!("/api/v1/entities/account/{id}"), &json!({"name": name})).expect(200);
+    }
+    let jobs = wait_jobs(&s, |j| j.len() == 4);
+    assert!(jobs.iter().all(|j| j["dependency_token"] == format!("account:{id}")));
+    // Postpone the first job a while: the later ones of the same record must wait for it.
+    let first = jobs[0]["id"].as_str().unwrap();
+    let until = chrono_ms() + 1500;
+    let postponed = s.post(&format!("/api/v1/jobs/{first}/postpone"), &json!({"until": until})).expect(200);
+    assert_eq!((postponed["status"].as_str(), postponed["postpone_until"].as_i64()), (Some("Waiting"), Some(until)));
+    s.post("/api/v1/service/resume", &json!({})).expect(200);
+    std::thread::sleep(Duration::from_millis(600));
+    let early = s.get("/api/v1/jobs").expect(200);
+    assert!(
+        early.as_array().unwrap().iter().all(|j| j["status"] != "Succeeded"),
+        "nothing ran before the postponed head: {early:#}"
+    );
+    wait_jobs(&s, |j| j.len() == 4 && j.iter().all(|j| j["status"] == "Succeeded"));
+    let record = s.get(&format!("/api/v1/entities/account/{id}")).expect(200);
+    assert_eq!(record["attributes"]["description"], "a,b,c,d", "jobs ran one at a time in change order");
+}
+
+fn chrono_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[test]
+fn users_cancel_pause_resume_retry_and_delete_jobs() {
+    let s = server();
+    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    s.post("/api/v1/service/pause", &json!({})).expect(200);
+    let service = s.get("/api/v1/service").expect(200);
+    assert_eq!(service["paused"], true);
+    create(&s, "A");
+    let job = wait_jobs(&s, |j| j.len() == 1)[0].clone();
+    let id = job["id"].as_str().unwrap();
+    let action = |a: &str| s.post(&format!("/api/v1/jobs/{id}/{a}"), &json!({}));
+    assert_eq!(action("pause").expect(200)["status"], "Waiting");
+    let refused = action("pause");
+    assert_eq!((refused.status, refused.code()), (409, "conflict"));
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("only ready or running jobs can be paused"));
+    assert_eq!(action("resume").expect(200)["status"], "WaitingForResources");
+    assert_eq!(action("cancel").expect(200)["status"], "Canceled");
+    assert_eq!(action("retry").expect(200)["status"], "WaitingForResources");
+    let unknown = action("explode");
+    assert_eq!(unknown.status, 404);
+    // The CLI manages jobs through the server too.
+    let out = s.run(&["jobs", "cancel", &id[..8], "--json"]).ok().json();
+    assert_eq!(out["status"], "Canceled");
+    s.run(&["jobs", "retry", &id[..8]]).ok();
+    s.run(&["service", "resume"]).ok();
+    wait_jobs(&s, |j| j.len() == 1 && j[0]["status"] == "Succeeded");
+    assert_eq!(query(&s, "task").len(), 1, "canceled and retried: the effect happened once");
+    s.delete(&format!("/api/v1/jobs/{id}")).expect(204);
+    assert_eq!(s.get("/api/v1/jobs").expect(200), json!([]));
+}
+
+#[test]
+fn unregistering_a_step_fails_exactly_its_queued_jobs() {
+    let s = server();
+    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    register(&s, artifacts::PROBE, "probe", &[]);
+    let doomed = add_step(
+        &s,
+        json!({"plugin": "probe", "message": "Create", "entity": "account", "stage": "post-operation", "mode": "asynchronous", "configuration": "audit"}),
+    );
+    s.post("/api/v1/service/pause", &json!({})).expect(200);
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let url = s.url.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                for i in 0..125 {
+                    let r = agent
+                        .post(format!("{url}/api/v1/entities/account"))
+                        .send_json(json!({"name": format!("w{w}-{i}")}))
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(s.get("/api/v1/jobs?status=WaitingForResources").expect(200).as_array().unwrap().len(), 2000);
+    // Unregister with the server running and 1,000 of its jobs queued; let the workers go meanwhile.
+    s.post("/api/v1/service/resume", &json!({})).expect(200);
+    s.delete(&format!("/api/v1/steps/{}", doomed["id"].as_str().unwrap())).expect(200);
+    let jobs = wait_jobs(&s, |j| j.len() == 2000 && completed(j));
+    let doomed_id = doomed["id"].as_str().unwrap();
+    let (mine, others): (Vec<&Value>, Vec<&Value>) = jobs.iter().partition(|j| j["step_id"] == doomed_id);
+    assert_eq!(mine.len(), 1000);
+    let ran_before = mine.iter().filter(|j| j["status"] == "Succeeded").count();
+    for j in mine.iter().filter(|j| j["status"] != "Succeeded") {
+        assert_eq!(
+            (j["status"].as_str(), j["error_code"].as_str()),
+            (Some("Failed"), Some("plugin_not_registered")),
+            "{j}"
+        );
+        assert!(j["message"].as_str().unwrap().contains("was unregistered"), "{j}");
+    }
+    assert!(ran_before < 1000, "the unregistration came before the workers finished");
+    assert!(others.iter().all(|j| j["status"] == "Succeeded"), "every other job ran");
+    assert_eq!(query(&s, "task").len(), 1000);
+    assert_eq!(query(&s, "audit").len(), ran_before, "no effects from a failed orphan");
+    // The server is still serving.
+    create(&s, "after");
+}
