@@ -116,7 +116,12 @@ impl TestServer {
 
     /// Starts a server with extra environment variables.
     pub fn start_with(bin: &str, env: &[(&str, &str)]) -> TestServer {
-        let cli = TestCommand::new(bin);
+        Self::start_in(bin, TestCommand::new(bin), env)
+    }
+
+    /// Starts a server on the data directory of `cli` (e.g. again, after a crash).
+    pub fn start_in(bin: &str, cli: TestCommand, env: &[(&str, &str)]) -> TestServer {
+        let _ = std::fs::remove_file(cli.data_dir().join("server.json"));
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("PLUGHOST_DATA_DIR", cli.data_dir())
@@ -140,6 +145,14 @@ impl TestServer {
         let token = std::fs::read_to_string(cli.data_dir().join("admin-token")).expect("admin token").trim().to_owned();
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         TestServer { child, url, token, cli, agent }
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up) and returns its data directory.
+    pub fn kill(mut self) -> TestCommand {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        let placeholder = TestCommand::new(&self.cli.bin.display().to_string());
+        std::mem::replace(&mut self.cli, placeholder)
     }
 
     pub fn pid(&self) -> u32 {

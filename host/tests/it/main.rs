@@ -2,6 +2,7 @@
 //! `example-plugins/rust`, a real redb file, the real `plughost` binary.
 
 mod cli;
+mod crash;
 mod queue;
 mod registry;
 mod sandbox;
