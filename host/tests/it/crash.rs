@@ -52,7 +52,8 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
     let mut rng = Lcg(seed);
 
     let mut s = TestServer::start_in(BIN, TestCommand::new(BIN), ENV);
-    s.put("/api/v1/metadata/entities/account", &json!({"attributes": {"name": "text", "accountnumber": "text"}})).expect(200);
+    s.put("/api/v1/metadata/entities/account", &json!({"attributes": {"name": "text", "accountnumber": "text"}}))
+        .expect(200);
     s.put(
         "/api/v1/metadata/entities/task",
         &json!({"attributes": {"subject": "text", "regardingobjectid": "reference", "scheduledend": "datetime"}}),
@@ -82,7 +83,11 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
         if jobs.iter().all(|j| j["status"] == "Succeeded") {
             break jobs;
         }
-        assert!(Instant::now() < deadline, "jobs did not all succeed: {:?}", jobs.iter().map(|j| &j["status"]).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not all succeed: {:?}",
+            jobs.iter().map(|j| &j["status"]).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
 

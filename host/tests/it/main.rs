@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod model;
 mod queue;
 mod registry;
 mod sandbox;
