@@ -16,6 +16,8 @@ use super::{CliError, Global, table};
 pub(crate) enum Bench {
     /// Durable Create requests through the HTTP API.
     Api(ApiBench),
+    /// Durable system-job throughput against the bare-wasmtime baseline.
+    Queue(QueueBench),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +50,7 @@ impl Bench {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         match self {
             Bench::Api(b) => b.run(g),
+            Bench::Queue(b) => b.run(g),
         }
     }
 }
@@ -174,4 +177,176 @@ fn measure(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
     })
+}
+
+#[derive(clap::Args)]
+pub(crate) struct QueueBench {
+    /// The trivial plug-in run by every job (the hostile plug-in's "ok" mode).
+    #[arg(long, default_value = "example-plugins/rust/target/wasm32-wasip2/release/hostile.wasm")]
+    plugin: PathBuf,
+    /// Jobs to pre-queue and drain.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Worker threads (and baseline threads).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(2, |n| n.get()))]
+    workers: usize,
+    /// Jobs each worker leases at once.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Where the benchmark's store lives (default: a temporary directory in the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl QueueBench {
+    fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        use plughost::jobs::{JobStatus, OperationType, SystemJob};
+        use plughost::model::{ExecutionContext, Mode, Stage};
+        use plughost::registry::StepSpec;
+        use plughost::store::{ChangeSet, Committer, JobQueue, Store};
+        use plughost::worker::{WorkerConfig, WorkerPool};
+
+        let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+        let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
+        let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
+        let config = plughost::config::Config::default();
+        let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
+        let store: Arc<Store> = pipeline.store().clone();
+        let spec = StepSpec {
+            plugin: "bench".into(),
+            message: "Create".into(),
+            entity: Some("bench".into()),
+            stage: Stage::PostOperation,
+            mode: Mode::Asynchronous,
+            configuration: Some("ok".into()),
+            ..Default::default()
+        };
+        let reg = plughost::registry::register(&store, pipeline.runtime(), &wasm, "bench", None, vec![spec])
+            .map_err(|e| fail(&e))?;
+        pipeline.reload_steps().map_err(|e| fail(&e))?;
+        let step = reg.steps[0].clone();
+        let context = ExecutionContext {
+            configuration: Some("ok".into()),
+            mode: Mode::Asynchronous,
+            stage: Stage::PostOperation,
+            step_id: Some(step.id),
+            ..Default::default()
+        };
+
+        // 1. The bare-wasmtime baseline: same component, same engine, same thread count.
+        let plugin = pipeline.runtime().load(&reg.assembly.hash, || Ok(wasm.clone())).map_err(|e| fail(&e))?;
+        let per_thread = (self.jobs / self.workers).max(1);
+        let timed = |f: &(dyn Fn() -> usize + Sync)| {
+            let t = Instant::now();
+            let n: usize = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..self.workers).map(|_| s.spawn(f)).collect();
+                hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+            });
+            n as f64 / t.elapsed().as_secs_f64()
+        };
+        let baseline = timed(&|| pipeline.runtime().baseline_calls(&plugin, &context, per_thread));
+        // 2. plughost's invocation (limits, trace log, conversions, classification), no store.
+        let limits = plughost::runtime::Limits::default();
+        let invoke = timed(&|| {
+            (0..per_thread)
+                .filter(|_| {
+                    pipeline
+                        .runtime()
+                        .invoke(&plugin, &context, &limits, Arc::new(plughost::runtime::NoData))
+                        .outcome
+                        .is_ok()
+                })
+                .count()
+        });
+
+        // 3. The durable queue: pre-queue, then drain with the worker pool.
+        let committer: Committer = pipeline.committer().clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        let make = |_| SystemJob {
+            id: uuid::Uuid::new_v4(),
+            sequence: 0,
+            name: step.name.clone(),
+            operation_type: OperationType::PluginExecution,
+            status: JobStatus::WaitingForResources,
+            created_on: now,
+            started_on: None,
+            completed_on: None,
+            postpone_until: None,
+            dependency_token: None,
+            correlation_id: uuid::Uuid::new_v4(),
+            depth: 1,
+            step_id: Some(step.id),
+            assembly: Some(reg.assembly.hash),
+            regarding: None,
+            context: context.clone(),
+            host_id: None,
+            lease_expiry: None,
+            fencing_token: 0,
+            retry_count: 0,
+            error_code: None,
+            message: None,
+            trace: String::new(),
+            fuel_used: 0,
+            duration_us: 0,
+        };
+        let mut queued = 0;
+        while queued < self.jobs {
+            let n = (self.jobs - queued).min(10_000);
+            committer
+                .commit_blocking(ChangeSet { records: Vec::new(), jobs: (0..n).map(make).collect() })
+                .map_err(|e| fail(&e))?;
+            queued += n;
+        }
+        let queue = JobQueue::new(store.clone(), committer);
+        let started = Instant::now();
+        let workers = WorkerPool::start(
+            pipeline.clone(),
+            queue.clone(),
+            WorkerConfig { workers: self.workers, batch: self.batch, poll_ms: 5, ..WorkerConfig::default() },
+        );
+        loop {
+            let counts = queue.counts().map_err(|e| fail(&e))?;
+            let done: u64 =
+                counts.by_status.iter().filter(|(n, _, _)| n == "Succeeded" || n == "Failed").map(|(_, _, c)| c).sum();
+            if done as usize >= self.jobs {
+                let failed = counts.by_status.iter().find(|(n, _, _)| n == "Failed").map_or(0, |c| c.2);
+                if failed > 0 {
+                    return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let drained = self.jobs as f64 / started.elapsed().as_secs_f64();
+        workers.shutdown(Duration::from_secs(5));
+
+        let json = serde_json::json!({
+            "command": "plughost bench queue",
+            "jobs": self.jobs,
+            "workers": self.workers,
+            "batch": self.batch,
+            "baseline_calls_per_second": baseline,
+            "invoke_calls_per_second": invoke,
+            "queue_jobs_per_second": drained,
+            "invoke_vs_baseline": invoke / baseline,
+            "queue_vs_baseline": drained / baseline,
+        });
+        g.print(&json, || {
+            table(vec![
+                vec!["MEASURE".into(), "PER SECOND".into(), "VS BASELINE".into()],
+                vec!["bare wasmtime instantiate+call (baseline)".into(), format!("{baseline:.0}"), "1.00".into()],
+                vec![
+                    "plughost invoke (fresh instance, limits)".into(),
+                    format!("{invoke:.0}"),
+                    format!("{:.2}", invoke / baseline),
+                ],
+                vec![
+                    "durable queue drain (lease, run, complete)".into(),
+                    format!("{drained:.0}"),
+                    format!("{:.2}", drained / baseline),
+                ],
+            ])
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
 }

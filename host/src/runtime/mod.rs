@@ -339,6 +339,36 @@ impl Runtime {
         index.record_artifact(&self.cache_key(hash), *blake3::hash(&bytes).as_bytes())
     }
 
+    /// The benchmark baseline: `iterations` bare instantiate-and-call cycles of the
+    /// same component with the same engine, the context converted once, and none of
+    /// plughost's per-invocation work (limits, trace log, outcome classification,
+    /// output conversion). Returns how many calls succeeded.
+    #[doc(hidden)]
+    pub fn baseline_calls(&self, plugin: &LoadedPlugin, context: &ExecutionContext, iterations: usize) -> usize {
+        let wit_context = bindings::context_to_wit(context);
+        let caller = CallContext {
+            depth: 1,
+            correlation_id: context.correlation_id,
+            initiating_user_id: context.initiating_user_id,
+            user_id: context.user_id,
+            step_id: None,
+        };
+        let limits = Limits { fuel: u64::MAX / 2, timeout_ms: MAX_TIMEOUT_MS, ..Limits::default() };
+        let service: Arc<dyn OrganizationService> = Arc::new(NoData);
+        let mut ok = 0;
+        for _ in 0..iterations {
+            let mut store = Store::new(&self.engine, Sandbox::new(&limits, service.clone(), caller.clone()));
+            let _ = store.set_fuel(limits.fuel);
+            store.set_epoch_deadline(u64::MAX / 2);
+            if let Ok(instance) = plugin.pre.instantiate(&mut store)
+                && let Ok(Ok(_)) = instance.plughost_plugin_handler().call_execute(&mut store, &wit_context)
+            {
+                ok += 1;
+            }
+        }
+        ok
+    }
+
     /// Runs `execute` in a fresh instance under `limits`. Never panics on
     /// anything the plug-in does: every misbehaviour is a [`Failure`].
     pub fn invoke(
