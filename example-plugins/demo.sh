@@ -46,8 +46,16 @@ echo
 step "The accounts as stored"
 "$PH" entities query account --order name
 
-step "The system jobs the asynchronous step queued, one per created account"
+step "The asynchronous service ran the system jobs the async step queued (one per account)"
+for _ in $(seq 50); do
+  "$PH" jobs list --status WaitingForResources --json | grep -q '"id"' || break
+  sleep 0.1
+done
 "$PH" jobs list
+"$PH" service status
+
+step "The follow-up tasks the async plug-in created, committed with its job's completion"
+"$PH" entities query task
 
 step "Stopping the server (SIGTERM)"
 kill -TERM $SERVER

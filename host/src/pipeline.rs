@@ -26,7 +26,10 @@ use crate::model::{
 };
 use crate::query;
 use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord, now_ms};
-use crate::runtime::{CallContext, ErrorCode, Failure, Limits, OrganizationService, Runtime, ServiceError};
+use crate::runtime::{
+    CallContext, ErrorCode, Failure, InstanceCache, Invocation, Limits, LoadedPlugin, OrganizationService, Reuse,
+    Runtime, ServiceError,
+};
 use crate::store::{ChangeSet, CommitError, Committer, RecordChange, Snapshot, Store, StoreError, StoredRecord};
 
 /// Deepest a chain of plug-in calls may go (Dataverse's limit).
@@ -289,7 +292,7 @@ impl Pipeline {
         let mut context = job.context.clone();
         context.operation_id = Some(job.id);
         let limits = self.defaults.with(&step.limits);
-        let invocation = self.runtime.invoke(&plugin, &context, &limits, scope.clone());
+        let invocation = invoke_step(&self.runtime, step, &plugin, &context, &limits, scope.clone());
         let mut run = JobRun {
             result: crate::store::JobResult::Succeeded,
             effects: ChangeSet::default(),
@@ -737,7 +740,7 @@ impl Scope {
             .map_err(|e| failed(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))))?;
         let me: Arc<dyn OrganizationService> = self.me.upgrade().expect("a scope outlives its invocations");
         let limits = self.pipeline.defaults.with(&step.limits);
-        let invocation = self.pipeline.runtime.invoke(&plugin, &step_ctx, &limits, me);
+        let invocation = invoke_step(&self.pipeline.runtime, step, &plugin, &step_ctx, &limits, me);
         tracing::debug!(step = %step.name, correlation_id = %ctx.correlation_id, fuel = invocation.fuel_used, "step ran");
         let result: ExecutionResult = invocation.outcome.map_err(failed)?;
         // A pre-stage plug-in changes the request through its input parameters.
@@ -822,6 +825,38 @@ impl Scope {
             }
         }
     }
+}
+
+thread_local! {
+    /// Instances kept for steps that opt in to reuse, per thread: an instance is
+    /// never shared between threads, and nested invocations take their own.
+    static KEPT: std::cell::RefCell<InstanceCache> = std::cell::RefCell::new(InstanceCache::default());
+}
+
+/// Invokes a step's plug-in, in a kept instance when the step allows reuse.
+fn invoke_step(
+    runtime: &Runtime,
+    step: &StepRecord,
+    plugin: &LoadedPlugin,
+    context: &ExecutionContext,
+    limits: &Limits,
+    service: Arc<dyn OrganizationService>,
+) -> Invocation {
+    if step.instance_reuse <= 1 {
+        return runtime.invoke(plugin, context, limits, service);
+    }
+    // Take the cache out while the plug-in runs, so a nested invocation on this
+    // thread finds an empty one instead of a borrowed one.
+    let mut cache = KEPT.with(|k| std::mem::take(&mut *k.borrow_mut()));
+    let invocation = runtime.invoke_reusing(
+        Reuse { cache: &mut cache, key: step.id, max_uses: step.instance_reuse },
+        plugin,
+        context,
+        limits,
+        service,
+    );
+    KEPT.with(|k| *k.borrow_mut() = cache);
+    invocation
 }
 
 fn not_found(entity: &str, id: Uuid) -> PipelineError {

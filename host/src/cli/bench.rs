@@ -193,6 +193,9 @@ pub(crate) struct QueueBench {
     /// Jobs each worker leases at once.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Let the step reuse an instance for up to this many jobs (0: a fresh instance per job).
+    #[arg(long, default_value_t = 0)]
+    reuse: u32,
     /// Where the benchmark's store lives (default: a temporary directory in the current one).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -219,6 +222,7 @@ impl QueueBench {
             stage: Stage::PostOperation,
             mode: Mode::Asynchronous,
             configuration: Some("ok".into()),
+            instance_reuse: self.reuse,
             ..Default::default()
         };
         let reg = plughost::registry::register(&store, pipeline.runtime(), &wasm, "bench", None, vec![spec])
@@ -325,6 +329,7 @@ impl QueueBench {
             "jobs": self.jobs,
             "workers": self.workers,
             "batch": self.batch,
+            "instance_reuse": self.reuse,
             "baseline_calls_per_second": baseline,
             "invoke_calls_per_second": invoke,
             "queue_jobs_per_second": drained,
@@ -341,7 +346,7 @@ impl QueueBench {
                     format!("{:.2}", invoke / baseline),
                 ],
                 vec![
-                    "durable queue drain (lease, run, complete)".into(),
+                    format!("durable queue drain (instance reuse {})", self.reuse),
                     format!("{drained:.0}"),
                     format!("{:.2}", drained / baseline),
                 ],

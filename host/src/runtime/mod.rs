@@ -33,6 +33,8 @@ pub use self::service::{CallContext, NoData, OrganizationService, ServiceError};
 
 use self::bindings::{Plugin, PluginPre};
 use self::sandbox::{Breach, Sandbox};
+use uuid::Uuid;
+
 use crate::model::{AssemblyHash, ExecutionContext};
 
 /// How often the epoch advances; wall-clock timeouts are accurate to this.
@@ -378,6 +380,49 @@ impl Runtime {
         limits: &Limits,
         service: Arc<dyn OrganizationService>,
     ) -> Invocation {
+        self.invoke_in(None, plugin, context, limits, service).0
+    }
+
+    /// Like [`Runtime::invoke`], but runs in an instance kept in `cache` under
+    /// `key` (one per step), reused for up to `max_uses` invocations; 0 means a
+    /// fresh instance. A kept instance is discarded after any failure.
+    pub fn invoke_reusing(
+        &self,
+        reuse: Reuse<'_>,
+        plugin: &LoadedPlugin,
+        context: &ExecutionContext,
+        limits: &Limits,
+        service: Arc<dyn OrganizationService>,
+    ) -> Invocation {
+        let Reuse { cache, key, max_uses } = reuse;
+        if max_uses <= 1 {
+            return self.invoke(plugin, context, limits, service);
+        }
+        let kept = cache.slots.remove(&key).filter(|k| k.hash == plugin.hash);
+        let (invocation, kept) = self.invoke_in(kept, plugin, context, limits, service);
+        if let Some(mut k) = kept
+            && invocation.outcome.is_ok()
+        {
+            k.uses += 1;
+            if k.uses < max_uses {
+                if cache.slots.len() >= MAX_KEPT_PER_CACHE {
+                    cache.slots.clear();
+                }
+                cache.slots.insert(key, k);
+            }
+        }
+        invocation
+    }
+
+    /// One invocation in `kept` (or a fresh instance); returns the instance for reuse.
+    fn invoke_in(
+        &self,
+        kept: Option<KeptInstance>,
+        plugin: &LoadedPlugin,
+        context: &ExecutionContext,
+        limits: &Limits,
+        service: Arc<dyn OrganizationService>,
+    ) -> (Invocation, Option<KeptInstance>) {
         let started = Instant::now();
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let finish = |outcome, trace: String, fuel_used, host_calls| Invocation {
@@ -393,7 +438,7 @@ impl Runtime {
                 ErrorCode::InputTooLarge,
                 format!("the execution context is about {size} bytes; the limit is {} bytes", limits.input_bytes),
             );
-            return finish(Err(failure), String::new(), 0, 0);
+            return (finish(Err(failure), String::new(), 0, 0), None);
         }
         let caller = CallContext {
             depth: context.depth,
@@ -402,20 +447,39 @@ impl Runtime {
             user_id: context.user_id,
             step_id: context.step_id,
         };
-        let mut store = Store::new(&self.engine, Sandbox::new(limits, service, caller));
-        store.limiter(|s| s);
+        let prior_uses = kept.as_ref().map_or(0, |k| k.uses);
+        let (mut store, instance) = match kept {
+            Some(mut k) => {
+                k.store.data_mut().reset(limits, service, caller);
+                (k.store, Some(k.instance))
+            }
+            None => {
+                let mut store = Store::new(&self.engine, Sandbox::new(limits, service, caller));
+                store.limiter(|s| s);
+                store.epoch_deadline_trap();
+                (store, None)
+            }
+        };
         if let Err(e) = store.set_fuel(limits.fuel) {
-            return finish(Err(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))), String::new(), 0, 0);
+            return (
+                finish(Err(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))), String::new(), 0, 0),
+                None,
+            );
         }
         store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1);
-        store.epoch_deadline_trap();
 
         let wit_context = bindings::context_to_wit(context);
-        let call = match plugin.pre.instantiate(&mut store) {
+        let instance = match instance {
+            Some(i) => Ok(i),
+            None => plugin.pre.instantiate(&mut store),
+        };
+        let (call, instance) = match instance {
             Ok(instance) => {
-                instance.plughost_plugin_handler().call_execute(&mut store, &wit_context).map_err(|e| (e, false))
+                let call =
+                    instance.plughost_plugin_handler().call_execute(&mut store, &wit_context).map_err(|e| (e, false));
+                (call, Some(instance))
             }
-            Err(e) => Err((e, true)),
+            Err(e) => (Err((e, true)), None),
         };
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let sandbox = store.data();
@@ -442,8 +506,41 @@ impl Runtime {
             Ok(Err(bindings::wit::PluginError::Retryable(m))) => Err(Failure::new(ErrorCode::PluginRetryable, m)),
             Err((error, instantiating)) => Err(classify(&error, breach, trace.overflowed(), instantiating, limits)),
         };
-        finish(outcome, trace.text(), fuel_used, host_calls)
+        // Only an instance that finished cleanly may be used again.
+        let kept = match (&outcome, instance) {
+            (Ok(_), Some(instance)) => {
+                store.data_mut().release_service();
+                Some(KeptInstance { hash: plugin.hash, store, instance, uses: prior_uses })
+            }
+            _ => None,
+        };
+        (finish(outcome, trace.text(), fuel_used, host_calls), kept)
     }
+}
+
+/// Most instances one [`InstanceCache`] keeps; past it the cache starts over.
+pub const MAX_KEPT_PER_CACHE: usize = 4;
+
+/// Where and how long an invocation may keep its instance.
+pub struct Reuse<'a> {
+    pub cache: &'a mut InstanceCache,
+    /// One kept instance per key (per step).
+    pub key: Uuid,
+    /// Invocations per instance; 0 or 1 means a fresh instance every time.
+    pub max_uses: u32,
+}
+
+/// Instances kept for reuse, owned by one thread (instances are not shared).
+#[derive(Default)]
+pub struct InstanceCache {
+    slots: HashMap<Uuid, KeptInstance>,
+}
+
+struct KeptInstance {
+    hash: AssemblyHash,
+    store: Store<Sandbox>,
+    instance: Plugin,
+    uses: u32,
 }
 
 /// Names the cause of a trap: a limit the host enforced, or the guest's own fault.

@@ -55,6 +55,14 @@ impl TraceLog {
         !t.overflowed
     }
 
+    /// Empties the log (it is shared with the instance's stdout and stderr).
+    fn clear(&self, limit: u64) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.bytes.clear();
+        t.limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        t.overflowed = false;
+    }
+
     pub(crate) fn overflowed(&self) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).overflowed
     }
@@ -170,6 +178,25 @@ impl Sandbox {
             host_calls: 0,
             breach: None,
         }
+    }
+
+    /// Prepares a kept instance's state for its next invocation: a fresh trace log,
+    /// counters and limits, and this invocation's data service and caller.
+    pub(crate) fn reset(&mut self, limits: &Limits, service: Arc<dyn OrganizationService>, caller: CallContext) {
+        self.trace.clear(limits.trace_bytes);
+        self.service = service;
+        self.caller = caller;
+        self.max_memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        self.max_host_calls = limits.host_calls;
+        self.max_payload = usize::try_from(limits.input_bytes).unwrap_or(usize::MAX);
+        self.host_calls = 0;
+        self.breach = None;
+    }
+
+    /// Lets go of the invocation's data service (and the snapshot it holds) while
+    /// the instance waits for reuse.
+    pub(crate) fn release_service(&mut self) {
+        self.service = Arc::new(super::NoData);
     }
 
     /// Counts a host call; past the limit the guest traps.

@@ -150,3 +150,31 @@ fn follow_up_task_creates_a_record_through_the_organization_service() {
     assert_eq!(failure.code, ErrorCode::PluginError);
     assert!(failure.message.contains("Denied"), "{}", failure.message);
 }
+
+#[test]
+fn a_step_may_reuse_an_instance_and_loses_it_on_failure() {
+    use plughost::runtime::{InstanceCache, Reuse};
+    let rt = runtime();
+    let probe = load(&rt, artifacts::PROBE);
+    let mut cache = InstanceCache::default();
+    let key = Uuid::new_v4();
+    let count = |cache: &mut InstanceCache, max: u32| {
+        let ctx = ExecutionContext { configuration: Some("count".into()), ..Default::default() };
+        let reuse = Reuse { cache, key, max_uses: max };
+        let inv = rt.invoke_reusing(reuse, &probe, &ctx, &Limits::default(), Arc::new(NoData));
+        match &inv.outcome.unwrap().output_parameters["count"] {
+            ParameterValue::Value(Value::Integer(n)) => *n,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Fresh instances every time by default: state never carries over.
+    assert_eq!((count(&mut cache, 0), count(&mut cache, 0)), (1, 1));
+    // Reuse for up to three invocations, then a fresh instance.
+    let runs: Vec<i64> = (0..7).map(|_| count(&mut cache, 3)).collect();
+    assert_eq!(runs, vec![1, 2, 3, 1, 2, 3, 1]);
+    // A failure discards the kept instance.
+    let fail = ExecutionContext { configuration: Some("nonsense".into()), ..Default::default() };
+    let reuse = Reuse { cache: &mut cache, key, max_uses: 3 };
+    assert!(rt.invoke_reusing(reuse, &probe, &fail, &Limits::default(), Arc::new(NoData)).outcome.is_err());
+    assert_eq!(count(&mut cache, 3), 1);
+}

@@ -8,11 +8,15 @@
 //! | `update-self` | updates its own primary record (an infinite loop on Update steps) |
 //! | `greet` | implements a custom message: input `Name` -> output `Greeting` |
 //! | `uppercase` | upper-cases the Target's `name` |
+//! | `count` | outputs `count`: how many times this instance has run (shows instance reuse) |
 //! | `append` | appends the Target's `name` to its record's `description` (shows execution order) |
 
 use plughost_sdk::prelude::*;
 
 struct Probe;
+
+/// Instance state, on purpose: only `count` reads it.
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Plugin for Probe {
     fn execute(ctx: &mut Context) -> Result<(), PluginError> {
@@ -51,6 +55,10 @@ impl Plugin for Probe {
                     target.set("name", name);
                 }
                 ctx.set_target(target);
+            }
+            "count" => {
+                let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                ctx.set_output("count", ParameterValue::Value(Value::Integer(i64::from(n))));
             }
             "append" => {
                 let id = ctx.entity_id().ok_or_else(|| PluginError::permanent("no primary record"))?.to_owned();
