@@ -188,6 +188,44 @@ pub struct SystemJob {
 }
 
 impl SystemJob {
+    /// A new, ready plug-in execution job for `step` with the context it will run with.
+    pub fn plugin_execution(
+        step_name: &str,
+        step_id: Uuid,
+        assembly: Option<AssemblyHash>,
+        context: ExecutionContext,
+    ) -> SystemJob {
+        SystemJob {
+            id: Uuid::new_v4(),
+            sequence: 0,
+            name: step_name.to_owned(),
+            operation_type: OperationType::PluginExecution,
+            status: JobStatus::WaitingForResources,
+            created_on: chrono::Utc::now().timestamp_millis(),
+            started_on: None,
+            completed_on: None,
+            postpone_until: None,
+            dependency_token: None,
+            correlation_id: context.correlation_id,
+            depth: context.depth,
+            step_id: Some(step_id),
+            assembly,
+            regarding: context
+                .primary_entity_id
+                .map(|id| EntityReference { logical_name: context.primary_entity_name.clone(), id }),
+            context,
+            host_id: None,
+            lease_expiry: None,
+            fencing_token: 0,
+            retry_count: 0,
+            error_code: None,
+            message: None,
+            trace: String::new(),
+            fuel_used: 0,
+            duration_us: 0,
+        }
+    }
+
     pub fn state(&self) -> JobState {
         self.status.state()
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use uuid::Uuid;
 
-use crate::jobs::{JobStatus, OperationType, SystemJob};
+use crate::jobs::SystemJob;
 use crate::metadata::EntityDefinition;
 use crate::model::{
     AssemblyHash, Entity, EntityCollection, EntityReference, ExecutionContext, ExecutionResult, Mode, ParameterValue,
@@ -779,38 +779,13 @@ impl Scope {
 
     fn queue_job(&self, step: &StepRecord, ctx: &ExecutionContext, pre: Option<&Entity>, post: Option<&Entity>) {
         let context = self.step_context(step, ctx, Stage::PostOperation, pre, post);
-        let job = SystemJob {
-            id: Uuid::new_v4(),
-            sequence: 0,
-            name: step.name.clone(),
-            operation_type: OperationType::PluginExecution,
-            status: JobStatus::WaitingForResources,
-            created_on: now_ms(),
-            started_on: None,
-            completed_on: None,
-            postpone_until: None,
-            dependency_token: match (step.ordered_per_record, ctx.primary_entity_id) {
-                (true, Some(id)) => Some(format!("{}:{id}", ctx.primary_entity_name)),
-                _ => None,
-            },
-            correlation_id: ctx.correlation_id,
-            depth: ctx.depth,
-            step_id: Some(step.id),
-            assembly: self.steps.assemblies.get(&step.plugin).copied(),
-            regarding: ctx
-                .primary_entity_id
-                .map(|id| EntityReference { logical_name: ctx.primary_entity_name.clone(), id }),
-            context,
-            host_id: None,
-            lease_expiry: None,
-            fencing_token: 0,
-            retry_count: 0,
-            error_code: None,
-            message: None,
-            trace: String::new(),
-            fuel_used: 0,
-            duration_us: 0,
-        };
+        let mut job =
+            SystemJob::plugin_execution(&step.name, step.id, self.steps.assemblies.get(&step.plugin).copied(), context);
+        if step.ordered_per_record
+            && let Some(r) = &job.regarding
+        {
+            job.dependency_token = Some(format!("{}:{}", r.logical_name, r.id));
+        }
         self.overlay().jobs.push(job);
     }
 

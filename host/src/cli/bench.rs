@@ -203,7 +203,7 @@ pub(crate) struct QueueBench {
 
 impl QueueBench {
     fn run(self, g: &Global) -> Result<ExitCode, CliError> {
-        use plughost::jobs::{JobStatus, OperationType, SystemJob};
+        use plughost::jobs::SystemJob;
         use plughost::model::{ExecutionContext, Mode, Stage};
         use plughost::registry::StepSpec;
         use plughost::store::{ChangeSet, Committer, JobQueue, Store};
@@ -265,34 +265,7 @@ impl QueueBench {
 
         // 3. The durable queue: pre-queue, then drain with the worker pool.
         let committer: Committer = pipeline.committer().clone();
-        let now = chrono::Utc::now().timestamp_millis();
-        let make = |_| SystemJob {
-            id: uuid::Uuid::new_v4(),
-            sequence: 0,
-            name: step.name.clone(),
-            operation_type: OperationType::PluginExecution,
-            status: JobStatus::WaitingForResources,
-            created_on: now,
-            started_on: None,
-            completed_on: None,
-            postpone_until: None,
-            dependency_token: None,
-            correlation_id: uuid::Uuid::new_v4(),
-            depth: 1,
-            step_id: Some(step.id),
-            assembly: Some(reg.assembly.hash),
-            regarding: None,
-            context: context.clone(),
-            host_id: None,
-            lease_expiry: None,
-            fencing_token: 0,
-            retry_count: 0,
-            error_code: None,
-            message: None,
-            trace: String::new(),
-            fuel_used: 0,
-            duration_us: 0,
-        };
+        let make = |_| SystemJob::plugin_execution(&step.name, step.id, Some(reg.assembly.hash), context.clone());
         let mut queued = 0;
         while queued < self.jobs {
             let n = (self.jobs - queued).min(10_000);

@@ -203,21 +203,28 @@ pub(crate) fn recover_expired(txn: &WriteTransaction, now: i64, max: usize) -> R
         v
     };
     for id in &expired {
-        let Some(old) = load(txn, Uuid::from_u128(*id))? else { continue };
-        let mut new = old.clone();
-        new.status = match old.status {
-            JobStatus::Canceling => JobStatus::Canceled,
-            JobStatus::Pausing => JobStatus::Waiting,
-            _ => JobStatus::WaitingForResources,
-        };
-        if new.status == JobStatus::Canceled {
-            new.completed_on = Some(now);
+        if let Some(old) = load(txn, Uuid::from_u128(*id))? {
+            release(txn, &old, now)?;
         }
-        new.host_id = None;
-        new.lease_expiry = None;
-        put_job(txn, Some(&old), Some(&new), now)?;
     }
     Ok(expired.len())
+}
+
+/// Takes a locked job back from its worker: a running job is ready again, one being
+/// canceled is canceled, one being paused waits.
+pub(crate) fn release(txn: &WriteTransaction, old: &SystemJob, now: i64) -> Result<()> {
+    let mut new = old.clone();
+    new.status = match old.status {
+        JobStatus::Canceling => JobStatus::Canceled,
+        JobStatus::Pausing => JobStatus::Waiting,
+        _ => JobStatus::WaitingForResources,
+    };
+    if new.status == JobStatus::Canceled {
+        new.completed_on = Some(now);
+    }
+    new.host_id = None;
+    new.lease_expiry = None;
+    put_job(txn, Some(old), Some(&new), now)
 }
 
 /// Locks up to `max` runnable jobs for `host` until `now + lease_ms`, bumping each

@@ -197,18 +197,7 @@ impl JobQueue {
                 if old.state() != JobState::Locked || old.fencing_token != token {
                     continue;
                 }
-                let mut new = old.clone();
-                new.status = match old.status {
-                    JobStatus::Canceling => JobStatus::Canceled,
-                    JobStatus::Pausing => JobStatus::Waiting,
-                    _ => JobStatus::WaitingForResources,
-                };
-                if new.status == JobStatus::Canceled {
-                    new.completed_on = Some(now);
-                }
-                new.host_id = None;
-                new.lease_expiry = None;
-                put_job(txn, Some(&old), Some(&new), now)?;
+                jobs::release(txn, &old, now)?;
                 released += 1;
             }
             Ok(released)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plughost::jobs::{JobStatus, OperationType, SystemJob};
+use plughost::jobs::{JobStatus, SystemJob};
 use plughost::model::ExecutionContext;
 use plughost::store::{
     ChangeSet, CommitError, Committer, CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, Store,
@@ -26,33 +26,11 @@ fn now() -> i64 {
 }
 
 fn job(token: Option<&str>, postpone_until: Option<i64>) -> SystemJob {
-    SystemJob {
-        id: Uuid::new_v4(),
-        sequence: 0,
-        name: "model".into(),
-        operation_type: OperationType::PluginExecution,
-        status: JobStatus::WaitingForResources,
-        created_on: now(),
-        started_on: None,
-        completed_on: None,
-        postpone_until,
-        dependency_token: token.map(str::to_owned),
-        correlation_id: Uuid::new_v4(),
-        depth: 1,
-        step_id: None,
-        assembly: None,
-        regarding: None,
-        context: ExecutionContext::default(),
-        host_id: None,
-        lease_expiry: None,
-        fencing_token: 0,
-        retry_count: 0,
-        error_code: None,
-        message: None,
-        trace: String::new(),
-        fuel_used: 0,
-        duration_us: 0,
-    }
+    let mut job = SystemJob::plugin_execution("model", Uuid::new_v4(), None, ExecutionContext::default());
+    job.step_id = None;
+    job.dependency_token = token.map(str::to_owned);
+    job.postpone_until = postpone_until;
+    job
 }
 
 /// What the model knows of a job.
