@@ -166,6 +166,10 @@ pub struct SystemJob {
     pub postpone_until: Option<i64>,
     /// Jobs with the same token run one at a time in creation order.
     pub dependency_token: Option<String>,
+    /// A recurring job's RRULE (see `recurrence`) and its start time (UTC ms):
+    /// between runs it waits with postpone-until at the next occurrence.
+    pub recurrence_pattern: Option<String>,
+    pub recurrence_start: Option<i64>,
     pub correlation_id: Uuid,
     pub depth: u32,
     /// The step that queued the job and the assembly it pointed at then.
@@ -206,6 +210,8 @@ impl SystemJob {
             completed_on: None,
             postpone_until: None,
             dependency_token: None,
+            recurrence_pattern: None,
+            recurrence_start: None,
             correlation_id: context.correlation_id,
             depth: context.depth,
             step_id: Some(step_id),

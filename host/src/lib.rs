@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod model;
 pub mod pipeline;
 pub mod query;
+pub mod recurrence;
 pub mod registry;
 pub mod runtime;
 pub mod server;

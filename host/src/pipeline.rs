@@ -312,6 +312,66 @@ impl Pipeline {
     }
 }
 
+/// A job created directly rather than by an event (Dataverse: "directly by a Web
+/// service call"): a run of an asynchronous step, once, later, or on a recurrence.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct NewJob {
+    /// The step: id, unique id prefix or name. It must be asynchronous.
+    pub step: String,
+    /// Input parameters for the plug-in.
+    pub parameters: Parameters,
+    /// An RRULE (FREQ=MINUTELY..YEARLY, INTERVAL, COUNT, UNTIL, BYDAY, BYMONTHDAY,
+    /// BYMONTH, BYHOUR, BYMINUTE) and its start (UTC ms; default now).
+    pub recurrence_pattern: Option<String>,
+    pub recurrence_start: Option<i64>,
+    /// Do not start before this time (UTC ms).
+    pub postpone_until: Option<i64>,
+    pub dependency_token: Option<String>,
+}
+
+impl Pipeline {
+    /// Builds a job for a step from a [`NewJob`]; refuses a bad pattern or step.
+    pub fn new_job(&self, spec: NewJob) -> Result<SystemJob> {
+        let step = self.store.resolve_step(&spec.step)?;
+        if step.mode != Mode::Asynchronous {
+            return Err(PipelineError::Invalid(format!(
+                "step '{}' is synchronous: jobs run asynchronous steps",
+                step.name
+            )));
+        }
+        let assembly = self.store.plugin(&step.plugin)?.map(|p| p.assembly);
+        let context = ExecutionContext {
+            message_name: step.message.clone(),
+            primary_entity_name: step.entity.clone().unwrap_or_default(),
+            stage: Stage::PostOperation,
+            mode: Mode::Asynchronous,
+            step_id: Some(step.id),
+            configuration: step.configuration.clone(),
+            input_parameters: spec.parameters,
+            operation_created_on: now_ms(),
+            ..ExecutionContext::default()
+        };
+        let mut job = SystemJob::plugin_execution(&step.name, step.id, assembly, context);
+        job.dependency_token = spec.dependency_token;
+        job.postpone_until = spec.postpone_until;
+        if let Some(pattern) = spec.recurrence_pattern {
+            let start = spec.recurrence_start.unwrap_or_else(now_ms);
+            let first =
+                crate::recurrence::next_after(&pattern, start, start - 1).map_err(PipelineError::Invalid)?.ok_or_else(
+                    || PipelineError::Invalid(format!("the recurrence '{pattern}' has no occurrence after its start")),
+                )?;
+            job.postpone_until = Some(job.postpone_until.map_or(first, |p| p.max(first)));
+            job.recurrence_pattern = Some(pattern);
+            job.recurrence_start = Some(start);
+        }
+        if job.postpone_until.is_some_and(|t| t > now_ms()) {
+            job.status = crate::jobs::JobStatus::Waiting;
+        }
+        Ok(job)
+    }
+}
+
 /// What running a job came to, ready to be completed.
 #[derive(Debug)]
 pub struct JobRun {

@@ -149,8 +149,11 @@ impl TestServer {
 
     /// Kills the server with SIGKILL (no chance to clean up) and returns its data directory.
     pub fn kill(mut self) -> TestCommand {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        // Only signal a child that has not been reaped: its pid is ours until then.
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
         let placeholder = TestCommand::new(&self.cli.bin.display().to_string());
         std::mem::replace(&mut self.cli, placeholder)
     }

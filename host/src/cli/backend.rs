@@ -9,7 +9,7 @@ use plughost::config::Config;
 use plughost::jobs::SystemJob;
 use plughost::metadata::EntityDefinition;
 use plughost::model::{Entity, EntityCollection};
-use plughost::pipeline::{Caller, Pipeline, Request, Response};
+use plughost::pipeline::{Caller, NewJob, Pipeline, Request, Response};
 use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
 use plughost::runtime::{ArtifactIndex, Runtime};
 use plughost::server::{
@@ -44,6 +44,7 @@ pub(crate) trait Backend {
     fn execute(&self, request: Request) -> Result<Response, CliError>;
     fn jobs(&self) -> Result<Vec<SystemJob>, CliError>;
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError>;
+    fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError>;
     /// The asynchronous service's status, after `action` ("pause" or "resume") if given.
     fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError>;
 }
@@ -182,6 +183,12 @@ impl Backend for Local {
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
         let queue = JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone());
         queue.manage(id, action).map_err(commit_error)
+    }
+
+    fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError> {
+        let pipeline = self.pipeline()?;
+        let job = pipeline.new_job(spec).map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        JobQueue::new(self.store.clone(), pipeline.committer().clone()).create(job).map_err(commit_error)
     }
 
     fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
@@ -414,6 +421,10 @@ impl Backend for Remote {
                 self.answer(self.auth(self.agent.post(self.url(&format!("/jobs/{id}/{name}")))).send_empty())
             }
         }
+    }
+
+    fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError> {
+        self.post("/jobs", &spec)
     }
 
     fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use plughost::jobs::{JobStatus, SystemJob};
 use plughost::model::{Value, value_from_json};
+use plughost::pipeline::NewJob;
 use plughost::store::JobAction;
 
 use super::{CliError, Global, table};
@@ -18,6 +19,24 @@ pub(crate) enum Jobs {
     },
     /// Show one job with its trace (by id or unique id prefix).
     Show { id: String },
+    /// Create a job for an asynchronous step: once, later (--postpone), or on a
+    /// recurrence (--recurrence 'FREQ=DAILY;BYHOUR=2' [--start TIME]).
+    Create {
+        /// The step (id, id prefix or name).
+        #[arg(long)]
+        step: String,
+        #[arg(long)]
+        recurrence: Option<String>,
+        /// When the recurrence starts (RFC 3339; default now).
+        #[arg(long)]
+        start: Option<String>,
+        /// Do not start before this time (RFC 3339).
+        #[arg(long)]
+        postpone: Option<String>,
+        /// Dependency token: jobs with the same token run one at a time in creation order.
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Cancel a ready, waiting or running job.
     Cancel { id: String },
     /// Pause a ready job (it waits until resumed) or a running one.
@@ -30,6 +49,16 @@ pub(crate) enum Jobs {
     Retry { id: String },
     /// Delete a job that is not running.
     Delete { id: String },
+}
+
+/// Parses an RFC 3339 time (or milliseconds) into UTC milliseconds.
+fn time(text: &str) -> Result<i64, CliError> {
+    let json = text.parse::<i64>().map_or_else(|_| serde_json::json!(text), |ms| serde_json::json!(ms));
+    match value_from_json(serde_json::json!({ "datetime": json })) {
+        Ok(Value::DateTime(t)) => Ok(t),
+        Ok(_) => Err(CliError::new("invalid", "not a time")),
+        Err(m) => Err(CliError::new("invalid", m)),
+    }
 }
 
 /// Finds the one job whose id starts with `key` (4+ characters).
@@ -57,6 +86,18 @@ impl Jobs {
             })
         };
         match self {
+            Jobs::Create { step, recurrence, start, postpone, token } => {
+                let spec = NewJob {
+                    step,
+                    recurrence_pattern: recurrence,
+                    recurrence_start: start.as_deref().map(time).transpose()?,
+                    postpone_until: postpone.as_deref().map(time).transpose()?,
+                    dependency_token: token,
+                    ..NewJob::default()
+                };
+                let job = backend.create_job(spec)?;
+                g.print(&job, || format!("created job {} ({}), {}", job.id, job.name, job.status.name()))?;
+            }
             Jobs::Cancel { id } => act(&id, JobAction::Cancel)?,
             Jobs::Pause { id } => act(&id, JobAction::Pause)?,
             Jobs::Resume { id } => act(&id, JobAction::Resume)?,

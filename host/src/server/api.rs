@@ -45,7 +45,7 @@ pub fn app(state: AppState) -> Router {
         .route("/steps/{step}/disable", post(disable_step))
         .route("/metadata/entities", get(definitions))
         .route("/metadata/entities/{name}", axum::routing::put(define_entity))
-        .route("/jobs", get(jobs))
+        .route("/jobs", get(jobs).post(create_job))
         .route("/jobs/{id}", get(job).delete(delete_job))
         .route("/jobs/{id}/{action}", post(job_action))
         .route("/service", get(service))
@@ -502,6 +502,20 @@ async fn jobs(State(state): State<AppState>, Query(f): Query<JobFilter>) -> ApiR
     let s = state.clone();
     let jobs = blocking(move || Ok(s.store().jobs()?)).await?;
     Ok(Json(f.apply(jobs)?))
+}
+
+async fn create_job(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<SystemJob>)> {
+    let spec: crate::pipeline::NewJob = json_body(body)?;
+    let s = state.clone();
+    let job = blocking(move || {
+        let job = s.pipeline.new_job(spec)?;
+        s.queue.create(job).map_err(commit_error)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(job)))
 }
 
 fn commit_error(e: crate::store::CommitError) -> ApiError {

@@ -153,7 +153,7 @@ impl JobQueue {
                         new.completed_on = Some(now);
                         new.error_code = None;
                         new.message = None;
-                        if c.delete_on_success {
+                        if c.delete_on_success && old.recurrence_pattern.is_none() {
                             put_job(txn, Some(&old), None, now)?;
                             return Ok(CompletionOutcome::Deleted);
                         }
@@ -182,9 +182,36 @@ impl JobQueue {
                     }
                 }
             }
+            // A recurring job waits for its next occurrence instead of completing.
+            if matches!(new.status, JobStatus::Succeeded | JobStatus::Failed)
+                && let (Some(pattern), Some(start)) = (&old.recurrence_pattern, old.recurrence_start)
+            {
+                let previous = old.postpone_until.unwrap_or(start - 1).max(start - 1);
+                match crate::recurrence::next_after(pattern, start, previous) {
+                    Ok(Some(next)) => {
+                        new.status = JobStatus::Waiting;
+                        new.postpone_until = Some(next);
+                        new.completed_on = None;
+                        new.retry_count = 0;
+                    }
+                    Ok(None) => {}
+                    Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
+                }
+            }
             put_job(txn, Some(&old), Some(&new), now)?;
             Ok(CompletionOutcome::Recorded(new.status))
         })
+    }
+
+    /// Creates a job directly (not through an event): e.g. a recurring run of a step.
+    pub fn create(&self, job: SystemJob) -> Result<SystemJob, CommitError> {
+        let committer = self.committer.clone();
+        let created = wait(self.committer.submit_op(move |txn| {
+            let sequences = jobs::enqueue(txn, std::slice::from_ref(&job), now_ms())?;
+            Ok(SystemJob { sequence: sequences[0], ..job })
+        }))?;
+        committer.notify();
+        Ok(created)
     }
 
     /// Puts leased jobs that were never run back in the queue (shutdown).
