@@ -18,6 +18,8 @@ pub(crate) enum Bench {
     Api(ApiBench),
     /// Durable system-job throughput against the bare-wasmtime baseline.
     Queue(QueueBench),
+    /// Leasing cost with a small and a large backlog of waiting jobs.
+    Lease(LeaseBench),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +53,7 @@ impl Bench {
         match self {
             Bench::Api(b) => b.run(g),
             Bench::Queue(b) => b.run(g),
+            Bench::Lease(b) => b.run(g),
         }
     }
 }
@@ -324,6 +327,94 @@ impl QueueBench {
                     format!("{:.2}", drained / baseline),
                 ],
             ])
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct LeaseBench {
+    /// Waiting jobs in the queue for the second measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: usize,
+    /// Lease-and-release cycles per measurement (64 jobs each).
+    #[arg(long, default_value_t = 200)]
+    cycles: usize,
+    /// Where the benchmark's store lives (default: a temporary directory in the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl LeaseBench {
+    fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        use plughost::jobs::SystemJob;
+        use plughost::model::ExecutionContext;
+        use plughost::store::{ChangeSet, Committer, JobQueue, Store};
+
+        let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+        let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
+        let store = Arc::new(Store::open(tmp.path()).map_err(|e| fail(&e))?);
+        let committer = Committer::start(store.clone(), 64);
+        let queue = JobQueue::new(store.clone(), committer.clone());
+        let enqueue = |n: usize| -> Result<(), CliError> {
+            let mut done = 0;
+            while done < n {
+                let k = (n - done).min(20_000);
+                let jobs = (0..k)
+                    .map(|_| SystemJob::plugin_execution("bench", uuid::Uuid::nil(), None, ExecutionContext::default()))
+                    .collect();
+                committer.commit_blocking(ChangeSet { records: Vec::new(), jobs }).map_err(|e| fail(&e))?;
+                done += k;
+            }
+            Ok(())
+        };
+        let measure = |queue: &JobQueue| -> Result<f64, CliError> {
+            let t = Instant::now();
+            for _ in 0..self.cycles {
+                let leased = queue.lease("bench", 64, Duration::from_secs(60)).map_err(|e| fail(&e))?;
+                queue.release(leased.iter().map(|j| (j.id, j.fencing_token)).collect()).map_err(|e| fail(&e))?;
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e6 / self.cycles as f64)
+        };
+        let small = 1000.min(self.backlog);
+        enqueue(small)?;
+        let rss_small = rss_kib();
+        let us_small = measure(&queue)?;
+        let filled = Instant::now();
+        enqueue(self.backlog - small)?;
+        let fill_s = filled.elapsed().as_secs_f64();
+        let rss_large = rss_kib();
+        let us_large = measure(&queue)?;
+        let json = serde_json::json!({
+            "command": "plughost bench lease",
+            "small_backlog": small,
+            "large_backlog": self.backlog,
+            "lease_release_us_small": us_small,
+            "lease_release_us_large": us_large,
+            "ratio": us_large / us_small,
+            "rss_kib_small": rss_small,
+            "rss_kib_large": rss_large,
+            "enqueue_seconds": fill_s,
+        });
+        g.print(&json, || {
+            table(vec![
+                vec!["BACKLOG".into(), "LEASE 64 + RELEASE (µs)".into(), "RSS (MiB)".into()],
+                vec![small.to_string(), format!("{us_small:.0}"), (rss_small / 1024).to_string()],
+                vec![self.backlog.to_string(), format!("{us_large:.0}"), (rss_large / 1024).to_string()],
+            ]) + &format!(
+                "ratio {:.2}; enqueueing {} jobs took {fill_s:.1} s\n",
+                us_large / us_small,
+                self.backlog - small
+            )
         })?;
         Ok(ExitCode::SUCCESS)
     }

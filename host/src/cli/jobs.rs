@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use plughost::jobs::{JobStatus, SystemJob};
 use plughost::model::{Value, value_from_json};
 use plughost::pipeline::NewJob;
+use plughost::server::JobFilter;
 use plughost::store::JobAction;
 
 use super::{CliError, Global, table};
@@ -16,6 +17,21 @@ pub(crate) enum Jobs {
         /// Only jobs with this status (name or number, e.g. Waiting or 10).
         #[arg(long)]
         status: Option<JobStatus>,
+        /// Only jobs of this step (id).
+        #[arg(long)]
+        step: Option<String>,
+        /// Only jobs regarding records of this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only jobs with this dependency token.
+        #[arg(long)]
+        token: Option<String>,
+        /// Only jobs created at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many jobs.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show one job with its trace (by id or unique id prefix).
     Show { id: String },
@@ -111,8 +127,17 @@ impl Jobs {
                 };
                 act(&id, JobAction::Postpone(t))?;
             }
-            Jobs::List { status } => {
-                let jobs: Vec<_> = jobs.iter().filter(|j| status.is_none_or(|s| j.status == s)).cloned().collect();
+            Jobs::List { status, step, entity, token, since, limit } => {
+                let filter = JobFilter {
+                    status: status.map(|s| s.name().to_owned()),
+                    step,
+                    entity,
+                    token,
+                    since: since.as_deref().map(time).transpose()?,
+                    until: None,
+                    limit,
+                };
+                let jobs = filter.apply(jobs.clone()).map_err(|e| CliError::new(e.code, e.message))?;
                 g.print(&jobs, || {
                     if jobs.is_empty() {
                         return "no system jobs".into();

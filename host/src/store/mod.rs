@@ -26,6 +26,8 @@ use crate::runtime::ArtifactIndex;
 
 /// The layout of the tables below. Bump it with a migration when they change.
 pub const SCHEMA_VERSION: u32 = 1;
+/// redb's page cache: bounds the store's memory whatever the data size.
+pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
 pub const STORE_FILE: &str = "plughost.redb";
 
@@ -114,7 +116,7 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io { path: data_dir.to_owned(), source })?;
         let path = data_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
             redb::DatabaseError::Storage(redb::StorageError::Io(source))
                 if source.kind() != std::io::ErrorKind::InvalidData =>
