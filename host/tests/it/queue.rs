@@ -267,3 +267,35 @@ fn sigterm_finishes_or_releases_in_flight_jobs_and_the_next_start_carries_on() {
     assert!(jobs.iter().all(|j| j["host_id"].is_null()));
     assert_eq!(query(&s, "task").len(), 400, "every job's effect exactly once");
 }
+
+#[test]
+fn canceling_or_pausing_a_running_job_discards_its_effects() {
+    let s = server_with(&[("PLUGHOST_WORKERS", "1")]);
+    register(&s, artifacts::PROBE, "probe", &[]);
+    add_step(
+        &s,
+        json!({"plugin": "probe", "message": "Create", "entity": "account", "stage": "post-operation", "mode": "asynchronous", "configuration": "slow-audit"}),
+    );
+    let running = |s: &TestServer| {
+        wait_jobs(s, |j| j.iter().any(|j| j["status"] == "InProgress"))
+            .into_iter()
+            .find(|j| j["status"] == "InProgress")
+            .unwrap()
+    };
+    create(&s, "cancel me");
+    let job = running(&s);
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(s.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).expect(200)["status"], "Canceling");
+    wait_jobs(&s, |j| j.iter().any(|j| j["status"] == "Canceled"));
+    assert!(query(&s, "audit").is_empty(), "a canceled run leaves no effects");
+
+    create(&s, "pause me");
+    let job = running(&s);
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.post(&format!("/api/v1/jobs/{id}/pause"), &json!({})).expect(200)["status"], "Pausing");
+    wait_jobs(&s, |j| j.iter().any(|j| j["id"] == id.as_str() && j["status"] == "Waiting"));
+    assert!(query(&s, "audit").is_empty(), "a paused run leaves no effects");
+    assert_eq!(s.post(&format!("/api/v1/jobs/{id}/resume"), &json!({})).expect(200)["status"], "WaitingForResources");
+    wait_jobs(&s, |j| j.iter().any(|j| j["id"] == id.as_str() && j["status"] == "Succeeded"));
+    assert_eq!(query(&s, "audit").len(), 1, "resumed, it ran once");
+}

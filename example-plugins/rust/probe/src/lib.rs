@@ -9,6 +9,7 @@
 //! | `greet` | implements a custom message: input `Name` -> output `Greeting` |
 //! | `uppercase` | upper-cases the Target's `name` |
 //! | `count` | outputs `count`: how many times this instance has run (shows instance reuse) |
+//! | `slow-audit` | works for half a second, then does what `audit` does (time to cancel it while it runs) |
 //! | `append` | appends the Target's `name` to its record's `description` (shows execution order) |
 
 use plughost_sdk::prelude::*;
@@ -20,7 +21,15 @@ static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 
 impl Plugin for Probe {
     fn execute(ctx: &mut Context) -> Result<(), PluginError> {
-        match ctx.configuration().unwrap_or_default() {
+        let mut mode = ctx.configuration().unwrap_or_default();
+        if mode == "slow-audit" {
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_millis(500) {
+                std::hint::spin_loop();
+            }
+            mode = "audit";
+        }
+        match mode {
             "audit" => {
                 let mut audit = Entity::new("audit");
                 audit.set("message", ctx.message());
