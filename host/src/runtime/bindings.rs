@@ -14,7 +14,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub(crate) use plughost::plugin::types as wit;
+pub(crate) use self::plughost::plugin::types as wit;
 
 /// The WIT package version this host implements; registration checks it.
 pub const WIT_PACKAGE: &str = "plughost:plugin";
