@@ -155,12 +155,7 @@ impl Backend for Local {
     fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError> {
         let record = self.store.resolve_assembly(key)?;
         let removed = self.store.unregister_assembly(&record.hash)?;
-        // Compiled code for it is of no further use.
-        if let Ok(dirs) = std::fs::read_dir(self.data_dir.join("cache")) {
-            for dir in dirs.flatten() {
-                let _ = std::fs::remove_file(dir.path().join(format!("{}.cwasm", removed.hash)));
-            }
-        }
+        self.runtime()?.evict(&removed.hash);
         Ok(removed)
     }
 

@@ -298,9 +298,17 @@ impl Runtime {
         Ok(loaded.entry(*hash).or_insert(plugin).clone())
     }
 
-    /// Forgets a plug-in's compiled code (after it is unregistered).
+    /// Forgets a plug-in's compiled code, in memory and in the disk cache (for every
+    /// engine fingerprint), after its assembly is unregistered.
     pub fn evict(&self, hash: &AssemblyHash) {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        if let Some(dir) = &self.config.cache_dir
+            && let Ok(engines) = std::fs::read_dir(dir)
+        {
+            for engine in engines.flatten() {
+                let _ = std::fs::remove_file(engine.path().join(format!("{hash}.cwasm")));
+            }
+        }
     }
 
     fn cache_key(&self, hash: &AssemblyHash) -> String {

@@ -53,7 +53,14 @@ fn register_list_show_and_unregister() {
     t.run(&["unregister", "plugin", "account-number"]).ok();
     assert_eq!(t.run(&["plugins", "list", "--json"]).ok().json(), serde_json::json!([]));
     let hash = again["assembly"]["hash"].as_str().unwrap();
+    let cached = |t: &TestCommand| {
+        std::fs::read_dir(t.data_dir().join("cache"))
+            .map(|engines| engines.flatten().filter(|e| e.path().join(format!("{hash}.cwasm")).exists()).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cached(&t), 1, "registration compiled the component into the cache");
     t.run(&["unregister", "assembly", &hash[..12]]).ok();
+    assert_eq!(cached(&t), 0, "its compiled code went with it");
 }
 
 #[test]
