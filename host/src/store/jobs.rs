@@ -32,12 +32,37 @@ pub(super) const STATUS_COUNTS: TableDefinition<u32, u64> = TableDefinition::new
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The job tables of one write transaction, opened once per operation.
+pub(crate) struct Tables<'t> {
+    jobs: redb::Table<'t, u128, &'static [u8]>,
+    ready: redb::Table<'t, u64, u128>,
+    postponed: redb::Table<'t, (i64, u128), ()>,
+    tokens: redb::Table<'t, (&'static str, u64), u128>,
+    leases: redb::Table<'t, (i64, u128), ()>,
+    step_jobs: redb::Table<'t, (u128, u128), ()>,
+    counts: redb::Table<'t, u32, u64>,
+}
+
+impl<'t> Tables<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>> {
+        Ok(Tables {
+            jobs: txn.open_table(JOBS).map_err(err)?,
+            ready: txn.open_table(READY).map_err(err)?,
+            postponed: txn.open_table(POSTPONED).map_err(err)?,
+            tokens: txn.open_table(TOKENS).map_err(err)?,
+            leases: txn.open_table(LEASES).map_err(err)?,
+            step_jobs: txn.open_table(STEP_JOBS).map_err(err)?,
+            counts: txn.open_table(STATUS_COUNTS).map_err(err)?,
+        })
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-pub(crate) fn load(txn: &WriteTransaction, id: Uuid) -> Result<Option<SystemJob>> {
-    get(&txn.open_table(JOBS).map_err(err)?, id.as_u128())
+pub(crate) fn load(t: &Tables<'_>, id: Uuid) -> Result<Option<SystemJob>> {
+    get(&t.jobs, id.as_u128())
 }
 
 fn is_due(job: &SystemJob, now: i64) -> bool {
@@ -45,9 +70,8 @@ fn is_due(job: &SystemJob, now: i64) -> bool {
 }
 
 /// The first unfinished job of `token`'s chain.
-fn token_head(txn: &WriteTransaction, token: &str) -> Result<Option<u128>> {
-    let tokens = txn.open_table(TOKENS).map_err(err)?;
-    let first = tokens.range((token, 0)..=(token, u64::MAX)).map_err(err)?.next();
+fn token_head(t: &Tables<'_>, token: &str) -> Result<Option<u128>> {
+    let first = t.tokens.range((token, 0)..=(token, u64::MAX)).map_err(err)?.next();
     Ok(match first {
         Some(entry) => Some(entry.map_err(err)?.1.value()),
         None => None,
@@ -56,94 +80,86 @@ fn token_head(txn: &WriteTransaction, token: &str) -> Result<Option<u128>> {
 
 /// Writes `new` in place of `old` (either may be absent: insert, delete) and keeps
 /// every index in step. Refuses a transition the state table does not allow.
-pub(crate) fn put_job(
-    txn: &WriteTransaction,
-    old: Option<&SystemJob>,
-    new: Option<&SystemJob>,
-    now: i64,
-) -> Result<()> {
+pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&SystemJob>, now: i64) -> Result<()> {
     if let (Some(o), Some(n)) = (old, new)
         && o.status != n.status
         && !o.status.can_become(n.status)
     {
         return Err(StoreError::Conflict(format!("job {} cannot go from {} to {}", o.id, o.status, n.status)));
     }
-    let mut counts = txn.open_table(STATUS_COUNTS).map_err(err)?;
     if let Some(o) = old {
         let id = o.id.as_u128();
-        txn.open_table(READY).map_err(err)?.remove(o.sequence).map_err(err)?;
-        if let Some(t) = o.postpone_until {
-            txn.open_table(POSTPONED).map_err(err)?.remove((t, id)).map_err(err)?;
+        t.ready.remove(o.sequence).map_err(err)?;
+        if let Some(at) = o.postpone_until {
+            t.postponed.remove((at, id)).map_err(err)?;
         }
-        if let Some(t) = o.lease_expiry {
-            txn.open_table(LEASES).map_err(err)?.remove((t, id)).map_err(err)?;
+        if let Some(at) = o.lease_expiry {
+            t.leases.remove((at, id)).map_err(err)?;
         }
         if let Some(token) = &o.dependency_token {
-            txn.open_table(TOKENS).map_err(err)?.remove((token.as_str(), o.sequence)).map_err(err)?;
+            t.tokens.remove((token.as_str(), o.sequence)).map_err(err)?;
         }
         if let Some(step) = o.step_id {
-            txn.open_table(STEP_JOBS).map_err(err)?.remove((step.as_u128(), id)).map_err(err)?;
+            t.step_jobs.remove((step.as_u128(), id)).map_err(err)?;
         }
-        let c = counts.get(o.status.code()).map_err(err)?.map_or(0, |v| v.value());
-        counts.insert(o.status.code(), c.saturating_sub(1)).map_err(err)?;
+        let c = t.counts.get(o.status.code()).map_err(err)?.map_or(0, |v| v.value());
+        t.counts.insert(o.status.code(), c.saturating_sub(1)).map_err(err)?;
     }
-    let mut jobs = txn.open_table(JOBS).map_err(err)?;
     match new {
         Some(n) => {
-            jobs.insert(n.id.as_u128(), codec::encode(n)?.as_slice()).map_err(err)?;
-            let c = counts.get(n.status.code()).map_err(err)?.map_or(0, |v| v.value());
-            counts.insert(n.status.code(), c + 1).map_err(err)?;
+            t.jobs.insert(n.id.as_u128(), codec::encode(n)?.as_slice()).map_err(err)?;
+            let c = t.counts.get(n.status.code()).map_err(err)?.map_or(0, |v| v.value());
+            t.counts.insert(n.status.code(), c + 1).map_err(err)?;
         }
         None => {
             if let Some(o) = old {
-                jobs.remove(o.id.as_u128()).map_err(err)?;
+                t.jobs.remove(o.id.as_u128()).map_err(err)?;
             }
         }
     }
-    drop((jobs, counts));
     if let Some(n) = new {
         let id = n.id.as_u128();
         if n.state() != JobState::Completed {
             if let Some(token) = &n.dependency_token {
-                txn.open_table(TOKENS).map_err(err)?.insert((token.as_str(), n.sequence), id).map_err(err)?;
+                t.tokens.insert((token.as_str(), n.sequence), id).map_err(err)?;
             }
             if let Some(step) = n.step_id {
-                txn.open_table(STEP_JOBS).map_err(err)?.insert((step.as_u128(), id), ()).map_err(err)?;
+                t.step_jobs.insert((step.as_u128(), id), ()).map_err(err)?;
             }
         }
         if n.state() == JobState::Locked
-            && let Some(t) = n.lease_expiry
+            && let Some(at) = n.lease_expiry
         {
-            txn.open_table(LEASES).map_err(err)?.insert((t, id), ()).map_err(err)?;
+            t.leases.insert((at, id), ()).map_err(err)?;
         }
         let waits_for_time = matches!(n.status, JobStatus::WaitingForResources | JobStatus::Waiting) && !is_due(n, now)
             || n.status == JobStatus::Waiting && n.postpone_until.is_some();
-        if waits_for_time && let Some(t) = n.postpone_until {
-            txn.open_table(POSTPONED).map_err(err)?.insert((t, id), ()).map_err(err)?;
+        if waits_for_time && let Some(at) = n.postpone_until {
+            t.postponed.insert((at, id), ()).map_err(err)?;
         }
-        make_ready_if_runnable(txn, n, now)?;
+        make_ready_if_runnable(t, n, now)?;
     }
     // A job leaving its token's chain lets the next one run.
     if let Some(token) = old.and_then(|o| o.dependency_token.as_ref())
         && new.is_none_or(|n| n.state() == JobState::Completed)
-        && let Some(head) = token_head(txn, token)?
-        && let Some(next) = load(txn, Uuid::from_u128(head))?
+        && let Some(head) = token_head(t, token)?
+        && let Some(next) = load(t, Uuid::from_u128(head))?
     {
-        make_ready_if_runnable(txn, &next, now)?;
+        make_ready_if_runnable(t, &next, now)?;
     }
     Ok(())
 }
 
-fn make_ready_if_runnable(txn: &WriteTransaction, job: &SystemJob, now: i64) -> Result<()> {
+fn make_ready_if_runnable(t: &mut Tables<'_>, job: &SystemJob, now: i64) -> Result<()> {
     if job.status != JobStatus::WaitingForResources || !is_due(job, now) {
         return Ok(());
     }
     if let Some(token) = &job.dependency_token
-        && token_head(txn, token)? != Some(job.id.as_u128())
+        && token_head(t, token)? != Some(job.id.as_u128())
     {
         return Ok(());
     }
-    txn.open_table(READY).map_err(err)?.insert(job.sequence, job.id.as_u128()).map_err(err)?;
+    t.ready.insert(job.sequence, job.id.as_u128()).map_err(err)?;
     Ok(())
 }
 
@@ -165,46 +181,45 @@ pub(crate) fn enqueue(txn: &WriteTransaction, jobs: &[SystemJob], now: i64) -> R
     }
     meta.insert(JOB_SEQUENCE, codec::encode(&sequence)?.as_slice()).map_err(err)?;
     drop(meta);
+    let mut t = Tables::open(txn)?;
     for job in &queued {
-        put_job(txn, None, Some(job), now)?;
+        put_job(&mut t, None, Some(job), now)?;
     }
     Ok(out)
 }
 
 /// Makes due postponed jobs runnable (Waiting -> WaitingForResources), at most `max`.
-fn promote_due(txn: &WriteTransaction, now: i64, max: usize) -> Result<()> {
+fn promote_due(t: &mut Tables<'_>, now: i64, max: usize) -> Result<()> {
     let due: Vec<(i64, u128)> = {
-        let postponed = txn.open_table(POSTPONED).map_err(err)?;
         let mut v = Vec::new();
-        for entry in postponed.range(..=(now, u128::MAX)).map_err(err)?.take(max) {
+        for entry in t.postponed.range(..=(now, u128::MAX)).map_err(err)?.take(max) {
             v.push(entry.map_err(err)?.0.value());
         }
         v
     };
     for (_, id) in due {
-        let Some(old) = load(txn, Uuid::from_u128(id))? else { continue };
+        let Some(old) = load(t, Uuid::from_u128(id))? else { continue };
         let mut new = old.clone();
         if new.status == JobStatus::Waiting {
             new.status = JobStatus::WaitingForResources;
         }
-        put_job(txn, Some(&old), Some(&new), now)?;
+        put_job(t, Some(&old), Some(&new), now)?;
     }
     Ok(())
 }
 
 /// Returns jobs whose lease expired to the queue (their worker died or hung).
-pub(crate) fn recover_expired(txn: &WriteTransaction, now: i64, max: usize) -> Result<usize> {
+pub(crate) fn recover_expired(t: &mut Tables<'_>, now: i64, max: usize) -> Result<usize> {
     let expired: Vec<u128> = {
-        let leases = txn.open_table(LEASES).map_err(err)?;
         let mut v = Vec::new();
-        for entry in leases.range(..(now, 0)).map_err(err)?.take(max) {
+        for entry in t.leases.range(..(now, 0)).map_err(err)?.take(max) {
             v.push(entry.map_err(err)?.0.value().1);
         }
         v
     };
     for id in &expired {
-        if let Some(old) = load(txn, Uuid::from_u128(*id))? {
-            release(txn, &old, now)?;
+        if let Some(old) = load(t, Uuid::from_u128(*id))? {
+            release(t, &old, now)?;
         }
     }
     Ok(expired.len())
@@ -212,7 +227,7 @@ pub(crate) fn recover_expired(txn: &WriteTransaction, now: i64, max: usize) -> R
 
 /// Takes a locked job back from its worker: a running job is ready again, one being
 /// canceled is canceled, one being paused waits.
-pub(crate) fn release(txn: &WriteTransaction, old: &SystemJob, now: i64) -> Result<()> {
+pub(crate) fn release(t: &mut Tables<'_>, old: &SystemJob, now: i64) -> Result<()> {
     let mut new = old.clone();
     new.status = match old.status {
         JobStatus::Canceling => JobStatus::Canceled,
@@ -224,51 +239,49 @@ pub(crate) fn release(txn: &WriteTransaction, old: &SystemJob, now: i64) -> Resu
     }
     new.host_id = None;
     new.lease_expiry = None;
-    put_job(txn, Some(old), Some(&new), now)
+    put_job(t, Some(old), Some(&new), now)
 }
 
 /// Locks up to `max` runnable jobs for `host` until `now + lease_ms`, bumping each
 /// job's fencing token.
-pub(crate) fn lease(txn: &WriteTransaction, host: &str, max: usize, lease_ms: i64, now: i64) -> Result<Vec<SystemJob>> {
-    promote_due(txn, now, max.max(64) * 4)?;
-    recover_expired(txn, now, max.max(64) * 4)?;
+pub(crate) fn lease(t: &mut Tables<'_>, host: &str, max: usize, lease_ms: i64, now: i64) -> Result<Vec<SystemJob>> {
+    promote_due(t, now, max.max(64) * 4)?;
+    recover_expired(t, now, max.max(64) * 4)?;
     let ids: Vec<u128> = {
-        let ready = txn.open_table(READY).map_err(err)?;
         let mut v = Vec::with_capacity(max);
-        for entry in ready.iter().map_err(err)?.take(max) {
+        for entry in t.ready.iter().map_err(err)?.take(max) {
             v.push(entry.map_err(err)?.1.value());
         }
         v
     };
     let mut leased = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(old) = load(txn, Uuid::from_u128(id))? else { continue };
+        let Some(old) = load(t, Uuid::from_u128(id))? else { continue };
         let mut new = old.clone();
         new.status = JobStatus::InProgress;
         new.started_on = Some(now);
         new.host_id = Some(host.to_owned());
         new.lease_expiry = Some(now + lease_ms);
         new.fencing_token += 1;
-        put_job(txn, Some(&old), Some(&new), now)?;
+        put_job(t, Some(&old), Some(&new), now)?;
         leased.push(new);
     }
     Ok(leased)
 }
 
 /// Jobs queued by `step` and not finished, at most `max`.
-pub(crate) fn jobs_of_step(txn: &WriteTransaction, step: Uuid, max: usize) -> Result<Vec<SystemJob>> {
+pub(crate) fn jobs_of_step(t: &Tables<'_>, step: Uuid, max: usize) -> Result<Vec<SystemJob>> {
     let ids: Vec<u128> = {
-        let t = txn.open_table(STEP_JOBS).map_err(err)?;
         let s = step.as_u128();
         let mut v = Vec::new();
-        for entry in t.range((s, 0)..=(s, u128::MAX)).map_err(err)?.take(max) {
+        for entry in t.step_jobs.range((s, 0)..=(s, u128::MAX)).map_err(err)?.take(max) {
             v.push(entry.map_err(err)?.0.value().1);
         }
         v
     };
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.extend(load(txn, Uuid::from_u128(id))?);
+        out.extend(load(t, Uuid::from_u128(id))?);
     }
     Ok(out)
 }
@@ -276,8 +289,9 @@ pub(crate) fn jobs_of_step(txn: &WriteTransaction, step: Uuid, max: usize) -> Re
 /// Fails the waiting jobs of a step that no longer exists (`plugin_not_registered`).
 /// Running ones are failed when their worker completes them.
 pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, now: i64) -> Result<usize> {
+    let mut t = Tables::open(txn)?;
     let mut failed = 0;
-    for old in jobs_of_step(txn, step, usize::MAX)? {
+    for old in jobs_of_step(&t, step, usize::MAX)? {
         if old.state() == JobState::Locked {
             continue;
         }
@@ -286,7 +300,7 @@ pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, n
         new.completed_on = Some(now);
         new.error_code = Some("plugin_not_registered".into());
         new.message = Some(format!("{what} was unregistered while this job was queued"));
-        put_job(txn, Some(&old), Some(&new), now)?;
+        put_job(&mut t, Some(&old), Some(&new), now)?;
         failed += 1;
     }
     Ok(failed)

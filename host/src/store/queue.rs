@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::commit::apply;
-use super::jobs::{self, load, put_job};
+use super::jobs::{self, Tables, load, put_job};
 use super::{ChangeSet, CommitError, Committer, Store, StoreError};
 use crate::jobs::{JobState, JobStatus, SystemJob};
 use crate::registry::now_ms;
@@ -100,7 +100,10 @@ impl JobQueue {
     pub fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        wait(self.committer.submit_op(move |txn| Ok(jobs::lease(txn, &host, max, lease_ms, now_ms())?)))
+        wait(
+            self.committer
+                .submit_op(move |txn| Ok(jobs::lease(&mut Tables::open(txn)?, &host, max, lease_ms, now_ms())?)),
+        )
     }
 
     /// Wakes idle workers.
@@ -118,7 +121,8 @@ impl JobQueue {
         let committer = self.committer.clone();
         self.committer.submit_op(move |txn| {
             let now = now_ms();
-            let Some(old) = load(txn, c.id)? else { return Ok(CompletionOutcome::Stale) };
+            let old = load(&Tables::open(txn)?, c.id)?;
+            let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
             if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
                 return Ok(CompletionOutcome::Stale);
             }
@@ -141,7 +145,7 @@ impl JobQueue {
                 (_, JobResult::Succeeded) => match apply(txn, &c.effects) {
                     Err(CommitError::Conflict { .. }) => {
                         new.status = JobStatus::WaitingForResources;
-                        put_job(txn, Some(&old), Some(&new), now)?;
+                        put_job(&mut Tables::open(txn)?, Some(&old), Some(&new), now)?;
                         return Ok(CompletionOutcome::Requeued);
                     }
                     Err(e) => return Err(e),
@@ -154,7 +158,7 @@ impl JobQueue {
                         new.error_code = None;
                         new.message = None;
                         if c.delete_on_success && old.recurrence_pattern.is_none() {
-                            put_job(txn, Some(&old), None, now)?;
+                            put_job(&mut Tables::open(txn)?, Some(&old), None, now)?;
                             return Ok(CompletionOutcome::Deleted);
                         }
                     }
@@ -198,7 +202,7 @@ impl JobQueue {
                     Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
                 }
             }
-            put_job(txn, Some(&old), Some(&new), now)?;
+            put_job(&mut Tables::open(txn)?, Some(&old), Some(&new), now)?;
             Ok(CompletionOutcome::Recorded(new.status))
         })
     }
@@ -218,13 +222,14 @@ impl JobQueue {
     pub fn release(&self, leased: Vec<(Uuid, u64)>) -> Result<usize, CommitError> {
         wait(self.committer.submit_op(move |txn| {
             let now = now_ms();
+            let mut t = Tables::open(txn)?;
             let mut released = 0;
             for (id, token) in leased {
-                let Some(old) = load(txn, id)? else { continue };
+                let Some(old) = load(&t, id)? else { continue };
                 if old.state() != JobState::Locked || old.fencing_token != token {
                     continue;
                 }
-                jobs::release(txn, &old, now)?;
+                jobs::release(&mut t, &old, now)?;
                 released += 1;
             }
             Ok(released)
@@ -235,7 +240,8 @@ impl JobQueue {
     pub fn manage(&self, id: Uuid, action: JobAction) -> Result<Option<SystemJob>, CommitError> {
         wait(self.committer.submit_op(move |txn| {
             let now = now_ms();
-            let old = load(txn, id)?
+            let mut t = Tables::open(txn)?;
+            let old = load(&t, id)?
                 .ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
             let refuse = |what: &str| {
                 CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())))
@@ -284,11 +290,11 @@ impl JobQueue {
                     if old.state() == JobState::Locked {
                         return Err(refuse("a running job cannot be deleted: cancel it first"));
                     }
-                    put_job(txn, Some(&old), None, now)?;
+                    put_job(&mut t, Some(&old), None, now)?;
                     return Ok(None);
                 }
             }
-            put_job(txn, Some(&old), Some(&new), now)?;
+            put_job(&mut t, Some(&old), Some(&new), now)?;
             Ok(Some(new))
         }))
         .inspect(|_| self.committer.notify())
