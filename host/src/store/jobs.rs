@@ -41,10 +41,34 @@ pub(crate) struct Tables<'t> {
     leases: redb::Table<'t, (i64, u128), ()>,
     step_jobs: redb::Table<'t, (u128, u128), ()>,
     counts: redb::Table<'t, u32, u64>,
+    /// Status-count changes, written once when the operation ends.
+    deltas: [i64; JobStatus::ALL.len()],
+}
+
+fn slot(status: JobStatus) -> usize {
+    JobStatus::ALL.iter().position(|s| *s == status).expect("every status is listed")
+}
+
+/// Runs an operation on the job tables, opened once, and writes the status counts
+/// it changed at the end.
+pub(crate) fn with_tables<T, E: From<StoreError>>(
+    txn: &WriteTransaction,
+    op: impl FnOnce(&mut Tables<'_>) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let mut t = Tables::open(txn)?;
+    let out = op(&mut t)?;
+    for (i, delta) in t.deltas.into_iter().enumerate() {
+        if delta != 0 {
+            let code = JobStatus::ALL[i].code();
+            let c = t.counts.get(code).map_err(err)?.map_or(0, |v| v.value());
+            t.counts.insert(code, c.saturating_add_signed(delta)).map_err(err)?;
+        }
+    }
+    Ok(out)
 }
 
 impl<'t> Tables<'t> {
-    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>> {
         Ok(Tables {
             jobs: txn.open_table(JOBS).map_err(err)?,
             ready: txn.open_table(READY).map_err(err)?,
@@ -53,6 +77,7 @@ impl<'t> Tables<'t> {
             leases: txn.open_table(LEASES).map_err(err)?,
             step_jobs: txn.open_table(STEP_JOBS).map_err(err)?,
             counts: txn.open_table(STATUS_COUNTS).map_err(err)?,
+            deltas: [0; JobStatus::ALL.len()],
         })
     }
 }
@@ -89,7 +114,10 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
     }
     if let Some(o) = old {
         let id = o.id.as_u128();
-        t.ready.remove(o.sequence).map_err(err)?;
+        // Only a ready job can be in the ready index.
+        if o.status == JobStatus::WaitingForResources {
+            t.ready.remove(o.sequence).map_err(err)?;
+        }
         if let Some(at) = o.postpone_until {
             t.postponed.remove((at, id)).map_err(err)?;
         }
@@ -102,14 +130,12 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
         if let Some(step) = o.step_id {
             t.step_jobs.remove((step.as_u128(), id)).map_err(err)?;
         }
-        let c = t.counts.get(o.status.code()).map_err(err)?.map_or(0, |v| v.value());
-        t.counts.insert(o.status.code(), c.saturating_sub(1)).map_err(err)?;
+        t.deltas[slot(o.status)] -= 1;
     }
     match new {
         Some(n) => {
             t.jobs.insert(n.id.as_u128(), codec::encode(n)?.as_slice()).map_err(err)?;
-            let c = t.counts.get(n.status.code()).map_err(err)?.map_or(0, |v| v.value());
-            t.counts.insert(n.status.code(), c + 1).map_err(err)?;
+            t.deltas[slot(n.status)] += 1;
         }
         None => {
             if let Some(o) = old {
@@ -181,10 +207,12 @@ pub(crate) fn enqueue(txn: &WriteTransaction, jobs: &[SystemJob], now: i64) -> R
     }
     meta.insert(JOB_SEQUENCE, codec::encode(&sequence)?.as_slice()).map_err(err)?;
     drop(meta);
-    let mut t = Tables::open(txn)?;
-    for job in &queued {
-        put_job(&mut t, None, Some(job), now)?;
-    }
+    with_tables(txn, |t| {
+        for job in &queued {
+            put_job(t, None, Some(job), now)?;
+        }
+        Ok::<_, StoreError>(())
+    })?;
     Ok(out)
 }
 
@@ -289,9 +317,12 @@ pub(crate) fn jobs_of_step(t: &Tables<'_>, step: Uuid, max: usize) -> Result<Vec
 /// Fails the waiting jobs of a step that no longer exists (`plugin_not_registered`).
 /// Running ones are failed when their worker completes them.
 pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, now: i64) -> Result<usize> {
-    let mut t = Tables::open(txn)?;
+    with_tables(txn, |t| orphan_step_jobs_in(t, step, what, now))
+}
+
+fn orphan_step_jobs_in(t: &mut Tables<'_>, step: Uuid, what: &str, now: i64) -> Result<usize> {
     let mut failed = 0;
-    for old in jobs_of_step(&t, step, usize::MAX)? {
+    for old in jobs_of_step(t, step, usize::MAX)? {
         if old.state() == JobState::Locked {
             continue;
         }
@@ -300,7 +331,7 @@ pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, n
         new.completed_on = Some(now);
         new.error_code = Some("plugin_not_registered".into());
         new.message = Some(format!("{what} was unregistered while this job was queued"));
-        put_job(&mut t, Some(&old), Some(&new), now)?;
+        put_job(t, Some(&old), Some(&new), now)?;
         failed += 1;
     }
     Ok(failed)

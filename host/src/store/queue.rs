@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::commit::apply;
-use super::jobs::{self, Tables, load, put_job};
+use super::jobs::{self, load, put_job, with_tables};
 use super::{ChangeSet, CommitError, Committer, Store, StoreError};
 use crate::jobs::{JobState, JobStatus, SystemJob};
 use crate::registry::now_ms;
@@ -102,7 +102,7 @@ impl JobQueue {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         wait(
             self.committer
-                .submit_op(move |txn| Ok(jobs::lease(&mut Tables::open(txn)?, &host, max, lease_ms, now_ms())?)),
+                .submit_op(move |txn| Ok(with_tables(txn, |t| jobs::lease(t, &host, max, lease_ms, now_ms()))?)),
         )
     }
 
@@ -121,7 +121,7 @@ impl JobQueue {
         let committer = self.committer.clone();
         self.committer.submit_op(move |txn| {
             let now = now_ms();
-            let old = load(&Tables::open(txn)?, c.id)?;
+            let old = with_tables(txn, |t| load(t, c.id))?;
             let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
             if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
                 return Ok(CompletionOutcome::Stale);
@@ -145,7 +145,7 @@ impl JobQueue {
                 (_, JobResult::Succeeded) => match apply(txn, &c.effects) {
                     Err(CommitError::Conflict { .. }) => {
                         new.status = JobStatus::WaitingForResources;
-                        put_job(&mut Tables::open(txn)?, Some(&old), Some(&new), now)?;
+                        with_tables(txn, |t| put_job(t, Some(&old), Some(&new), now))?;
                         return Ok(CompletionOutcome::Requeued);
                     }
                     Err(e) => return Err(e),
@@ -158,7 +158,7 @@ impl JobQueue {
                         new.error_code = None;
                         new.message = None;
                         if c.delete_on_success && old.recurrence_pattern.is_none() {
-                            put_job(&mut Tables::open(txn)?, Some(&old), None, now)?;
+                            with_tables(txn, |t| put_job(t, Some(&old), None, now))?;
                             return Ok(CompletionOutcome::Deleted);
                         }
                     }
@@ -202,7 +202,7 @@ impl JobQueue {
                     Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
                 }
             }
-            put_job(&mut Tables::open(txn)?, Some(&old), Some(&new), now)?;
+            with_tables(txn, |t| put_job(t, Some(&old), Some(&new), now))?;
             Ok(CompletionOutcome::Recorded(new.status))
         })
     }
@@ -222,80 +222,82 @@ impl JobQueue {
     pub fn release(&self, leased: Vec<(Uuid, u64)>) -> Result<usize, CommitError> {
         wait(self.committer.submit_op(move |txn| {
             let now = now_ms();
-            let mut t = Tables::open(txn)?;
-            let mut released = 0;
-            for (id, token) in leased {
-                let Some(old) = load(&t, id)? else { continue };
-                if old.state() != JobState::Locked || old.fencing_token != token {
-                    continue;
+            with_tables(txn, |t| {
+                let mut released = 0;
+                for (id, token) in leased {
+                    let Some(old) = load(t, id)? else { continue };
+                    if old.state() != JobState::Locked || old.fencing_token != token {
+                        continue;
+                    }
+                    jobs::release(t, &old, now)?;
+                    released += 1;
                 }
-                jobs::release(&mut t, &old, now)?;
-                released += 1;
-            }
-            Ok(released)
+                Ok(released)
+            })
         }))
     }
 
     /// Applies a user's action; refuses one the job's status does not allow.
     pub fn manage(&self, id: Uuid, action: JobAction) -> Result<Option<SystemJob>, CommitError> {
         wait(self.committer.submit_op(move |txn| {
-            let now = now_ms();
-            let mut t = Tables::open(txn)?;
-            let old = load(&t, id)?
-                .ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
-            let refuse = |what: &str| {
-                CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())))
-            };
-            let mut new = old.clone();
-            match action {
-                JobAction::Cancel => match old.status {
-                    JobStatus::WaitingForResources | JobStatus::Waiting => {
-                        new.status = JobStatus::Canceled;
-                        new.completed_on = Some(now);
+            with_tables(txn, |t| {
+                let now = now_ms();
+                let old = load(t, id)?
+                    .ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
+                let refuse = |what: &str| {
+                    CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())))
+                };
+                let mut new = old.clone();
+                match action {
+                    JobAction::Cancel => match old.status {
+                        JobStatus::WaitingForResources | JobStatus::Waiting => {
+                            new.status = JobStatus::Canceled;
+                            new.completed_on = Some(now);
+                        }
+                        JobStatus::InProgress | JobStatus::Pausing => new.status = JobStatus::Canceling,
+                        _ => return Err(refuse("only ready, waiting or running jobs can be canceled")),
+                    },
+                    JobAction::Pause => match old.status {
+                        JobStatus::WaitingForResources => new.status = JobStatus::Waiting,
+                        JobStatus::InProgress => new.status = JobStatus::Pausing,
+                        _ => return Err(refuse("only ready or running jobs can be paused")),
+                    },
+                    JobAction::Resume => match old.status {
+                        JobStatus::Waiting => {
+                            new.status = JobStatus::WaitingForResources;
+                            new.postpone_until = None;
+                        }
+                        _ => return Err(refuse("only waiting jobs can be resumed")),
+                    },
+                    JobAction::Postpone(until) => match old.status {
+                        JobStatus::WaitingForResources | JobStatus::Waiting => {
+                            new.status = JobStatus::Waiting;
+                            new.postpone_until = Some(until);
+                        }
+                        _ => return Err(refuse("only ready or waiting jobs can be postponed")),
+                    },
+                    JobAction::Retry => match old.status {
+                        JobStatus::Failed | JobStatus::Canceled => {
+                            new.status = JobStatus::WaitingForResources;
+                            new.completed_on = None;
+                            new.postpone_until = None;
+                            new.retry_count = 0;
+                            new.error_code = None;
+                            new.message = None;
+                        }
+                        _ => return Err(refuse("only failed or canceled jobs can be retried")),
+                    },
+                    JobAction::Delete => {
+                        if old.state() == JobState::Locked {
+                            return Err(refuse("a running job cannot be deleted: cancel it first"));
+                        }
+                        put_job(t, Some(&old), None, now)?;
+                        return Ok(None);
                     }
-                    JobStatus::InProgress | JobStatus::Pausing => new.status = JobStatus::Canceling,
-                    _ => return Err(refuse("only ready, waiting or running jobs can be canceled")),
-                },
-                JobAction::Pause => match old.status {
-                    JobStatus::WaitingForResources => new.status = JobStatus::Waiting,
-                    JobStatus::InProgress => new.status = JobStatus::Pausing,
-                    _ => return Err(refuse("only ready or running jobs can be paused")),
-                },
-                JobAction::Resume => match old.status {
-                    JobStatus::Waiting => {
-                        new.status = JobStatus::WaitingForResources;
-                        new.postpone_until = None;
-                    }
-                    _ => return Err(refuse("only waiting jobs can be resumed")),
-                },
-                JobAction::Postpone(until) => match old.status {
-                    JobStatus::WaitingForResources | JobStatus::Waiting => {
-                        new.status = JobStatus::Waiting;
-                        new.postpone_until = Some(until);
-                    }
-                    _ => return Err(refuse("only ready or waiting jobs can be postponed")),
-                },
-                JobAction::Retry => match old.status {
-                    JobStatus::Failed | JobStatus::Canceled => {
-                        new.status = JobStatus::WaitingForResources;
-                        new.completed_on = None;
-                        new.postpone_until = None;
-                        new.retry_count = 0;
-                        new.error_code = None;
-                        new.message = None;
-                    }
-                    _ => return Err(refuse("only failed or canceled jobs can be retried")),
-                },
-                JobAction::Delete => {
-                    if old.state() == JobState::Locked {
-                        return Err(refuse("a running job cannot be deleted: cancel it first"));
-                    }
-                    put_job(&mut t, Some(&old), None, now)?;
-                    return Ok(None);
                 }
-            }
-            put_job(&mut t, Some(&old), Some(&new), now)?;
-            Ok(Some(new))
+                put_job(t, Some(&old), Some(&new), now)?;
+                Ok(Some(new))
+            })
         }))
         .inspect(|_| self.committer.notify())
     }
