@@ -463,6 +463,30 @@ impl Default for ExecutionContext {
 }
 
 impl ExecutionContext {
+    /// A context with nothing in it (no ids, no time): a placeholder, cheap to make.
+    pub fn empty() -> Self {
+        ExecutionContext {
+            message_name: String::new(),
+            primary_entity_name: String::new(),
+            primary_entity_id: None,
+            stage: Stage::PreOperation,
+            mode: Mode::Synchronous,
+            depth: 0,
+            correlation_id: Uuid::nil(),
+            operation_id: None,
+            step_id: None,
+            initiating_user_id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            operation_created_on: 0,
+            input_parameters: Parameters::new(),
+            output_parameters: Parameters::new(),
+            pre_entity_images: BTreeMap::new(),
+            post_entity_images: BTreeMap::new(),
+            shared_variables: BTreeMap::new(),
+            configuration: None,
+        }
+    }
+
     /// Fills the primary entity from the "Target" parameter when the file left it out.
     pub fn fill_primary_entity(&mut self) {
         match self.input_parameters.get("Target") {

@@ -8,7 +8,8 @@ use redb::{ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ENTITY_DEFS, JOBS, RECORDS, Result, Store, StoreError, all, get};
+use super::jobs::with_context;
+use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, all, get};
 use crate::codec;
 use crate::jobs::SystemJob;
 use crate::metadata::EntityDefinition;
@@ -103,14 +104,16 @@ impl Store {
 
     pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {
         let txn = self.db.begin_read()?;
-        get(&txn.open_table(JOBS)?, id.as_u128())
+        let contexts = txn.open_table(JOB_CONTEXTS)?;
+        get::<_, SystemJob, _>(&txn.open_table(JOBS)?, id.as_u128())?.map(|j| with_context(&contexts, j)).transpose()
     }
 
-    /// Every job, in creation order.
+    /// Every job, in creation order, with its context.
     pub fn jobs(&self) -> Result<Vec<SystemJob>> {
         let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(JOB_CONTEXTS)?;
         let mut jobs: Vec<SystemJob> = all(&txn.open_table(JOBS)?)?;
         jobs.sort_by_key(|j| j.sequence);
-        Ok(jobs)
+        jobs.into_iter().map(|j| with_context(&contexts, j)).collect()
     }
 }

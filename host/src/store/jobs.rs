@@ -13,7 +13,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
-use super::{JOB_SEQUENCE, JOBS, META, StoreError, get};
+use super::{JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, StoreError, get};
 use crate::codec;
 use crate::jobs::{JobState, JobStatus, SystemJob};
 
@@ -35,6 +35,7 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The job tables of one write transaction, opened once per operation.
 pub(crate) struct Tables<'t> {
     jobs: redb::Table<'t, u128, &'static [u8]>,
+    contexts: redb::Table<'t, u128, &'static [u8]>,
     ready: redb::Table<'t, u64, u128>,
     postponed: redb::Table<'t, (i64, u128), ()>,
     tokens: redb::Table<'t, (&'static str, u64), u128>,
@@ -71,6 +72,7 @@ impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>> {
         Ok(Tables {
             jobs: txn.open_table(JOBS).map_err(err)?,
+            contexts: txn.open_table(JOB_CONTEXTS).map_err(err)?,
             ready: txn.open_table(READY).map_err(err)?,
             postponed: txn.open_table(POSTPONED).map_err(err)?,
             tokens: txn.open_table(TOKENS).map_err(err)?,
@@ -86,8 +88,20 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// A job without its context (see [`with_context`]): what every transition needs.
 pub(crate) fn load(t: &Tables<'_>, id: Uuid) -> Result<Option<SystemJob>> {
     get(&t.jobs, id.as_u128())
+}
+
+/// Puts a loaded job's context back, for callers that run or show it.
+pub(crate) fn with_context(
+    contexts: &impl ReadableTable<u128, &'static [u8]>,
+    mut job: SystemJob,
+) -> Result<SystemJob> {
+    if let Some(c) = get(contexts, job.id.as_u128())? {
+        job.context = c;
+    }
+    Ok(job)
 }
 
 fn is_due(job: &SystemJob, now: i64) -> bool {
@@ -134,12 +148,18 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
     }
     match new {
         Some(n) => {
-            t.jobs.insert(n.id.as_u128(), codec::encode(n)?.as_slice()).map_err(err)?;
+            // The context lives in its own table, written once; the record stays small.
+            if old.is_none() {
+                t.contexts.insert(n.id.as_u128(), codec::encode(&n.context)?.as_slice()).map_err(err)?;
+            }
+            let stored = SystemJob { context: crate::model::ExecutionContext::empty(), ..n.clone() };
+            t.jobs.insert(n.id.as_u128(), codec::encode(&stored)?.as_slice()).map_err(err)?;
             t.deltas[slot(n.status)] += 1;
         }
         None => {
             if let Some(o) = old {
                 t.jobs.remove(o.id.as_u128()).map_err(err)?;
+                t.contexts.remove(o.id.as_u128()).map_err(err)?;
             }
         }
     }
@@ -292,7 +312,7 @@ pub(crate) fn lease(t: &mut Tables<'_>, host: &str, max: usize, lease_ms: i64, n
         new.lease_expiry = Some(now + lease_ms);
         new.fencing_token += 1;
         put_job(t, Some(&old), Some(&new), now)?;
-        leased.push(new);
+        leased.push(with_context(&t.contexts, new)?);
     }
     Ok(leased)
 }

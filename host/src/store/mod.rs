@@ -41,6 +41,9 @@ const ENTITY_DEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("entity_d
 /// Records by (entity logical name, id).
 const RECORDS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("records");
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+/// Each job's execution context, written once when the job is queued: the job
+/// record itself is rewritten at every transition and stays small.
+const JOB_CONTEXTS: TableDefinition<u128, &[u8]> = TableDefinition::new("job_contexts");
 /// Meta key of the last job sequence number handed out.
 const JOB_SEQUENCE: &str = "job_sequence";
 
@@ -162,6 +165,7 @@ impl Store {
             txn.open_table(ENTITY_DEFS)?;
             txn.open_table(RECORDS)?;
             txn.open_table(JOBS)?;
+            txn.open_table(JOB_CONTEXTS)?;
             txn.open_table(jobs::READY)?;
             txn.open_table(jobs::POSTPONED)?;
             txn.open_table(jobs::TOKENS)?;
