@@ -438,26 +438,14 @@ pub struct ExecutionContext {
 }
 
 impl Default for ExecutionContext {
+    /// A Create at depth 1, now, in a new correlation: what a hand-written context file starts from.
     fn default() -> Self {
         ExecutionContext {
             message_name: "Create".into(),
-            primary_entity_name: String::new(),
-            primary_entity_id: None,
-            stage: Stage::PreOperation,
-            mode: Mode::Synchronous,
             depth: 1,
             correlation_id: Uuid::new_v4(),
-            operation_id: None,
-            step_id: None,
-            initiating_user_id: Uuid::nil(),
-            user_id: Uuid::nil(),
             operation_created_on: chrono::Utc::now().timestamp_millis(),
-            input_parameters: Parameters::new(),
-            output_parameters: Parameters::new(),
-            pre_entity_images: BTreeMap::new(),
-            post_entity_images: BTreeMap::new(),
-            shared_variables: BTreeMap::new(),
-            configuration: None,
+            ..ExecutionContext::empty()
         }
     }
 }

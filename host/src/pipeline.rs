@@ -528,15 +528,22 @@ impl Scope {
         };
         // Inputs, the primary entity, and the record as it was (for pre-images and filters).
         let mut pre_state: Option<Entity> = None;
+        // The primary entity's definition, read once for the whole message.
+        let definition = match &request {
+            Request::Create { record } | Request::Update { record } => Some(self.definition(&record.logical_name)?),
+            Request::Delete { target } | Request::Retrieve { target, .. } => {
+                Some(self.definition(&target.logical_name)?)
+            }
+            Request::RetrieveMultiple { query } => Some(self.definition(&query.entity_name)?),
+            Request::Custom { .. } => None,
+        };
         match &request {
             Request::Create { record } => {
-                self.definition(&record.logical_name)?;
                 ctx.primary_entity_name = record.logical_name.clone();
                 ctx.primary_entity_id = record.id;
                 ctx.input_parameters.insert("Target".into(), ParameterValue::Entity(record.clone()));
             }
             Request::Update { record } => {
-                self.definition(&record.logical_name)?;
                 let id = record.id.ok_or_else(|| PipelineError::Invalid("an update needs the record's id".into()))?;
                 let current =
                     self.read(&record.logical_name, id)?.ok_or_else(|| not_found(&record.logical_name, id))?;
@@ -546,7 +553,6 @@ impl Scope {
                 ctx.input_parameters.insert("Target".into(), ParameterValue::Entity(record.clone()));
             }
             Request::Delete { target } | Request::Retrieve { target, .. } => {
-                self.definition(&target.logical_name)?;
                 let current = self
                     .read(&target.logical_name, target.id)?
                     .ok_or_else(|| not_found(&target.logical_name, target.id))?;
@@ -560,7 +566,6 @@ impl Scope {
                 }
             }
             Request::RetrieveMultiple { query } => {
-                self.definition(&query.entity_name)?;
                 ctx.primary_entity_name = query.entity_name.clone();
                 ctx.input_parameters.insert("Query".into(), ParameterValue::Query(query.clone()));
             }
@@ -588,7 +593,7 @@ impl Scope {
             }
         }
 
-        let post_state = self.core_operation(&request, &mut ctx)?;
+        let post_state = self.core_operation(&request, definition.as_ref(), &mut ctx)?;
 
         let post_steps: Vec<StepRecord> = self
             .steps
@@ -612,7 +617,15 @@ impl Scope {
     }
 
     /// The core operation (or stage 30 for custom messages); returns the record after it.
-    fn core_operation(&self, request: &Request, ctx: &mut ExecutionContext) -> Result<Option<Entity>> {
+    fn core_operation(
+        &self,
+        request: &Request,
+        definition: Option<&EntityDefinition>,
+        ctx: &mut ExecutionContext,
+    ) -> Result<Option<Entity>> {
+        let check = |target: &mut Entity| {
+            definition.expect("data messages have a definition").check_record(target).map_err(PipelineError::Invalid)
+        };
         let target_entity = |ctx: &ExecutionContext| -> Result<Entity> {
             match ctx.input_parameters.get("Target") {
                 Some(ParameterValue::Entity(e)) => Ok(e.clone()),
@@ -626,7 +639,7 @@ impl Scope {
                 if target.logical_name != record.logical_name {
                     return Err(PipelineError::Invalid("a plug-in changed the Target's entity".into()));
                 }
-                self.definition(&target.logical_name)?.check_record(&mut target).map_err(PipelineError::Invalid)?;
+                check(&mut target)?;
                 let id = target.id.unwrap_or_else(Uuid::new_v4);
                 if self.read(&target.logical_name, id)?.is_some() {
                     return Err(PipelineError::AlreadyExists(format!(
@@ -648,7 +661,7 @@ impl Scope {
                 if target.logical_name != record.logical_name || target.id.is_some_and(|t| t != id) {
                     return Err(PipelineError::Invalid("a plug-in changed which record the Target is".into()));
                 }
-                self.definition(&target.logical_name)?.check_record(&mut target).map_err(PipelineError::Invalid)?;
+                check(&mut target)?;
                 let mut stored =
                     self.read(&target.logical_name, id)?.ok_or_else(|| not_found(&target.logical_name, id))?;
                 stored.attributes.extend(target.attributes);

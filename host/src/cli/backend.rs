@@ -11,7 +11,7 @@ use plughost::metadata::EntityDefinition;
 use plughost::model::{Entity, EntityCollection};
 use plughost::pipeline::{Caller, NewJob, Pipeline, Request, Response};
 use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
-use plughost::runtime::{ArtifactIndex, Runtime};
+use plughost::runtime::Runtime;
 use plughost::server::{
     DefineBody, ErrorBody, IdBody, MessageBody, PluginDetails, PostponeBody, ServerInfo, ServiceStatus,
     UnregisteredPlugin,
@@ -74,11 +74,7 @@ impl Local {
         if let Some(r) = self.runtime.get() {
             return Ok(r.clone());
         }
-        let mut config = self.config.runtime_config(&self.data_dir);
-        // One command, few invocations: on-demand allocation starts faster than a pool.
-        config.pooling = false;
-        let rt = Runtime::new(config, Some(self.store.clone() as Arc<dyn ArtifactIndex>))
-            .map_err(|e| CliError::new("runtime", format!("cannot start the plug-in runtime: {e:#}")))?;
+        let rt = super::cli_runtime(&self.config, &self.data_dir, Some(self.store.clone()))?;
         Ok(self.runtime.get_or_init(|| Arc::new(rt)).clone())
     }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use plughost::config::Config;
-use plughost::runtime::{Runtime, RuntimeConfig};
+use plughost::runtime::Runtime;
 use plughost::store::{Store, StoreError};
 
 /// Exit codes, stable for scripts.
@@ -138,15 +138,7 @@ impl Global {
 
     /// A runtime that caches compiled code in the data directory, when a store is given.
     pub(crate) fn runtime(&self, store: Option<Arc<Store>>) -> Result<Runtime, CliError> {
-        let config = RuntimeConfig {
-            cache_dir: store.as_ref().map(|_| self.data_dir().join("cache")),
-            // One invocation at a time: on-demand allocation starts faster than a pool.
-            pooling: false,
-            ..RuntimeConfig::default()
-        };
-        let index = store.map(|s| s as Arc<dyn plughost::runtime::ArtifactIndex>);
-        Runtime::new(config, index)
-            .map_err(|e| CliError::new("runtime", format!("cannot start the plug-in runtime: {e:#}")))
+        cli_runtime(&self.load_config()?, &self.data_dir(), store)
     }
 
     /// Prints `value` as JSON, or `text()` otherwise.
@@ -160,6 +152,23 @@ impl Global {
         let _ = writeln!(stdout, "{}", out.trim_end());
         Ok(())
     }
+}
+
+/// The runtime of a one-shot command, configured like the server's but without the
+/// instance pool (one command, few invocations: on-demand allocation starts faster).
+/// Compiled code is cached in the data directory when a store is given.
+pub(crate) fn cli_runtime(
+    config: &Config,
+    data_dir: &std::path::Path,
+    store: Option<Arc<Store>>,
+) -> Result<Runtime, CliError> {
+    let mut rc = config.runtime_config(data_dir);
+    rc.pooling = false;
+    if store.is_none() {
+        rc.cache_dir = None;
+    }
+    let index = store.map(|s| s as Arc<dyn plughost::runtime::ArtifactIndex>);
+    Runtime::new(rc, index).map_err(|e| CliError::new("runtime", format!("cannot start the plug-in runtime: {e:#}")))
 }
 
 /// An error with a stable code, printed as `error[code]: message`.
