@@ -200,7 +200,7 @@ impl SystemJob {
         context: ExecutionContext,
     ) -> SystemJob {
         SystemJob {
-            id: Uuid::new_v4(),
+            id: Uuid::now_v7(),
             sequence: 0,
             name: step_name.to_owned(),
             operation_type: OperationType::PluginExecution,

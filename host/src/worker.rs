@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Pipeline;
-use crate::store::{CompletionOutcome, JobCompletion, JobQueue};
+use tokio::sync::oneshot::Receiver;
+
+use crate::jobs::JobStatus;
+use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes};
 
 /// Worker pool settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,21 +156,35 @@ struct Worker {
     stats: Arc<WorkerStats>,
 }
 
+/// Completions wait at most this long before they go to the writer: quick jobs share
+/// one operation, and a slow job does not hold back the completions before it.
+const FLUSH_AFTER: Duration = Duration::from_millis(2);
+
+/// A worker's completions: those not yet handed to the writer, and those handed
+/// over whose commit it has not yet waited for.
+struct Completions {
+    pending: Vec<JobCompletion>,
+    since: Instant,
+    submitted: Vec<Receiver<Result<Outcomes, CommitError>>>,
+}
+
 impl Worker {
     fn run(self) {
         let poll = Duration::from_millis(self.config.poll_ms);
         let lease = Duration::from_millis(self.config.lease_ms);
-        // The previous batch's completions: checked after the next lease, whose commit
-        // they share, so a cycle costs one durable commit rather than two.
-        let mut completions = Vec::new();
+        let mut done = Completions { pending: Vec::new(), since: Instant::now(), submitted: Vec::new() };
         while !self.stop.load(Ordering::SeqCst) {
             if self.paused.load(Ordering::SeqCst) {
-                self.settle(std::mem::take(&mut completions));
+                self.flush(&mut done);
+                self.settle(&mut done);
                 std::thread::sleep(poll.min(Duration::from_millis(50)));
                 continue;
             }
+            // The previous batch's completions share the next lease's commit, so a
+            // cycle costs one durable commit rather than two.
+            self.flush(&mut done);
             let leased = self.queue.lease(&self.host, self.config.batch, lease);
-            self.settle(std::mem::take(&mut completions));
+            self.settle(&mut done);
             let jobs = match leased {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -187,6 +204,9 @@ impl Worker {
                     unstarted.push((job.id, job.fencing_token));
                     continue;
                 }
+                if done.since.elapsed() >= FLUSH_AFTER {
+                    self.flush(&mut done);
+                }
                 let span =
                     tracing::info_span!("job", id = %job.id, correlation_id = %job.correlation_id, name = %job.name);
                 let _enter = span.enter();
@@ -194,8 +214,10 @@ impl Worker {
                 self.stats.fuel_used.fetch_add(run.fuel_used, Ordering::Relaxed);
                 self.stats.run_us.fetch_add(run.duration_us, Ordering::Relaxed);
                 tracing::debug!(fuel = run.fuel_used, us = run.duration_us, result = ?run.result, "job ran");
-                // Completions of the whole batch share group commits: do not wait for each.
-                completions.push(self.queue.complete(JobCompletion {
+                if done.pending.is_empty() {
+                    done.since = Instant::now();
+                }
+                done.pending.push(JobCompletion {
                     id: job.id,
                     fencing_token: job.fencing_token,
                     result: run.result,
@@ -206,7 +228,7 @@ impl Worker {
                     delete_on_success: run.delete_on_success,
                     max_retries: self.config.max_retries,
                     backoff_ms: self.config.backoff_ms,
-                }));
+                });
             }
             if !unstarted.is_empty()
                 && let Err(e) = self.queue.release(unstarted)
@@ -214,35 +236,46 @@ impl Worker {
                 tracing::error!("releasing unstarted jobs failed (their leases will expire): {e}");
             }
         }
-        self.settle(completions);
+        self.flush(&mut done);
+        self.settle(&mut done);
     }
 
-    /// Waits for completions to be durable and counts their outcomes.
-    fn settle(
-        &self,
-        completions: Vec<tokio::sync::oneshot::Receiver<Result<CompletionOutcome, crate::store::CommitError>>>,
-    ) {
-        for rx in completions {
-            match rx.blocking_recv() {
-                Ok(Ok(CompletionOutcome::Recorded(s))) => {
-                    let counter = match s {
-                        crate::jobs::JobStatus::Succeeded => &self.stats.succeeded,
-                        crate::jobs::JobStatus::Waiting => &self.stats.retried,
-                        _ => &self.stats.failed,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+    /// Hands the pending completions to the writer as one operation, without waiting.
+    fn flush(&self, done: &mut Completions) {
+        if !done.pending.is_empty() {
+            done.submitted.push(self.queue.complete_all(std::mem::take(&mut done.pending)));
+        }
+    }
+
+    /// Waits for the submitted completions to be durable and counts their outcomes.
+    fn settle(&self, done: &mut Completions) {
+        for rx in done.submitted.drain(..) {
+            let outcomes = match rx.blocking_recv() {
+                Ok(Ok(outcomes)) => outcomes,
+                Ok(Err(e)) => {
+                    tracing::error!("completing jobs failed (their leases will expire): {e}");
+                    continue;
                 }
-                Ok(Ok(CompletionOutcome::Deleted)) => {
-                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                Err(_) => {
+                    tracing::error!("the store's writer stopped while completing jobs");
+                    continue;
                 }
-                Ok(Ok(CompletionOutcome::Stale)) => {
-                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Ok(CompletionOutcome::Requeued)) => {
-                    self.stats.requeued.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => tracing::error!("completing a job failed (its lease will expire): {e}"),
-                Err(_) => tracing::error!("the store's writer stopped while completing a job"),
+            };
+            for outcome in outcomes {
+                let counter = match outcome {
+                    Ok(CompletionOutcome::Recorded(JobStatus::Succeeded) | CompletionOutcome::Deleted) => {
+                        &self.stats.succeeded
+                    }
+                    Ok(CompletionOutcome::Recorded(JobStatus::Waiting)) => &self.stats.retried,
+                    Ok(CompletionOutcome::Recorded(_)) => &self.stats.failed,
+                    Ok(CompletionOutcome::Stale) => &self.stats.stale,
+                    Ok(CompletionOutcome::Requeued) => &self.stats.requeued,
+                    Err(e) => {
+                        tracing::error!("completing a job failed (its lease will expire): {e}");
+                        continue;
+                    }
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -605,6 +605,7 @@ async fn service_action(State(state): State<AppState>, Path(action): Path<String
 
 /// Prometheus text exposition.
 async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
+    use std::sync::atomic::Ordering::Relaxed;
     let s = state.clone();
     let counts = blocking(move || Ok(s.queue.counts()?)).await?;
     let mut out = String::new();
@@ -612,31 +613,47 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     for (name, code, n) in &counts.by_status {
         out.push_str(&format!("plughost_jobs{{status=\"{name}\",code=\"{code}\"}} {n}\n"));
     }
-    out.push_str(&format!("# HELP plughost_jobs_runnable Jobs ready to run now.\n# TYPE plughost_jobs_runnable gauge\nplughost_jobs_runnable {}\n", counts.runnable));
+    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    };
+    metric("plughost_jobs_runnable", "gauge", "Jobs ready to run now.", counts.runnable);
     if let Some(w) = &state.workers {
-        use std::sync::atomic::Ordering::Relaxed;
         let st = &w.stats;
-        for (name, help, v) in [
-            ("plughost_jobs_succeeded_total", "Jobs completed successfully.", st.succeeded.load(Relaxed)),
-            ("plughost_jobs_failed_total", "Jobs that failed.", st.failed.load(Relaxed)),
-            ("plughost_jobs_retried_total", "Retryable failures scheduled again.", st.retried.load(Relaxed)),
-            ("plughost_jobs_requeued_total", "Jobs re-run after a concurrent change.", st.requeued.load(Relaxed)),
-            ("plughost_jobs_stale_total", "Completions dropped for a lost lease.", st.stale.load(Relaxed)),
-            ("plughost_job_fuel_total", "Fuel used by jobs.", st.fuel_used.load(Relaxed)),
-            ("plughost_job_run_microseconds_total", "Time jobs spent running.", st.run_us.load(Relaxed)),
-        ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
-        }
+        metric("plughost_jobs_succeeded_total", "counter", "Jobs completed successfully.", st.succeeded.load(Relaxed));
+        metric("plughost_jobs_failed_total", "counter", "Jobs that failed.", st.failed.load(Relaxed));
+        metric(
+            "plughost_jobs_retried_total",
+            "counter",
+            "Retryable failures scheduled again.",
+            st.retried.load(Relaxed),
+        );
+        metric(
+            "plughost_jobs_requeued_total",
+            "counter",
+            "Jobs re-run after a concurrent change.",
+            st.requeued.load(Relaxed),
+        );
+        metric("plughost_jobs_stale_total", "counter", "Completions dropped for a lost lease.", st.stale.load(Relaxed));
+        metric("plughost_job_fuel_total", "counter", "Fuel used by jobs.", st.fuel_used.load(Relaxed));
+        metric("plughost_job_run_microseconds_total", "counter", "Time jobs spent running.", st.run_us.load(Relaxed));
     }
+    let cs = state.pipeline.committer().stats();
+    metric("plughost_group_commits_total", "counter", "Durable write transactions.", cs.commits.load(Relaxed));
+    metric(
+        "plughost_group_commit_operations_total",
+        "counter",
+        "Operations (requests, leases, completion batches) committed; per commit, the batch size.",
+        cs.operations.load(Relaxed),
+    );
+    metric(
+        "plughost_group_commit_microseconds_total",
+        "counter",
+        "Time spent making batches durable.",
+        cs.commit_us.load(Relaxed),
+    );
     let rt = state.runtime().stats();
-    out.push_str(&format!(
-        "# HELP plughost_invocations_total Plug-in invocations.\n# TYPE plughost_invocations_total counter\nplughost_invocations_total {}\n",
-        rt.invocations
-    ));
-    out.push_str(&format!(
-        "# HELP plughost_compiled_total Components compiled (not loaded from the cache).\n# TYPE plughost_compiled_total counter\nplughost_compiled_total {}\n",
-        rt.compiled
-    ));
+    metric("plughost_invocations_total", "counter", "Plug-in invocations.", rt.invocations);
+    metric("plughost_compiled_total", "counter", "Components compiled (not loaded from the cache).", rt.compiled);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -7,8 +7,10 @@
 //! before it in the same batch, so a conflicting set is simply skipped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use redb::WriteTransaction;
 use tokio::sync::oneshot;
@@ -82,7 +84,18 @@ struct Done {
 pub struct Committer {
     tx: SyncSender<Work>,
     wake: Arc<Wake>,
+    stats: Arc<CommitStats>,
     _writer: Arc<WriterThread>,
+}
+
+/// The writer's counters since start-up: operations per commit is the group-commit
+/// batch size.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub commits: AtomicU64,
+    pub operations: AtomicU64,
+    /// Time spent making batches durable (redb commit: page writes and fsync).
+    pub commit_us: AtomicU64,
 }
 
 /// Lets workers sleep until a commit queues new jobs.
@@ -108,11 +121,17 @@ impl Committer {
     /// Starts the writer thread for `store`, committing at most `max_batch` operations at once.
     pub fn start(store: Arc<Store>, max_batch: usize) -> Committer {
         let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
+        let stats = Arc::new(CommitStats::default());
+        let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("plughost-writer".into())
-            .spawn(move || writer(&store, &rx, max_batch.max(1)))
+            .spawn(move || writer(&store, &rx, max_batch.max(1), &counters))
             .expect("spawn the writer thread");
-        Committer { tx, wake: Arc::default(), _writer: Arc::new(WriterThread(Some(thread))) }
+        Committer { tx, wake: Arc::default(), stats, _writer: Arc::new(WriterThread(Some(thread))) }
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
     }
 
     /// Queues an operation for the next batch; the receiver gets its result once
@@ -179,7 +198,7 @@ impl Committer {
     }
 }
 
-fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize) {
+fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: &CommitStats) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -188,12 +207,14 @@ fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        commit_batch(store, batch);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        commit_batch(store, batch, stats);
     }
 }
 
 /// Runs every operation in one transaction, commits once, then answers each.
-fn commit_batch(store: &Store, batch: Vec<Work>) {
+fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
     let txn = match store.db.begin_write() {
         Ok(t) => t,
         Err(e) => {
@@ -213,7 +234,10 @@ fn commit_batch(store: &Store, batch: Vec<Work>) {
         drop(txn);
         Some("a storage error stopped the batch; nothing in it was committed".to_owned())
     } else {
-        txn.commit().err().map(|e| e.to_string())
+        let started = Instant::now();
+        let outcome = txn.commit().err().map(|e| e.to_string());
+        stats.commit_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        outcome
     };
     for d in done {
         (d.finish)(outcome.clone());
@@ -221,6 +245,18 @@ fn commit_batch(store: &Store, batch: Vec<Work>) {
 }
 
 pub(super) fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Receipt, CommitError> {
+    super::jobs::with_tables(txn, |t| apply_in(txn, t, changes))
+}
+
+/// Applies `changes` with the job tables already open (a completion's effects).
+pub(super) fn apply_in(
+    txn: &WriteTransaction,
+    t: &mut super::jobs::Tables<'_>,
+    changes: &ChangeSet,
+) -> Result<Receipt, CommitError> {
+    if changes.is_empty() {
+        return Ok(Receipt::default());
+    }
     let mut records = txn.open_table(RECORDS).map_err(StoreError::from)?;
     // Check every version before writing anything.
     for c in &changes.records {
@@ -238,6 +274,6 @@ pub(super) fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Recei
             None => records.remove(key).map_err(StoreError::from)?,
         };
     }
-    let receipt = Receipt { job_sequences: super::jobs::enqueue(txn, &changes.jobs, crate::registry::now_ms())? };
+    let receipt = Receipt { job_sequences: super::jobs::enqueue(t, &changes.jobs, crate::registry::now_ms())? };
     Ok(receipt)
 }

@@ -34,6 +34,7 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The job tables of one write transaction, opened once per operation.
 pub(crate) struct Tables<'t> {
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
     jobs: redb::Table<'t, u128, &'static [u8]>,
     contexts: redb::Table<'t, u128, &'static [u8]>,
     ready: redb::Table<'t, u64, u128>,
@@ -71,6 +72,7 @@ pub(crate) fn with_tables<T, E: From<StoreError>>(
 impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>> {
         Ok(Tables {
+            meta: txn.open_table(META).map_err(err)?,
             jobs: txn.open_table(JOBS).map_err(err)?,
             contexts: txn.open_table(JOB_CONTEXTS).map_err(err)?,
             ready: txn.open_table(READY).map_err(err)?,
@@ -138,11 +140,14 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
         if let Some(at) = o.lease_expiry {
             t.leases.remove((at, id)).map_err(err)?;
         }
-        if let Some(token) = &o.dependency_token {
-            t.tokens.remove((token.as_str(), o.sequence)).map_err(err)?;
-        }
-        if let Some(step) = o.step_id {
-            t.step_jobs.remove((step.as_u128(), id)).map_err(err)?;
+        // Token and step entries exist while a job is unfinished: keep them when they stay.
+        if in_chains(old) && !in_chains(new) {
+            if let Some(token) = &o.dependency_token {
+                t.tokens.remove((token.as_str(), o.sequence)).map_err(err)?;
+            }
+            if let Some(step) = o.step_id {
+                t.step_jobs.remove((step.as_u128(), id)).map_err(err)?;
+            }
         }
         t.deltas[slot(o.status)] -= 1;
     }
@@ -165,7 +170,7 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
     }
     if let Some(n) = new {
         let id = n.id.as_u128();
-        if n.state() != JobState::Completed {
+        if in_chains(new) && !in_chains(old) {
             if let Some(token) = &n.dependency_token {
                 t.tokens.insert((token.as_str(), n.sequence), id).map_err(err)?;
             }
@@ -196,6 +201,11 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
     Ok(())
 }
 
+/// Whether `job` is unfinished, so in its token's chain and its step's list.
+fn in_chains(job: Option<&SystemJob>) -> bool {
+    job.is_some_and(|j| j.state() != JobState::Completed)
+}
+
 fn make_ready_if_runnable(t: &mut Tables<'_>, job: &SystemJob, now: i64) -> Result<()> {
     if job.status != JobStatus::WaitingForResources || !is_due(job, now) {
         return Ok(());
@@ -210,29 +220,19 @@ fn make_ready_if_runnable(t: &mut Tables<'_>, job: &SystemJob, now: i64) -> Resu
 }
 
 /// Adds new jobs, giving them the next sequence numbers.
-pub(crate) fn enqueue(txn: &WriteTransaction, jobs: &[SystemJob], now: i64) -> Result<Vec<u64>> {
+pub(crate) fn enqueue(t: &mut Tables<'_>, jobs: &[SystemJob], now: i64) -> Result<Vec<u64>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut meta = txn.open_table(META).map_err(err)?;
-    let mut sequence: u64 = get(&meta, JOB_SEQUENCE)?.unwrap_or(0);
+    let mut sequence: u64 = get(&t.meta, JOB_SEQUENCE)?.unwrap_or(0);
     let mut out = Vec::with_capacity(jobs.len());
-    let mut queued = Vec::with_capacity(jobs.len());
     for job in jobs {
         sequence += 1;
-        let mut job = job.clone();
-        job.sequence = sequence;
+        let job = SystemJob { sequence, ..job.clone() };
+        put_job(t, None, Some(&job), now)?;
         out.push(sequence);
-        queued.push(job);
     }
-    meta.insert(JOB_SEQUENCE, codec::encode(&sequence)?.as_slice()).map_err(err)?;
-    drop(meta);
-    with_tables(txn, |t| {
-        for job in &queued {
-            put_job(t, None, Some(job), now)?;
-        }
-        Ok::<_, StoreError>(())
-    })?;
+    t.meta.insert(JOB_SEQUENCE, codec::encode(&sequence)?.as_slice()).map_err(err)?;
     Ok(out)
 }
 

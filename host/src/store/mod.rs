@@ -15,9 +15,9 @@ mod data;
 mod jobs;
 mod queue;
 
-pub use commit::{ChangeSet, CommitError, Committer, Receipt, RecordChange};
+pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
-pub use queue::{CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, QueueCounts};
+pub use queue::{CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, Outcomes, QueueCounts};
 
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;

@@ -8,11 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot::Receiver;
 use uuid::Uuid;
 
-use super::commit::apply;
-use super::jobs::{self, load, put_job, with_tables};
+use super::commit::apply_in;
+use super::jobs::{self, Tables, load, put_job, with_tables};
 use super::{ChangeSet, CommitError, Committer, Store, StoreError};
 use crate::jobs::{JobState, JobStatus, SystemJob};
 use crate::registry::now_ms;
@@ -41,6 +43,9 @@ pub enum JobResult {
     Failed { code: String, message: String },
     Retry { code: String, message: String },
 }
+
+/// Each completion's outcome, in the order they were given.
+pub type Outcomes = Vec<Result<CompletionOutcome, CommitError>>;
 
 /// What became of a completion.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +88,7 @@ pub struct JobQueue {
     committer: Committer,
 }
 
-fn wait<T>(rx: tokio::sync::oneshot::Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
+fn wait<T>(rx: Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
     rx.blocking_recv().unwrap_or(Err(CommitError::Stopped))
 }
 
@@ -116,94 +121,36 @@ impl JobQueue {
         self.committer.wait_for_work(timeout);
     }
 
-    /// Queues a completion; the receiver gets its outcome once durable.
-    pub fn complete(&self, c: JobCompletion) -> tokio::sync::oneshot::Receiver<Result<CompletionOutcome, CommitError>> {
+    /// Records one completion and waits until it is durable (blocking).
+    pub fn complete(&self, c: JobCompletion) -> Result<CompletionOutcome, CommitError> {
+        wait(self.complete_all(vec![c]))?.pop().unwrap_or(Err(CommitError::Stopped))
+    }
+
+    /// Queues a worker's completions as one operation of the next group commit; the
+    /// receiver gets each one's outcome, in order, once durable. Each completion is
+    /// checked and applied on its own: a stale or conflicting one writes nothing and
+    /// does not affect the others.
+    pub fn complete_all(&self, completions: Vec<JobCompletion>) -> Receiver<Result<Outcomes, CommitError>> {
         let committer = self.committer.clone();
         self.committer.submit_op(move |txn| {
             let now = now_ms();
-            let old = with_tables(txn, |t| load(t, c.id))?;
-            let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
-            if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
-                return Ok(CompletionOutcome::Stale);
+            let mut queued_jobs = false;
+            let outcomes = with_tables(txn, |t| {
+                let mut outcomes = Vec::with_capacity(completions.len());
+                for c in completions {
+                    queued_jobs |= !c.effects.jobs.is_empty();
+                    match complete_one(txn, t, c, now) {
+                        // A storage error abandons the whole group commit.
+                        Err(e @ CommitError::Store(_)) => return Err(e),
+                        outcome => outcomes.push(outcome),
+                    }
+                }
+                Ok(outcomes)
+            })?;
+            if queued_jobs {
+                committer.notify();
             }
-            let mut new = old.clone();
-            new.host_id = None;
-            new.lease_expiry = None;
-            new.trace = c.trace;
-            new.fuel_used = c.fuel_used;
-            new.duration_us = c.duration_us;
-            match (old.status, c.result) {
-                (JobStatus::Canceling, _) => {
-                    new.status = JobStatus::Canceled;
-                    new.completed_on = Some(now);
-                    new.message = Some("canceled while running; its effects were discarded".into());
-                }
-                (JobStatus::Pausing, _) => {
-                    new.status = JobStatus::Waiting;
-                    new.message = Some("paused while running; resume runs it again".into());
-                }
-                (_, JobResult::Succeeded) => match apply(txn, &c.effects) {
-                    Err(CommitError::Conflict { .. }) => {
-                        new.status = JobStatus::WaitingForResources;
-                        with_tables(txn, |t| put_job(t, Some(&old), Some(&new), now))?;
-                        return Ok(CompletionOutcome::Requeued);
-                    }
-                    Err(e) => return Err(e),
-                    Ok(_) => {
-                        if !c.effects.jobs.is_empty() {
-                            committer.notify();
-                        }
-                        new.status = JobStatus::Succeeded;
-                        new.completed_on = Some(now);
-                        new.error_code = None;
-                        new.message = None;
-                        if c.delete_on_success && old.recurrence_pattern.is_none() {
-                            with_tables(txn, |t| put_job(t, Some(&old), None, now))?;
-                            return Ok(CompletionOutcome::Deleted);
-                        }
-                    }
-                },
-                (_, JobResult::Failed { code, message }) => {
-                    new.status = JobStatus::Failed;
-                    new.completed_on = Some(now);
-                    new.error_code = Some(code);
-                    new.message = Some(message);
-                }
-                (_, JobResult::Retry { code, message }) => {
-                    if old.retry_count < c.max_retries {
-                        let backoff = c.backoff_ms.saturating_mul(1i64 << old.retry_count.min(20));
-                        new.status = JobStatus::Waiting;
-                        new.postpone_until = Some(now.saturating_add(backoff));
-                        new.retry_count += 1;
-                        new.error_code = Some(code);
-                        new.message =
-                            Some(format!("{message} (retry {} of {} in {backoff} ms)", new.retry_count, c.max_retries));
-                    } else {
-                        new.status = JobStatus::Failed;
-                        new.completed_on = Some(now);
-                        new.error_code = Some(code);
-                        new.message = Some(format!("{message} (gave up after {} retries)", old.retry_count));
-                    }
-                }
-            }
-            // A recurring job waits for its next occurrence instead of completing.
-            if matches!(new.status, JobStatus::Succeeded | JobStatus::Failed)
-                && let (Some(pattern), Some(start)) = (&old.recurrence_pattern, old.recurrence_start)
-            {
-                let previous = old.postpone_until.unwrap_or(start - 1).max(start - 1);
-                match crate::recurrence::next_after(pattern, start, previous) {
-                    Ok(Some(next)) => {
-                        new.status = JobStatus::Waiting;
-                        new.postpone_until = Some(next);
-                        new.completed_on = None;
-                        new.retry_count = 0;
-                    }
-                    Ok(None) => {}
-                    Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
-                }
-            }
-            with_tables(txn, |t| put_job(t, Some(&old), Some(&new), now))?;
-            Ok(CompletionOutcome::Recorded(new.status))
+            Ok(outcomes)
         })
     }
 
@@ -211,7 +158,7 @@ impl JobQueue {
     pub fn create(&self, job: SystemJob) -> Result<SystemJob, CommitError> {
         let committer = self.committer.clone();
         let created = wait(self.committer.submit_op(move |txn| {
-            let sequences = jobs::enqueue(txn, std::slice::from_ref(&job), now_ms())?;
+            let sequences = with_tables(txn, |t| jobs::enqueue(t, std::slice::from_ref(&job), now_ms()))?;
             Ok(SystemJob { sequence: sequences[0], ..job })
         }))?;
         committer.notify();
@@ -310,4 +257,93 @@ impl JobQueue {
             jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
         Ok(QueueCounts { by_status, runnable: jobs::ready_len(&txn)? })
     }
+}
+
+/// Records one completion. Writes nothing unless it returns `Ok`.
+fn complete_one(
+    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
+    c: JobCompletion,
+    now: i64,
+) -> Result<CompletionOutcome, CommitError> {
+    let old = load(t, c.id)?;
+    let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
+    if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
+        return Ok(CompletionOutcome::Stale);
+    }
+    let mut new = old.clone();
+    new.host_id = None;
+    new.lease_expiry = None;
+    new.trace = c.trace;
+    new.fuel_used = c.fuel_used;
+    new.duration_us = c.duration_us;
+    match (old.status, c.result) {
+        (JobStatus::Canceling, _) => {
+            new.status = JobStatus::Canceled;
+            new.completed_on = Some(now);
+            new.message = Some("canceled while running; its effects were discarded".into());
+        }
+        (JobStatus::Pausing, _) => {
+            new.status = JobStatus::Waiting;
+            new.message = Some("paused while running; resume runs it again".into());
+        }
+        (_, JobResult::Succeeded) => match apply_in(txn, t, &c.effects) {
+            Err(CommitError::Conflict { .. }) => {
+                new.status = JobStatus::WaitingForResources;
+                put_job(t, Some(&old), Some(&new), now)?;
+                return Ok(CompletionOutcome::Requeued);
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {
+                new.status = JobStatus::Succeeded;
+                new.completed_on = Some(now);
+                new.error_code = None;
+                new.message = None;
+                if c.delete_on_success && old.recurrence_pattern.is_none() {
+                    put_job(t, Some(&old), None, now)?;
+                    return Ok(CompletionOutcome::Deleted);
+                }
+            }
+        },
+        (_, JobResult::Failed { code, message }) => {
+            new.status = JobStatus::Failed;
+            new.completed_on = Some(now);
+            new.error_code = Some(code);
+            new.message = Some(message);
+        }
+        (_, JobResult::Retry { code, message }) => {
+            if old.retry_count < c.max_retries {
+                let backoff = c.backoff_ms.saturating_mul(1i64 << old.retry_count.min(20));
+                new.status = JobStatus::Waiting;
+                new.postpone_until = Some(now.saturating_add(backoff));
+                new.retry_count += 1;
+                new.error_code = Some(code);
+                new.message =
+                    Some(format!("{message} (retry {} of {} in {backoff} ms)", new.retry_count, c.max_retries));
+            } else {
+                new.status = JobStatus::Failed;
+                new.completed_on = Some(now);
+                new.error_code = Some(code);
+                new.message = Some(format!("{message} (gave up after {} retries)", old.retry_count));
+            }
+        }
+    }
+    // A recurring job waits for its next occurrence instead of completing.
+    if matches!(new.status, JobStatus::Succeeded | JobStatus::Failed)
+        && let (Some(pattern), Some(start)) = (&old.recurrence_pattern, old.recurrence_start)
+    {
+        let previous = old.postpone_until.unwrap_or(start - 1).max(start - 1);
+        match crate::recurrence::next_after(pattern, start, previous) {
+            Ok(Some(next)) => {
+                new.status = JobStatus::Waiting;
+                new.postpone_until = Some(next);
+                new.completed_on = None;
+                new.retry_count = 0;
+            }
+            Ok(None) => {}
+            Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
+        }
+    }
+    put_job(t, Some(&old), Some(&new), now)?;
+    Ok(CompletionOutcome::Recorded(new.status))
 }

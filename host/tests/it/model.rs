@@ -164,7 +164,7 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                     max_retries: 1,
                     backoff_ms: 0,
                 };
-                let outcome = queue.complete(completion).blocking_recv().unwrap().unwrap();
+                let outcome = queue.complete(completion).unwrap();
                 if stale {
                     assert_eq!(outcome, CompletionOutcome::Stale);
                     continue;

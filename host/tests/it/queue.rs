@@ -60,6 +60,14 @@ fn async_jobs_run_and_commit_their_effects_once() {
     assert_eq!(metrics.status, 200);
     let text = metrics.body.as_str().unwrap().to_owned();
     assert!(text.contains("plughost_jobs{status=\"Succeeded\",code=\"30\"} 5"), "{text}");
+    let value = |name: &str| -> u64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert_eq!(value("plughost_jobs_succeeded_total"), 5);
+    let commits = value("plughost_group_commits_total");
+    assert!(commits > 0 && value("plughost_group_commit_operations_total") >= commits, "{text}");
 }
 
 #[test]
