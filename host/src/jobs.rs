@@ -152,6 +152,7 @@ impl OperationType {
 /// A durable asynchronous operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SystemJob {
+    /// Given by the store when the job is queued: time-ordered, so id order is creation order.
     pub id: Uuid,
     /// Creation order across all jobs; the queue runs jobs in this order.
     pub sequence: u64,
@@ -200,7 +201,8 @@ impl SystemJob {
         context: ExecutionContext,
     ) -> SystemJob {
         SystemJob {
-            id: Uuid::now_v7(),
+            // The store gives the id when the job is queued.
+            id: Uuid::nil(),
             sequence: 0,
             name: step_name.to_owned(),
             operation_type: OperationType::PluginExecution,
@@ -256,5 +258,67 @@ mod tests {
         assert!(JobStatus::Failed.can_become(JobStatus::WaitingForResources));
         assert!(!JobStatus::WaitingForResources.can_become(JobStatus::Succeeded));
         assert!(!JobStatus::Canceled.can_become(JobStatus::Failed));
+    }
+}
+
+/// Jobs a listing returns when it names no limit.
+pub const DEFAULT_PAGE: usize = 500;
+/// The most jobs one listing returns: page on with `after`.
+pub const MAX_PAGE: usize = 5000;
+
+/// Which jobs to list: filters, and a page of them in id order (ids are
+/// time-ordered, so this is creation order).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobQuery {
+    pub status: Option<JobStatus>,
+    pub step: Option<Uuid>,
+    /// Regarding a record of this entity.
+    pub entity: Option<String>,
+    pub token: Option<String>,
+    /// Created at or after / before (UTC ms).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Ids starting with these hex digits (dashes ignored): finds a job by a prefix
+    /// of its id without a scan.
+    pub id_prefix: Option<String>,
+    /// Continue after this id: the last one of the previous page.
+    pub after: Option<Uuid>,
+    pub newest_first: bool,
+    /// At most this many (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
+    pub limit: Option<usize>,
+}
+
+impl JobQuery {
+    /// The page size, or why it is refused.
+    pub fn page_size(&self) -> Result<usize, String> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(format!("limit {n} is out of range: give 1 to {MAX_PAGE}, and page on with 'after'")),
+        }
+    }
+
+    /// The id range the query covers (its prefix, else every id), or why the prefix is refused.
+    pub fn id_range(&self) -> Result<(u128, u128), String> {
+        let Some(prefix) = &self.id_prefix else { return Ok((0, u128::MAX)) };
+        let digits: String = prefix.chars().filter(|c| *c != '-').collect();
+        if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("id prefix '{prefix}' is not 1 to 32 hex digits"));
+        }
+        let free = 4 * (32 - digits.len() as u32);
+        let value = u128::from_str_radix(&digits, 16).map_err(|e| e.to_string())?;
+        let low = value.checked_shl(free).unwrap_or(0);
+        let mask = if free == 128 { u128::MAX } else { (1u128 << free) - 1 };
+        Ok((low, low | mask))
+    }
+
+    /// Whether `job` passes the filters (not the id range or paging).
+    pub fn matches(&self, job: &SystemJob) -> bool {
+        self.status.is_none_or(|s| job.status == s)
+            && self.step.is_none_or(|s| job.step_id == Some(s))
+            && self.entity.as_ref().is_none_or(|e| job.regarding.as_ref().is_some_and(|r| &r.logical_name == e))
+            && self.token.as_ref().is_none_or(|t| job.dependency_token.as_ref() == Some(t))
+            && self.since.is_none_or(|t| job.created_on >= t)
+            && self.until.is_none_or(|t| job.created_on < t)
     }
 }

@@ -13,7 +13,7 @@ use plughost::pipeline::{Caller, NewJob, Pipeline, Request, Response};
 use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
 use plughost::runtime::Runtime;
 use plughost::server::{
-    DefineBody, ErrorBody, IdBody, MessageBody, PluginDetails, PostponeBody, ServerInfo, ServiceStatus,
+    DefineBody, ErrorBody, IdBody, JobFilter, MessageBody, PluginDetails, PostponeBody, ServerInfo, ServiceStatus,
     UnregisteredPlugin,
 };
 use plughost::store::{CommitError, Committer, JobAction, JobQueue, Store, StoreError};
@@ -42,7 +42,8 @@ pub(crate) trait Backend {
     fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError>;
     fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError>;
     fn execute(&self, request: Request) -> Result<Response, CliError>;
-    fn jobs(&self) -> Result<Vec<SystemJob>, CliError>;
+    /// A page of the jobs `filter` selects.
+    fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError>;
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError>;
     fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError>;
     /// The asynchronous service's status, after `action` ("pause" or "resume") if given.
@@ -167,8 +168,9 @@ impl Backend for Local {
         self.pipeline()?.execute(request, &Caller::default()).map_err(|e| CliError::new(e.code(), e.to_string()))
     }
 
-    fn jobs(&self) -> Result<Vec<SystemJob>, CliError> {
-        Ok(self.store.jobs()?)
+    fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
+        let query = filter.query().map_err(|e| CliError::new(e.code, e.message))?;
+        Ok(self.store.list_jobs(&query)?)
     }
 
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
@@ -189,8 +191,7 @@ impl Backend for Local {
                 "no server is running for this data directory: the asynchronous service runs inside `plughost serve`",
             ));
         }
-        let queue = JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone());
-        Ok(ServiceStatus { running: false, paused: false, workers: 0, counts: queue.counts()? })
+        Ok(ServiceStatus { running: false, paused: false, workers: 0, counts: self.store.job_counts()? })
     }
 }
 
@@ -389,8 +390,16 @@ impl Backend for Remote {
         }
     }
 
-    fn jobs(&self) -> Result<Vec<SystemJob>, CliError> {
-        self.get("/jobs")
+    fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
+        let query = serde_json::to_value(filter).map_err(|e| CliError::new("invalid", e.to_string()))?;
+        let pairs: Vec<String> = query
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k}={}", enc(&v.as_str().map_or_else(|| v.to_string(), str::to_owned))))
+            .collect();
+        self.get(&format!("/jobs?{}", pairs.join("&")))
     }
 
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {

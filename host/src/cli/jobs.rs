@@ -8,6 +8,7 @@ use plughost::pipeline::NewJob;
 use plughost::server::JobFilter;
 use plughost::store::JobAction;
 
+use super::backend::Backend;
 use super::{CliError, Global, table};
 
 #[derive(clap::Subcommand)]
@@ -29,9 +30,15 @@ pub(crate) enum Jobs {
         /// Only jobs created at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
-        /// At most this many jobs.
+        /// At most this many jobs (default 500, at most 5000).
         #[arg(long)]
         limit: Option<usize>,
+        /// Continue after this job id (the last one listed before).
+        #[arg(long)]
+        after: Option<String>,
+        /// Newest first.
+        #[arg(long)]
+        newest: bool,
     },
     /// Show one job with its trace (by id or unique id prefix).
     Show { id: String },
@@ -78,23 +85,24 @@ fn time(text: &str) -> Result<i64, CliError> {
 }
 
 /// Finds the one job whose id starts with `key` (4+ characters).
-fn resolve(jobs: Vec<SystemJob>, key: &str) -> Result<SystemJob, CliError> {
-    let matches: Vec<_> = jobs.into_iter().filter(|j| j.id.to_string().starts_with(key)).collect();
-    match (matches.len(), key.len() >= 4) {
-        (1, true) => Ok(matches.into_iter().next().expect("one")),
-        (0, _) | (_, false) => {
-            Err(CliError::new("not_found", format!("no system job matches '{key}' (give 4+ characters of the id)")))
-        }
-        (n, _) => Err(CliError::new("conflict", format!("'{key}' matches {n} jobs: give more of the id"))),
+fn resolve(backend: &dyn Backend, key: &str) -> Result<SystemJob, CliError> {
+    if key.len() < 4 {
+        return Err(CliError::new("invalid", format!("'{key}' is too short: give 4+ characters of the job id")));
+    }
+    let filter = JobFilter { id_prefix: Some(key.to_owned()), limit: Some(2), ..JobFilter::default() };
+    let mut matches = backend.jobs(&filter)?;
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => Err(CliError::new("not_found", format!("no system job matches '{key}'"))),
+        _ => Err(CliError::new("conflict", format!("'{key}' matches more than one job: give more of the id"))),
     }
 }
 
 impl Jobs {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         let backend = g.backend()?;
-        let jobs = backend.jobs()?;
         let act = |id: &str, action: JobAction| -> Result<(), CliError> {
-            let job = resolve(jobs.clone(), id)?;
+            let job = resolve(backend.as_ref(), id)?;
             let after = backend.manage_job(job.id, action)?;
             g.print(&after, || match &after {
                 Some(j) => format!("job {} is now {:?} / {} ({})", j.id, j.state(), j.status.name(), j.status.code()),
@@ -127,17 +135,19 @@ impl Jobs {
                 };
                 act(&id, JobAction::Postpone(t))?;
             }
-            Jobs::List { status, step, entity, token, since, limit } => {
+            Jobs::List { status, step, entity, token, since, limit, after, newest } => {
                 let filter = JobFilter {
                     status: status.map(|s| s.name().to_owned()),
                     step,
                     entity,
                     token,
                     since: since.as_deref().map(time).transpose()?,
-                    until: None,
                     limit,
+                    after,
+                    order: newest.then(|| "newest".to_owned()),
+                    ..JobFilter::default()
                 };
-                let jobs = filter.apply(jobs.clone()).map_err(|e| CliError::new(e.code, e.message))?;
+                let jobs = backend.jobs(&filter)?;
                 g.print(&jobs, || {
                     if jobs.is_empty() {
                         return "no system jobs".into();
@@ -146,7 +156,7 @@ impl Jobs {
                         vec![["ID", "NAME", "STATE", "STATUS", "REGARDING", "CREATED"].map(String::from).to_vec()];
                     for j in &jobs {
                         rows.push(vec![
-                            j.id.to_string()[..8].to_owned(),
+                            j.id.to_string(),
                             j.name.clone(),
                             format!("{:?} ({})", j.state(), j.state().code()),
                             format!("{} ({})", j.status.name(), j.status.code()),
@@ -161,7 +171,7 @@ impl Jobs {
                 })?;
             }
             Jobs::Show { id } => {
-                let job = resolve(jobs, &id)?;
+                let job = resolve(backend.as_ref(), &id)?;
                 g.print(&job, || {
                     let mut out = format!(
                         "job       {}\nname      {}\nstatus    {:?} ({}) / {} ({})\ncreated   {}\n",

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use plughost::jobs::JobStatus;
 use plughost::server::ServerInfo;
 
 use super::{CliError, Global};
@@ -21,11 +20,13 @@ impl Status {
         let backend = g.backend()?;
         let plugins = backend.plugins()?.len();
         let steps = backend.steps()?.len();
-        let jobs = backend.jobs()?;
-        let by_status: Vec<(String, usize)> = JobStatus::ALL
-            .iter()
-            .map(|s| (s.name().to_owned(), jobs.iter().filter(|j| j.status == *s).count()))
-            .filter(|(_, n)| *n > 0)
+        let by_status: Vec<(String, u64)> = backend
+            .service(None)?
+            .counts
+            .by_status
+            .into_iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(s, _, n)| (s, n))
             .collect();
         let token = if self.show_token {
             let path = plughost::config::token_path(&data_dir);

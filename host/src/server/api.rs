@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request as HttpRequest, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request as HttpRequest, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::jobs::{JobStatus, SystemJob};
+use crate::jobs::{JobQuery, JobStatus, SystemJob};
 use crate::metadata::{AttributeType, EntityDefinition};
 use crate::model::{Entity, EntityReference, Parameters, Value, parse_guid};
 use crate::pipeline::{Caller, Request, Response};
@@ -146,7 +146,7 @@ pub struct IdBody {
 async fn create(
     State(state): State<AppState>,
     Path(entity): Path<String>,
-    Query(q): Query<CreateQuery>,
+    Params(q): Params<CreateQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
@@ -180,7 +180,7 @@ fn split_columns(c: Option<String>) -> Vec<String> {
 async fn retrieve(
     State(state): State<AppState>,
     Path((entity, id)): Path<(String, String)>,
-    Query(c): Query<Columns>,
+    Params(c): Params<Columns>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Entity>> {
     let target = EntityReference { logical_name: entity, id: guid_param(&id)? };
@@ -227,7 +227,7 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     Path(entity): Path<String>,
-    Query(l): Query<ListQuery>,
+    Params(l): Params<ListQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<crate::model::EntityCollection>> {
     let query = crate::model::Query {
@@ -295,7 +295,7 @@ struct RegisterQuery {
 
 async fn register(
     State(state): State<AppState>,
-    Query(q): Query<RegisterQuery>,
+    Params(q): Params<RegisterQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let bytes = body.map_err(|e| ApiError::new(e.status(), "payload_too_large", e.body_text()))?;
@@ -377,7 +377,7 @@ pub struct UnregisteredPlugin {
 async fn unregister_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<UnregisterPluginQuery>,
+    Params(q): Params<UnregisterPluginQuery>,
 ) -> ApiResult<Json<UnregisteredPlugin>> {
     let s = state.clone();
     blocking(move || {
@@ -467,41 +467,73 @@ async fn define_entity(
     blocking(move || Ok(Json(s.store().define_entity(&def)?))).await
 }
 
+/// Query parameters whose errors are JSON, like every other error of the API.
+struct Params<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| Params(t))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
 // ---- jobs ----
 
-/// Filters of `GET /jobs`; every one optional.
-#[derive(Deserialize, Default)]
+/// The query of `GET /jobs`: filters and paging, every one optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobFilter {
+    /// Status name or number.
     pub status: Option<String>,
+    /// Step id.
     pub step: Option<String>,
     pub entity: Option<String>,
     pub token: Option<String>,
     /// Created at or after / before (UTC ms).
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Ids starting with these hex digits.
+    pub id_prefix: Option<String>,
+    /// The last id of the previous page.
+    pub after: Option<String>,
+    /// `oldest` (default) or `newest` first.
+    pub order: Option<String>,
     pub limit: Option<usize>,
 }
 
 impl JobFilter {
-    pub fn apply(&self, jobs: Vec<SystemJob>) -> ApiResult<Vec<SystemJob>> {
-        let status = self.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::bad_request)?;
-        let step = self.step.as_deref().map(guid_param).transpose()?;
-        Ok(jobs
-            .into_iter()
-            .filter(|j| status.is_none_or(|s| j.status == s))
-            .filter(|j| step.is_none_or(|s| j.step_id == Some(s)))
-            .filter(|j| self.entity.as_ref().is_none_or(|e| j.regarding.as_ref().is_some_and(|r| &r.logical_name == e)))
-            .filter(|j| self.token.as_ref().is_none_or(|t| j.dependency_token.as_ref() == Some(t)))
-            .filter(|j| self.since.is_none_or(|t| j.created_on >= t) && self.until.is_none_or(|t| j.created_on < t))
-            .take(self.limit.unwrap_or(usize::MAX))
-            .collect())
+    pub fn query(&self) -> ApiResult<JobQuery> {
+        let newest_first = match self.order.as_deref() {
+            None | Some("oldest") => false,
+            Some("newest") => true,
+            Some(other) => return Err(ApiError::bad_request(format!("order '{other}': use oldest or newest"))),
+        };
+        let query = JobQuery {
+            status: self.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::bad_request)?,
+            step: self.step.as_deref().map(guid_param).transpose()?,
+            entity: self.entity.clone(),
+            token: self.token.clone(),
+            since: self.since,
+            until: self.until,
+            id_prefix: self.id_prefix.clone(),
+            after: self.after.as_deref().map(guid_param).transpose()?,
+            newest_first,
+            limit: self.limit,
+        };
+        query.page_size().map_err(ApiError::bad_request)?;
+        query.id_range().map_err(ApiError::bad_request)?;
+        Ok(query)
     }
 }
 
-async fn jobs(State(state): State<AppState>, Query(f): Query<JobFilter>) -> ApiResult<Json<Vec<SystemJob>>> {
+async fn jobs(State(state): State<AppState>, Params(filter): Params<JobFilter>) -> ApiResult<Json<Vec<SystemJob>>> {
+    let query = filter.query()?;
     let s = state.clone();
-    let jobs = blocking(move || Ok(s.store().jobs()?)).await?;
-    Ok(Json(f.apply(jobs)?))
+    blocking(move || Ok(Json(s.store().list_jobs(&query)?))).await
 }
 
 async fn create_job(

@@ -38,7 +38,7 @@ pub struct RecordChange {
 #[derive(Clone, Debug, Default)]
 pub struct ChangeSet {
     pub records: Vec<RecordChange>,
-    /// New system jobs; the writer assigns their sequence numbers.
+    /// New system jobs; the writer assigns their ids and sequence numbers.
     pub jobs: Vec<SystemJob>,
 }
 
@@ -65,8 +65,8 @@ pub enum CommitError {
 /// What a committed change set produced.
 #[derive(Clone, Debug, Default)]
 pub struct Receipt {
-    /// The sequence numbers given to the change set's jobs, in order.
-    pub job_sequences: Vec<u64>,
+    /// The ids and sequence numbers given to the change set's jobs, in order.
+    pub jobs: Vec<(Uuid, u64)>,
 }
 
 /// One operation of a batch: it runs against the batch's transaction and returns
@@ -274,6 +274,6 @@ pub(super) fn apply_in(
             None => records.remove(key).map_err(StoreError::from)?,
         };
     }
-    let receipt = Receipt { job_sequences: super::jobs::enqueue(t, &changes.jobs, crate::registry::now_ms())? };
+    let receipt = Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::registry::now_ms())? };
     Ok(receipt)
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::jobs::with_context;
 use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, all, get};
 use crate::codec;
-use crate::jobs::SystemJob;
+use crate::jobs::{JobQuery, SystemJob};
 use crate::metadata::EntityDefinition;
 use crate::model::{Entity, Value};
 
@@ -108,12 +108,46 @@ impl Store {
         get::<_, SystemJob, _>(&txn.open_table(JOBS)?, id.as_u128())?.map(|j| with_context(&contexts, j)).transpose()
     }
 
-    /// Every job, in creation order, with its context.
-    pub fn jobs(&self) -> Result<Vec<SystemJob>> {
+    /// A page of the jobs `query` selects, in id order (creation order), each with its
+    /// context. Reads only as far as the page needs.
+    pub fn list_jobs(&self, query: &JobQuery) -> Result<Vec<SystemJob>> {
+        let limit = query.page_size().map_err(StoreError::Invalid)?;
+        let (mut low, mut high) = query.id_range().map_err(StoreError::Invalid)?;
+        if let Some(after) = query.after.map(|a| a.as_u128()) {
+            // The page goes on past `after`, in the direction of the listing.
+            if query.newest_first {
+                high = high.min(after.checked_sub(1).ok_or(StoreError::Invalid("nothing is before id 0".into()))?);
+            } else {
+                low = low.max(after.checked_add(1).ok_or(StoreError::Invalid("nothing is after the last id".into()))?);
+            }
+        }
+        let mut out = Vec::new();
+        if low > high {
+            return Ok(out);
+        }
         let txn = self.db.begin_read()?;
         let contexts = txn.open_table(JOB_CONTEXTS)?;
-        let mut jobs: Vec<SystemJob> = all(&txn.open_table(JOBS)?)?;
-        jobs.sort_by_key(|j| j.sequence);
-        jobs.into_iter().map(|j| with_context(&contexts, j)).collect()
+        let table = txn.open_table(JOBS)?;
+        let range = table.range(low..=high)?;
+        let entries: Box<dyn Iterator<Item = _>> =
+            if query.newest_first { Box::new(range.rev()) } else { Box::new(range) };
+        for entry in entries {
+            let job: SystemJob = codec::decode(entry?.1.value())?;
+            if query.matches(&job) {
+                out.push(with_context(&contexts, job)?);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Job counts by status (kept by every job write: no scan), and how many are runnable.
+    pub fn job_counts(&self) -> Result<crate::store::QueueCounts> {
+        let txn = self.db.begin_read()?;
+        let by_status =
+            super::jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
+        Ok(crate::store::QueueCounts { by_status, runnable: super::jobs::ready_len(&txn)? })
     }
 }

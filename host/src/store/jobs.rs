@@ -219,8 +219,9 @@ fn make_ready_if_runnable(t: &mut Tables<'_>, job: &SystemJob, now: i64) -> Resu
     Ok(())
 }
 
-/// Adds new jobs, giving them the next sequence numbers.
-pub(crate) fn enqueue(t: &mut Tables<'_>, jobs: &[SystemJob], now: i64) -> Result<Vec<u64>> {
+/// Adds new jobs, giving them their ids and sequence numbers: both follow the order
+/// of commits, so listing by id is listing in creation order.
+pub(crate) fn enqueue(t: &mut Tables<'_>, jobs: &[SystemJob], now: i64) -> Result<Vec<(Uuid, u64)>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -228,9 +229,11 @@ pub(crate) fn enqueue(t: &mut Tables<'_>, jobs: &[SystemJob], now: i64) -> Resul
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
         sequence += 1;
-        let job = SystemJob { sequence, ..job.clone() };
+        // Time-ordered (UUIDv7, monotonic in this process): new jobs land at the end
+        // of the job tables, so a batch touches few pages.
+        let job = SystemJob { id: Uuid::now_v7(), sequence, ..job.clone() };
         put_job(t, None, Some(&job), now)?;
-        out.push(sequence);
+        out.push((job.id, sequence));
     }
     t.meta.insert(JOB_SEQUENCE, codec::encode(&sequence)?.as_slice()).map_err(err)?;
     Ok(out)

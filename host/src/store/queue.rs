@@ -158,8 +158,9 @@ impl JobQueue {
     pub fn create(&self, job: SystemJob) -> Result<SystemJob, CommitError> {
         let committer = self.committer.clone();
         let created = wait(self.committer.submit_op(move |txn| {
-            let sequences = with_tables(txn, |t| jobs::enqueue(t, std::slice::from_ref(&job), now_ms()))?;
-            Ok(SystemJob { sequence: sequences[0], ..job })
+            let queued = with_tables(txn, |t| jobs::enqueue(t, std::slice::from_ref(&job), now_ms()))?;
+            let (id, sequence) = queued[0];
+            Ok(SystemJob { id, sequence, ..job })
         }))?;
         committer.notify();
         Ok(created)
@@ -251,11 +252,7 @@ impl JobQueue {
 
     /// Job counts by status, and how many are runnable now.
     pub fn counts(&self) -> Result<QueueCounts, StoreError> {
-        use redb::ReadableDatabase;
-        let txn = self.store.db.begin_read()?;
-        let by_status =
-            jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
-        Ok(QueueCounts { by_status, runnable: jobs::ready_len(&txn)? })
+        self.store.job_counts()
     }
 }
 

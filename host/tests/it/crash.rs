@@ -79,7 +79,7 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
     // Let the last server finish everything (leases of killed workers expire and are recovered).
     let deadline = Instant::now() + Duration::from_secs(120);
     let jobs = loop {
-        let jobs = s.get("/api/v1/jobs").expect(200).as_array().unwrap().clone();
+        let jobs = s.get("/api/v1/jobs?limit=5000").expect(200).as_array().unwrap().clone();
         if jobs.iter().all(|j| j["status"] == "Succeeded") {
             break jobs;
         }

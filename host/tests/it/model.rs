@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plughost::jobs::{JobStatus, SystemJob};
+use plughost::jobs::{JobQuery, JobStatus, SystemJob};
 use plughost::model::ExecutionContext;
 use plughost::store::{
     ChangeSet, CommitError, Committer, CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, Store,
@@ -100,12 +100,14 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                         job(token, postpone)
                     })
                     .collect();
-                committer.commit_blocking(ChangeSet { records: vec![], jobs: jobs.clone() }).unwrap();
-                for j in jobs {
+                let receipt = committer.commit_blocking(ChangeSet { records: vec![], jobs: jobs.clone() }).unwrap();
+                for (j, (id, sequence)) in jobs.into_iter().zip(receipt.jobs) {
                     next_sequence += 1;
+                    assert_eq!(sequence, next_sequence, "sequences follow commits");
+                    assert!(models.keys().all(|k| *k < id), "ids follow commits");
                     let status = JobStatus::WaitingForResources;
                     models.insert(
-                        j.id,
+                        id,
                         Model {
                             sequence: next_sequence,
                             status,
@@ -232,7 +234,7 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
             }
         }
         // After every operation the store agrees with the model.
-        let jobs = store.jobs().unwrap();
+        let jobs = store.list_jobs(&JobQuery { limit: Some(plughost::jobs::MAX_PAGE), ..JobQuery::default() }).unwrap();
         assert_eq!(jobs.len(), models.len());
         for j in &jobs {
             assert_eq!(j.status, models[&j.id].status, "job {}", j.id);

@@ -13,7 +13,7 @@ use super::server::{add_step, query, register, server, server_with};
 fn wait_jobs(s: &TestServer, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let jobs = s.get("/api/v1/jobs").expect(200).as_array().unwrap().clone();
+        let jobs = s.get("/api/v1/jobs?limit=5000").expect(200).as_array().unwrap().clone();
         if done(&jobs) {
             return jobs;
         }
@@ -23,6 +23,49 @@ fn wait_jobs(s: &TestServer, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
             json!(jobs.iter().map(|j| (&j["name"], &j["status"], &j["message"])).collect::<Vec<_>>())
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Listing in pages (either order, by cursor) and by id prefix gives exactly `all`.
+fn assert_pages(s: &TestServer, all: &[Value]) {
+    let ids: Vec<&str> = all.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    let sequences: Vec<u64> = all.iter().map(|j| j["sequence"].as_u64().unwrap()).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "listed in creation order");
+    for (order, expected) in [("oldest", ids.clone()), ("newest", ids.iter().rev().copied().collect())] {
+        let mut paged = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = s.get(&format!("/api/v1/jobs?limit=700&order={order}{after}")).expect(200);
+            let page = page.as_array().unwrap();
+            paged.extend(page.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+            match page.last() {
+                Some(last) if page.len() == 700 => after = format!("&after={}", last["id"].as_str().unwrap()),
+                _ => break,
+            }
+        }
+        assert_eq!(paged, expected, "{order} first");
+    }
+    // Jobs found by a prefix of their id: the whole id finds one.
+    let one = s.get(&format!("/api/v1/jobs?id_prefix={}", ids[1234])).expect(200);
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["id"], ids[1234]);
+    let prefix = &ids[1234][..30];
+    let some = s.get(&format!("/api/v1/jobs?id_prefix={prefix}")).expect(200);
+    let some: Vec<&str> = some.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert!(some.contains(&ids[1234]) && some.iter().all(|id| id.starts_with(prefix)), "{some:?}");
+    assert!(
+        s.get(&format!("/api/v1/jobs?id_prefix={}&limit=2", &ids[0][..2])).expect(200).as_array().unwrap().len() == 2
+    );
+    for (bad, why) in [
+        ("limit=0", "limit 0"),
+        ("limit=5001", "limit 5001"),
+        ("id_prefix=xyz", "hex"),
+        ("order=up", "order"),
+        ("colour=red", "colour"),
+    ] {
+        let r = s.get(&format!("/api/v1/jobs?{bad}"));
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(why), "{bad}: {}", r.body);
     }
 }
 
@@ -193,7 +236,9 @@ fn unregistering_a_step_fails_exactly_its_queued_jobs() {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(s.get("/api/v1/jobs?status=WaitingForResources").expect(200).as_array().unwrap().len(), 2000);
+    let waiting = s.get("/api/v1/jobs?status=WaitingForResources&limit=5000").expect(200);
+    assert_eq!(waiting.as_array().unwrap().len(), 2000);
+    assert_pages(&s, waiting.as_array().unwrap());
     // Unregister with the server running and 1,000 of its jobs queued; let the workers go meanwhile.
     s.post("/api/v1/service/resume", &json!({})).expect(200);
     s.delete(&format!("/api/v1/steps/{}", doomed["id"].as_str().unwrap())).expect(200);
