@@ -640,7 +640,9 @@ impl Scope {
                     return Err(PipelineError::Invalid("a plug-in changed the Target's entity".into()));
                 }
                 check(&mut target)?;
-                let id = target.id.unwrap_or_else(Uuid::new_v4);
+                // Sequential ids, as Dataverse gives: new records land at the end of the
+                // table instead of dirtying a random page each.
+                let id = target.id.unwrap_or_else(Uuid::now_v7);
                 if self.read(&target.logical_name, id)?.is_some() {
                     return Err(PipelineError::AlreadyExists(format!(
                         "{} with id {id} already exists",
