@@ -81,6 +81,7 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
+        config.workers.deletion_service()?;
         Ok(config)
     }
 
@@ -111,6 +112,12 @@ impl Config {
         }
         if let Some(v) = var("PLUGHOST_RETRY_BACKOFF_MS") {
             self.workers.backoff_ms = parse("PLUGHOST_RETRY_BACKOFF_MS", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_COMPLETED_JOB_RETENTION_SECS") {
+            self.workers.completed_job_retention_secs = parse("PLUGHOST_COMPLETED_JOB_RETENTION_SECS", &v)?;
+        }
+        if let Some(v) = var("PLUGHOST_DELETION_SERVICE_RECURRENCE") {
+            self.workers.deletion_service_recurrence = v;
         }
         if let Some(v) = var("PLUGHOST_POOLING") {
             self.runtime.pooling = parse("PLUGHOST_POOLING", &v)?;

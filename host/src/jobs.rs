@@ -139,12 +139,16 @@ impl std::str::FromStr for JobStatus {
 pub enum OperationType {
     /// An asynchronous plug-in step (Dataverse 1, "Event").
     PluginExecution,
+    /// System-job cleanup (Dataverse 14, "Deletion Service"): purges completed jobs
+    /// older than the configured retention, on a recurrence.
+    DeletionService,
 }
 
 impl OperationType {
     pub fn code(self) -> u32 {
         match self {
             OperationType::PluginExecution => 1,
+            OperationType::DeletionService => 14,
         }
     }
 }
@@ -193,6 +197,21 @@ pub struct SystemJob {
 }
 
 impl SystemJob {
+    /// The recurring deletion service job: first run now, then on `pattern`.
+    pub fn deletion_service(pattern: &str, now: i64) -> SystemJob {
+        SystemJob {
+            name: "Deletion Service".into(),
+            operation_type: OperationType::DeletionService,
+            step_id: None,
+            regarding: None,
+            recurrence_pattern: Some(pattern.to_owned()),
+            recurrence_start: Some(now),
+            // The first occurrence is now; completing it computes the next one after it.
+            postpone_until: Some(now),
+            ..SystemJob::plugin_execution("", Uuid::nil(), None, ExecutionContext::default())
+        }
+    }
+
     /// A new, ready plug-in execution job for `step` with the context it will run with.
     pub fn plugin_execution(
         step_name: &str,

@@ -384,6 +384,11 @@ pub struct JobRun {
 }
 
 impl JobRun {
+    /// A run with nothing to report but success.
+    pub fn succeeded() -> JobRun {
+        JobRun::ended(crate::store::JobResult::Succeeded)
+    }
+
     fn failed(code: &str, message: String) -> JobRun {
         JobRun::ended(crate::store::JobResult::Failed { code: code.into(), message })
     }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{JobRun, Pipeline};
 use tokio::sync::oneshot::Receiver;
 
-use crate::jobs::JobStatus;
+use crate::jobs::{JobStatus, OperationType};
 use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes};
 
 /// Worker pool settings.
@@ -41,6 +41,11 @@ pub struct WorkerConfig {
     pub shutdown_grace_ms: u64,
     /// This host's name in job leases (default: hostname and process id).
     pub host_id: Option<String>,
+    /// The deletion service purges jobs completed longer ago than this, in seconds
+    /// (default 30 days; 0 keeps every job and removes the deletion service job).
+    pub completed_job_retention_secs: u64,
+    /// When the deletion service runs (RRULE; default hourly).
+    pub deletion_service_recurrence: String,
 }
 
 impl Default for WorkerConfig {
@@ -54,11 +59,25 @@ impl Default for WorkerConfig {
             backoff_ms: 1000,
             shutdown_grace_ms: 10_000,
             host_id: None,
+            completed_job_retention_secs: 30 * 24 * 3600,
+            deletion_service_recurrence: "FREQ=HOURLY".into(),
         }
     }
 }
 
 impl WorkerConfig {
+    /// The deletion service's recurrence, or `None` when completed jobs are kept;
+    /// refuses an invalid pattern.
+    pub fn deletion_service(&self) -> Result<Option<&str>, String> {
+        if self.completed_job_retention_secs == 0 {
+            return Ok(None);
+        }
+        let pattern = self.deletion_service_recurrence.as_str();
+        crate::recurrence::validate(pattern, crate::registry::now_ms())
+            .map_err(|e| format!("workers.deletion_service_recurrence '{pattern}': {e}"))?;
+        Ok(Some(pattern))
+    }
+
     pub fn host_id(&self) -> String {
         self.host_id.clone().unwrap_or_else(|| {
             let host =
@@ -210,7 +229,11 @@ impl Worker {
                 let span =
                     tracing::info_span!("job", id = %job.id, correlation_id = %job.correlation_id, name = %job.name);
                 let _enter = span.enter();
-                let run = self.pipeline.run_job(&job);
+                let (run, purge_before) = match job.operation_type {
+                    OperationType::PluginExecution => (self.pipeline.run_job(&job), None),
+                    // The deletion service's work happens in the transaction that completes it.
+                    OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
+                };
                 self.stats.fuel_used.fetch_add(run.fuel_used, Ordering::Relaxed);
                 self.stats.run_us.fetch_add(run.duration_us, Ordering::Relaxed);
                 tracing::debug!(fuel = run.fuel_used, us = run.duration_us, result = ?run.result, "job ran");
@@ -228,6 +251,7 @@ impl Worker {
                     delete_on_success: run.delete_on_success,
                     max_retries: self.config.max_retries,
                     backoff_ms: self.config.backoff_ms,
+                    purge_before,
                 });
             }
             if !unstarted.is_empty()
@@ -238,6 +262,12 @@ impl Worker {
         }
         self.flush(&mut done);
         self.settle(&mut done);
+    }
+
+    /// Where the deletion service cuts off: jobs completed before this are deleted.
+    fn purge_before(&self) -> Option<i64> {
+        let retention = i64::try_from(self.config.completed_job_retention_secs.saturating_mul(1000)).ok()?;
+        (retention > 0).then(|| crate::registry::now_ms().saturating_sub(retention))
     }
 
     /// Hands the pending completions to the writer as one operation, without waiting.

@@ -125,6 +125,9 @@ impl TestServer {
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("PLUGHOST_DATA_DIR", cli.data_dir())
+            // The deletion service's recurring job would sit in every job list; the
+            // tests of it turn it on.
+            .env("PLUGHOST_COMPLETED_JOB_RETENTION_SECS", "0")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         for (k, v) in env {

@@ -74,7 +74,10 @@ pub async fn serve(
     data_dir: PathBuf,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    let deletion_service = config.workers.deletion_service().map_err(anyhow::Error::msg)?.map(str::to_owned);
     let pipeline = tokio::task::block_in_place(|| open_host(&config, &data_dir))?;
+    let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone());
+    tokio::task::block_in_place(|| queue.ensure_deletion_service(deletion_service.as_deref()))?;
     let admin_token: Arc<str> = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?.into();
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {}: {e} (is another server running? use --listen)", config.listen)
@@ -88,7 +91,6 @@ pub async fn serve(
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone());
     let workers = (config.workers.workers > 0)
         .then(|| WorkerPool::start(pipeline.clone(), queue.clone(), config.workers.clone()));
     let grace = std::time::Duration::from_millis(config.workers.shutdown_grace_ms);

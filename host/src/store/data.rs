@@ -143,6 +143,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads the contexts of jobs loaded without them.
+    pub(crate) fn fill_contexts(&self, jobs: &mut [SystemJob]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(JOB_CONTEXTS)?;
+        for job in jobs {
+            if let Some(c) = get(&contexts, job.id.as_u128())? {
+                job.context = c;
+            }
+        }
+        Ok(())
+    }
+
     /// Job counts by status (kept by every job write: no scan), and how many are runnable.
     pub fn job_counts(&self) -> Result<crate::store::QueueCounts> {
         let txn = self.db.begin_read()?;

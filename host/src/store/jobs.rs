@@ -13,7 +13,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
-use super::{JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, StoreError, get};
+use super::{DELETION_SERVICE_JOB, JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, StoreError, get};
 use crate::codec;
 use crate::jobs::{JobState, JobStatus, SystemJob};
 
@@ -27,6 +27,9 @@ pub(super) const TOKENS: TableDefinition<(&str, u64), u128> = TableDefinition::n
 pub(super) const LEASES: TableDefinition<(i64, u128), ()> = TableDefinition::new("jobs_leases");
 /// Unfinished jobs by the step that queued them: (step, job).
 pub(super) const STEP_JOBS: TableDefinition<(u128, u128), ()> = TableDefinition::new("jobs_by_step");
+/// Completed jobs by completion time: (completed on, id). The deletion service
+/// purges from its start.
+pub(super) const COMPLETED: TableDefinition<(i64, u128), ()> = TableDefinition::new("jobs_completed");
 /// How many jobs have each status code, for metrics without a scan.
 pub(super) const STATUS_COUNTS: TableDefinition<u32, u64> = TableDefinition::new("jobs_status_counts");
 
@@ -42,6 +45,7 @@ pub(crate) struct Tables<'t> {
     tokens: redb::Table<'t, (&'static str, u64), u128>,
     leases: redb::Table<'t, (i64, u128), ()>,
     step_jobs: redb::Table<'t, (u128, u128), ()>,
+    completed: redb::Table<'t, (i64, u128), ()>,
     counts: redb::Table<'t, u32, u64>,
     /// Status-count changes, written once when the operation ends.
     deltas: [i64; JobStatus::ALL.len()],
@@ -80,6 +84,7 @@ impl<'t> Tables<'t> {
             tokens: txn.open_table(TOKENS).map_err(err)?,
             leases: txn.open_table(LEASES).map_err(err)?,
             step_jobs: txn.open_table(STEP_JOBS).map_err(err)?,
+            completed: txn.open_table(COMPLETED).map_err(err)?,
             counts: txn.open_table(STATUS_COUNTS).map_err(err)?,
             deltas: [0; JobStatus::ALL.len()],
         })
@@ -127,6 +132,15 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
         && !o.status.can_become(n.status)
     {
         return Err(StoreError::Conflict(format!("job {} cannot go from {} to {}", o.id, o.status, n.status)));
+    }
+    let (old_done, new_done) = (old.and_then(completed_key), new.and_then(completed_key));
+    if old_done != new_done {
+        if let Some(key) = old_done {
+            t.completed.remove(key).map_err(err)?;
+        }
+        if let Some(key) = new_done {
+            t.completed.insert(key, ()).map_err(err)?;
+        }
     }
     if let Some(o) = old {
         let id = o.id.as_u128();
@@ -199,6 +213,74 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
         make_ready_if_runnable(t, &next, now)?;
     }
     Ok(())
+}
+
+/// A completed job's entry in the completion-time index.
+fn completed_key(job: &SystemJob) -> Option<(i64, u128)> {
+    (job.state() == JobState::Completed).then(|| (job.completed_on.unwrap_or(job.created_on), job.id.as_u128()))
+}
+
+/// Deletes up to `max` jobs that completed before `before`, oldest first; returns
+/// how many.
+pub(crate) fn purge_completed(t: &mut Tables<'_>, before: i64, max: usize, now: i64) -> Result<usize> {
+    let ids: Vec<u128> = {
+        let mut v = Vec::new();
+        for entry in t.completed.range(..(before, 0)).map_err(err)?.take(max) {
+            v.push(entry.map_err(err)?.0.value().1);
+        }
+        v
+    };
+    for id in &ids {
+        if let Some(old) = load(t, Uuid::from_u128(*id))? {
+            put_job(t, Some(&old), None, now)?;
+        }
+    }
+    Ok(ids.len())
+}
+
+/// Makes the deletion service job exist, unfinished, exactly when `pattern` is given:
+/// creates it (first run now), or removes a waiting one when completed jobs are kept.
+pub(crate) fn ensure_deletion_service(
+    t: &mut Tables<'_>,
+    pattern: Option<&str>,
+    now: i64,
+) -> Result<Option<SystemJob>> {
+    let current = match get::<_, Uuid, _>(&t.meta, DELETION_SERVICE_JOB)? {
+        Some(id) => load(t, id)?.filter(|j| j.state() != JobState::Completed),
+        None => None,
+    };
+    match (current, pattern) {
+        (Some(job), Some(_)) => Ok(Some(job)),
+        (Some(job), None) => {
+            // A running one finishes; the next start removes it.
+            if job.state() != JobState::Locked {
+                put_job(t, Some(&job), None, now)?;
+            }
+            Ok(None)
+        }
+        (None, Some(pattern)) => {
+            let job = SystemJob::deletion_service(pattern, now);
+            let (id, sequence) = enqueue(t, std::slice::from_ref(&job), now)?[0];
+            t.meta.insert(DELETION_SERVICE_JOB, codec::encode(&id)?.as_slice()).map_err(err)?;
+            Ok(Some(SystemJob { id, sequence, ..job }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Builds the completion-time index of a store written before it existed (schema 1).
+pub(super) fn index_completed(txn: &WriteTransaction) -> Result<u64> {
+    let jobs = txn.open_table(super::JOBS).map_err(err)?;
+    let mut completed = txn.open_table(COMPLETED).map_err(err)?;
+    let mut n = 0;
+    for entry in jobs.iter().map_err(err)? {
+        let job: SystemJob = codec::decode(entry.map_err(err)?.1.value())?;
+        if let Some(key) = completed_key(&job) {
+            completed.insert(key, ()).map_err(err)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Whether `job` is unfinished, so in its token's chain and its step's list.
@@ -294,7 +376,8 @@ pub(crate) fn release(t: &mut Tables<'_>, old: &SystemJob, now: i64) -> Result<(
 }
 
 /// Locks up to `max` runnable jobs for `host` until `now + lease_ms`, bumping each
-/// job's fencing token.
+/// job's fencing token. The jobs come without their contexts: the caller reads those
+/// after the commit, outside the writer ([`crate::store::Store::fill_contexts`]).
 pub(crate) fn lease(t: &mut Tables<'_>, host: &str, max: usize, lease_ms: i64, now: i64) -> Result<Vec<SystemJob>> {
     promote_due(t, now, max.max(64) * 4)?;
     recover_expired(t, now, max.max(64) * 4)?;
@@ -315,7 +398,7 @@ pub(crate) fn lease(t: &mut Tables<'_>, host: &str, max: usize, lease_ms: i64, n
         new.lease_expiry = Some(now + lease_ms);
         new.fencing_token += 1;
         put_job(t, Some(&old), Some(&new), now)?;
-        leased.push(with_context(&t.contexts, new)?);
+        leased.push(new);
     }
     Ok(leased)
 }
@@ -373,4 +456,45 @@ pub(crate) fn status_counts(txn: &redb::ReadTransaction) -> Result<Vec<(JobStatu
 /// How many jobs are runnable now.
 pub(crate) fn ready_len(txn: &redb::ReadTransaction) -> Result<u64> {
     txn.open_table(READY).map_err(err)?.len().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExecutionContext;
+    use crate::store::Store;
+
+    #[test]
+    fn a_schema_1_store_gets_its_completed_jobs_indexed_and_purgeable() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = || SystemJob::plugin_execution("old", Uuid::nil(), None, ExecutionContext::default());
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            with_tables(&txn, |t| {
+                let queued = enqueue(t, &[job(), job()], 0)?;
+                let old = load(t, queued[0].0)?.unwrap();
+                let done = SystemJob { status: JobStatus::Canceled, completed_on: Some(5), ..old.clone() };
+                put_job(t, Some(&old), Some(&done), 0)
+            })
+            .unwrap();
+            // What a schema-1 store looked like: no completion-time index.
+            txn.delete_table(COMPLETED).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", codec::encode(&1u32).unwrap().as_slice()).unwrap();
+            drop(meta);
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        let version: u32 = get(&txn.open_table(META).unwrap(), "schema_version").unwrap().unwrap();
+        assert_eq!(version, crate::store::SCHEMA_VERSION);
+        let (kept, purged) = with_tables(&txn, |t| {
+            let kept = purge_completed(t, 5, 100, 10)?;
+            Ok::<_, StoreError>((kept, purge_completed(t, 6, 100, 10)?))
+        })
+        .unwrap();
+        assert_eq!((kept, purged), (0, 1), "completed at 5: kept by a cut-off of 5, purged by 6");
+        assert_eq!(txn.open_table(JOBS).unwrap().len().unwrap(), 1, "the waiting job stays");
+    }
 }

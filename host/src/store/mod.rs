@@ -17,15 +17,16 @@ mod queue;
 
 pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
-pub use queue::{CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, Outcomes, QueueCounts};
+pub use queue::{CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, Outcomes, PURGE_BATCH, QueueCounts};
 
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
 use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord};
 use crate::runtime::ArtifactIndex;
 
-/// The layout of the tables below. Bump it with a migration when they change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The layout of the tables below. Bump it with a migration when they change
+/// (`Store::check_schema`): 2 added `jobs_completed`.
+pub const SCHEMA_VERSION: u32 = 2;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -44,6 +45,8 @@ const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 /// Each job's execution context, written once when the job is queued: the job
 /// record itself is rewritten at every transition and stays small.
 const JOB_CONTEXTS: TableDefinition<u128, &[u8]> = TableDefinition::new("job_contexts");
+/// Meta key of the deletion service job's id.
+const DELETION_SERVICE_JOB: &str = "deletion_service_job";
 /// Meta key of the last job sequence number handed out.
 const JOB_SEQUENCE: &str = "job_sequence";
 
@@ -151,6 +154,11 @@ impl Store {
                     return Err(StoreError::SchemaTooNew { path: self.path.clone(), found: v });
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
+                Some(1) => {
+                    let indexed = jobs::index_completed(&txn)?;
+                    tracing::info!(indexed, "store migrated from schema 1 to 2: completed jobs indexed by time");
+                    meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
+                }
                 Some(v) => return Err(corrupt(format!("unknown schema version {v}"))),
                 None => {
                     meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
@@ -172,6 +180,7 @@ impl Store {
             txn.open_table(jobs::LEASES)?;
             txn.open_table(jobs::STEP_JOBS)?;
             txn.open_table(jobs::STATUS_COUNTS)?;
+            txn.open_table(jobs::COMPLETED)?;
         }
         txn.commit()?;
         Ok(())

@@ -35,7 +35,14 @@ pub struct JobCompletion {
     /// Retries allowed for a retryable failure, and the first backoff (doubled each time).
     pub max_retries: u32,
     pub backoff_ms: i64,
+    /// The deletion service's work: on success, delete jobs completed before this
+    /// time (UTC ms), in the transaction that completes this job.
+    pub purge_before: Option<i64>,
 }
+
+/// Most jobs one run of the deletion service deletes in one transaction; if it
+/// deletes this many, it runs again at once for the rest.
+pub const PURGE_BATCH: usize = 2000;
 
 #[derive(Clone, Debug)]
 pub enum JobResult {
@@ -105,10 +112,13 @@ impl JobQueue {
     pub fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        wait(
+        let mut leased = wait(
             self.committer
                 .submit_op(move |txn| Ok(with_tables(txn, |t| jobs::lease(t, &host, max, lease_ms, now_ms()))?)),
-        )
+        )?;
+        // A context never changes once queued: read it here, on the worker's thread.
+        self.store.fill_contexts(&mut leased)?;
+        Ok(leased)
     }
 
     /// Wakes idle workers.
@@ -152,6 +162,17 @@ impl JobQueue {
             }
             Ok(outcomes)
         })
+    }
+
+    /// Makes the deletion service job exist exactly when `pattern` is given (see
+    /// [`crate::worker::WorkerConfig::deletion_service`]); returns it.
+    pub fn ensure_deletion_service(&self, pattern: Option<&str>) -> Result<Option<SystemJob>, CommitError> {
+        let pattern = pattern.map(str::to_owned);
+        let job = wait(self.committer.submit_op(move |txn| {
+            Ok(with_tables(txn, |t| jobs::ensure_deletion_service(t, pattern.as_deref(), now_ms()))?)
+        }))?;
+        self.committer.notify();
+        Ok(job)
     }
 
     /// Creates a job directly (not through an event): e.g. a recurring run of a step.
@@ -296,6 +317,18 @@ fn complete_one(
                 new.completed_on = Some(now);
                 new.error_code = None;
                 new.message = None;
+                if let Some(before) = c.purge_before {
+                    let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;
+                    let when = crate::model::Value::DateTime(before);
+                    new.message = Some(format!("deleted {purged} jobs completed before {when}"));
+                    if purged == PURGE_BATCH {
+                        // More remain: run again now rather than at the next occurrence.
+                        new.status = JobStatus::WaitingForResources;
+                        new.completed_on = None;
+                        put_job(t, Some(&old), Some(&new), now)?;
+                        return Ok(CompletionOutcome::Recorded(new.status));
+                    }
+                }
                 if c.delete_on_success && old.recurrence_pattern.is_none() {
                     put_job(t, Some(&old), None, now)?;
                     return Ok(CompletionOutcome::Deleted);

@@ -165,6 +165,7 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                     delete_on_success: false,
                     max_retries: 1,
                     backoff_ms: 0,
+                    purge_before: None,
                 };
                 let outcome = queue.complete(completion).unwrap();
                 if stale {

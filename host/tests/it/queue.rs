@@ -352,3 +352,59 @@ fn canceling_or_pausing_a_running_job_discards_its_effects() {
     wait_jobs(&s, |j| j.iter().any(|j| j["id"] == id.as_str() && j["status"] == "Succeeded"));
     assert_eq!(query(&s, "audit").len(), 1, "resumed, it ran once");
 }
+
+#[test]
+fn the_deletion_service_purges_old_completed_jobs_on_its_recurrence() {
+    const ON: [(&str, &str); 2] =
+        [("PLUGHOST_COMPLETED_JOB_RETENTION_SECS", "1"), ("PLUGHOST_DELETION_SERVICE_RECURRENCE", "FREQ=MINUTELY")];
+    let mut s = server_with(&ON);
+    let is_service = |j: &Value| j["operation_type"] == "deletion_service";
+    // Created at start, run at once (nothing to delete yet), then waiting for its next minute.
+    let first = wait_jobs(&s, |j| j.len() == 1 && j[0]["status"] == "Waiting");
+    let service = first[0].clone();
+    assert!(is_service(&service) && service["name"] == "Deletion Service", "{service:#}");
+    assert!(service["message"].as_str().unwrap().starts_with("deleted 0 jobs"), "{service:#}");
+    assert!(service["postpone_until"].as_i64().unwrap() > chrono_ms());
+
+    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    for i in 0..3 {
+        create(&s, &format!("old{i}"));
+    }
+    wait_jobs(&s, |j| j.iter().filter(|j| !is_service(j) && j["status"] == "Succeeded").count() == 3);
+    std::thread::sleep(Duration::from_millis(1100));
+    // One more that completes within the retention, and one still waiting: both stay.
+    create(&s, "recent");
+    let id = service["id"].as_str().unwrap();
+    let jobs = wait_jobs(&s, |j| j.iter().filter(|j| !is_service(j) && j["status"] == "Succeeded").count() == 4);
+    let recent = jobs.iter().filter(|j| !is_service(j)).map(|j| j["id"].clone()).next_back().unwrap();
+    let step = s.get("/api/v1/steps").expect(200)[0]["id"].as_str().unwrap().to_owned();
+    let waiting = s.run(&["jobs", "create", "--step", &step, "--postpone", "2099-01-01T00:00:00Z", "--json"]);
+    let waiting = waiting.ok().json()["id"].clone();
+    // Resuming the service's job runs it now instead of at its next minute.
+    s.post(&format!("/api/v1/jobs/{id}/resume"), &json!({})).expect(200);
+    let after = wait_jobs(&s, |j| j.len() == 3 && j.iter().any(|j| is_service(j) && j["status"] == "Waiting"));
+    let ids: Vec<&Value> = after.iter().filter(|j| !is_service(j)).map(|j| &j["id"]).collect();
+    assert_eq!(ids, vec![&recent, &waiting], "only the old completed jobs are gone");
+    let service = after.iter().find(|j| is_service(j)).unwrap();
+    assert!(service["message"].as_str().unwrap().starts_with("deleted 3 jobs completed before"), "{service:#}");
+    assert_eq!(query(&s, "task").len(), 4, "deleting jobs leaves their effects");
+    let metrics = s.get_anonymous("/metrics").body.as_str().unwrap().to_owned();
+    assert!(metrics.contains("plughost_jobs{status=\"Succeeded\",code=\"30\"} 1"), "counts follow: {metrics}");
+
+    // A restart keeps the one service job; a restart that keeps every job removes it.
+    assert_eq!(s.terminate(), Some(0));
+    let cli = s.kill();
+    let mut s = TestServer::start_in(super::BIN, cli, &ON);
+    let services =
+        |s: &TestServer| s.get("/api/v1/jobs").expect(200).as_array().unwrap().iter().filter(|j| is_service(j)).count();
+    assert_eq!(services(&s), 1);
+    assert_eq!(s.terminate(), Some(0));
+    let cli = s.kill();
+    let s = TestServer::start_in(super::BIN, cli, &[]);
+    assert_eq!(services(&s), 0);
+
+    // A bad recurrence is refused with the setting named.
+    let config = s.cli.write("bad.toml", "[workers]\ndeletion_service_recurrence = \"FREQ=SOMETIMES\"\n");
+    let bad = s.cli.run(&["status", "--config-file", &config]).expect_code(1);
+    assert!(bad.stderr.contains("workers.deletion_service_recurrence 'FREQ=SOMETIMES'"), "{}", bad.stderr);
+}
