@@ -160,10 +160,7 @@ impl Jobs {
                             j.name.clone(),
                             format!("{:?} ({})", j.state(), j.state().code()),
                             format!("{} ({})", j.status.name(), j.status.code()),
-                            j.regarding
-                                .as_ref()
-                                .map(|r| format!("{} {}", r.logical_name, &r.id.to_string()[..8]))
-                                .unwrap_or_default(),
+                            j.regarding.as_ref().map(|r| format!("{} {}", r.logical_name, r.id)).unwrap_or_default(),
                             plughost::model::Value::DateTime(j.created_on).to_string(),
                         ]);
                     }

@@ -645,47 +645,47 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     for (name, code, n) in &counts.by_status {
         out.push_str(&format!("plughost_jobs{{status=\"{name}\",code=\"{code}\"}} {n}\n"));
     }
-    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-    };
-    metric("plughost_jobs_runnable", "gauge", "Jobs ready to run now.", counts.runnable);
+    let (gauge, counter) = ("gauge", "counter");
+    let mut rows = vec![("plughost_jobs_runnable", gauge, "Jobs ready to run now.", counts.runnable)];
     if let Some(w) = &state.workers {
         let st = &w.stats;
-        metric("plughost_jobs_succeeded_total", "counter", "Jobs completed successfully.", st.succeeded.load(Relaxed));
-        metric("plughost_jobs_failed_total", "counter", "Jobs that failed.", st.failed.load(Relaxed));
-        metric(
-            "plughost_jobs_retried_total",
-            "counter",
-            "Retryable failures scheduled again.",
-            st.retried.load(Relaxed),
-        );
-        metric(
-            "plughost_jobs_requeued_total",
-            "counter",
-            "Jobs re-run after a concurrent change.",
-            st.requeued.load(Relaxed),
-        );
-        metric("plughost_jobs_stale_total", "counter", "Completions dropped for a lost lease.", st.stale.load(Relaxed));
-        metric("plughost_job_fuel_total", "counter", "Fuel used by jobs.", st.fuel_used.load(Relaxed));
-        metric("plughost_job_run_microseconds_total", "counter", "Time jobs spent running.", st.run_us.load(Relaxed));
+        rows.extend([
+            ("plughost_jobs_succeeded_total", counter, "Jobs completed successfully.", st.succeeded.load(Relaxed)),
+            ("plughost_jobs_failed_total", counter, "Jobs that failed.", st.failed.load(Relaxed)),
+            ("plughost_jobs_retried_total", counter, "Retryable failures scheduled again.", st.retried.load(Relaxed)),
+            (
+                "plughost_jobs_requeued_total",
+                counter,
+                "Jobs re-run after a concurrent change.",
+                st.requeued.load(Relaxed),
+            ),
+            ("plughost_jobs_stale_total", counter, "Completions dropped for a lost lease.", st.stale.load(Relaxed)),
+            ("plughost_job_fuel_total", counter, "Fuel used by jobs.", st.fuel_used.load(Relaxed)),
+            ("plughost_job_run_microseconds_total", counter, "Time jobs spent running.", st.run_us.load(Relaxed)),
+        ]);
     }
     let cs = state.pipeline.committer().stats();
-    metric("plughost_group_commits_total", "counter", "Durable write transactions.", cs.commits.load(Relaxed));
-    metric(
-        "plughost_group_commit_operations_total",
-        "counter",
-        "Operations (requests, leases, completion batches) committed; per commit, the batch size.",
-        cs.operations.load(Relaxed),
-    );
-    metric(
-        "plughost_group_commit_microseconds_total",
-        "counter",
-        "Time spent making batches durable.",
-        cs.commit_us.load(Relaxed),
-    );
     let rt = state.runtime().stats();
-    metric("plughost_invocations_total", "counter", "Plug-in invocations.", rt.invocations);
-    metric("plughost_compiled_total", "counter", "Components compiled (not loaded from the cache).", rt.compiled);
+    rows.extend([
+        ("plughost_group_commits_total", counter, "Durable write transactions.", cs.commits.load(Relaxed)),
+        (
+            "plughost_group_commit_operations_total",
+            counter,
+            "Operations (requests, leases, completion batches) committed; per commit, the batch size.",
+            cs.operations.load(Relaxed),
+        ),
+        (
+            "plughost_group_commit_microseconds_total",
+            counter,
+            "Time making batches durable.",
+            cs.commit_us.load(Relaxed),
+        ),
+        ("plughost_invocations_total", counter, "Plug-in invocations.", rt.invocations),
+        ("plughost_compiled_total", counter, "Components compiled (not loaded from the cache).", rt.compiled),
+    ]);
+    for (name, kind, help, v) in rows {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

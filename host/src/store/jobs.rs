@@ -223,13 +223,7 @@ fn completed_key(job: &SystemJob) -> Option<(i64, u128)> {
 /// Deletes up to `max` jobs that completed before `before`, oldest first; returns
 /// how many.
 pub(crate) fn purge_completed(t: &mut Tables<'_>, before: i64, max: usize, now: i64) -> Result<usize> {
-    let ids: Vec<u128> = {
-        let mut v = Vec::new();
-        for entry in t.completed.range(..(before, 0)).map_err(err)?.take(max) {
-            v.push(entry.map_err(err)?.0.value().1);
-        }
-        v
-    };
+    let ids = ids_before(&t.completed, before, max)?;
     for id in &ids {
         if let Some(old) = load(t, Uuid::from_u128(*id))? {
             put_job(t, Some(&old), None, now)?;
@@ -321,16 +315,18 @@ pub(crate) fn enqueue(t: &mut Tables<'_>, jobs: &[SystemJob], now: i64) -> Resul
     Ok(out)
 }
 
+/// The ids of up to `max` entries of a (time, id) index with a time before `time`, oldest first.
+fn ids_before(index: &redb::Table<'_, (i64, u128), ()>, time: i64, max: usize) -> Result<Vec<u128>> {
+    let mut ids = Vec::new();
+    for entry in index.range(..(time, 0)).map_err(err)?.take(max) {
+        ids.push(entry.map_err(err)?.0.value().1);
+    }
+    Ok(ids)
+}
+
 /// Makes due postponed jobs runnable (Waiting -> WaitingForResources), at most `max`.
 fn promote_due(t: &mut Tables<'_>, now: i64, max: usize) -> Result<()> {
-    let due: Vec<(i64, u128)> = {
-        let mut v = Vec::new();
-        for entry in t.postponed.range(..=(now, u128::MAX)).map_err(err)?.take(max) {
-            v.push(entry.map_err(err)?.0.value());
-        }
-        v
-    };
-    for (_, id) in due {
+    for id in ids_before(&t.postponed, now.saturating_add(1), max)? {
         let Some(old) = load(t, Uuid::from_u128(id))? else { continue };
         let mut new = old.clone();
         if new.status == JobStatus::Waiting {
@@ -343,13 +339,7 @@ fn promote_due(t: &mut Tables<'_>, now: i64, max: usize) -> Result<()> {
 
 /// Returns jobs whose lease expired to the queue (their worker died or hung).
 pub(crate) fn recover_expired(t: &mut Tables<'_>, now: i64, max: usize) -> Result<usize> {
-    let expired: Vec<u128> = {
-        let mut v = Vec::new();
-        for entry in t.leases.range(..(now, 0)).map_err(err)?.take(max) {
-            v.push(entry.map_err(err)?.0.value().1);
-        }
-        v
-    };
+    let expired = ids_before(&t.leases, now, max)?;
     for id in &expired {
         if let Some(old) = load(t, Uuid::from_u128(*id))? {
             release(t, &old, now)?;
