@@ -187,6 +187,15 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
         if in_chains(new) && !in_chains(old) {
             if let Some(token) = &n.dependency_token {
                 t.tokens.insert((token.as_str(), n.sequence), id).map_err(err)?;
+                // A job re-entering its chain (a retried one) ahead of the current head
+                // takes its place: the old head waits again.
+                if token_head(t, token)? == Some(id) {
+                    let behind = t.tokens.range((token.as_str(), n.sequence + 1)..=(token.as_str(), u64::MAX));
+                    if let Some(entry) = behind.map_err(err)?.next() {
+                        let previous_head = entry.map_err(err)?.0.value().1;
+                        t.ready.remove(previous_head).map_err(err)?;
+                    }
+                }
             }
             if let Some(step) = n.step_id {
                 t.step_jobs.insert((step.as_u128(), id), ()).map_err(err)?;
@@ -486,5 +495,30 @@ mod tests {
         .unwrap();
         assert_eq!((kept, purged), (0, 1), "completed at 5: kept by a cut-off of 5, purged by 6");
         assert_eq!(txn.open_table(JOBS).unwrap().len().unwrap(), 1, "the waiting job stays");
+    }
+
+    #[test]
+    fn a_retried_job_takes_back_the_head_of_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        let ready = |t: &Tables<'_>| -> Vec<u64> { t.ready.iter().unwrap().map(|e| e.unwrap().0.value()).collect() };
+        with_tables(&txn, |t| {
+            let job = SystemJob {
+                dependency_token: Some("account:1".into()),
+                ..SystemJob::plugin_execution("chain", Uuid::nil(), None, ExecutionContext::default())
+            };
+            let queued = enqueue(t, &[job.clone(), job], 0)?;
+            assert_eq!(ready(t), vec![queued[0].1], "only the head is runnable");
+            let first = load(t, queued[0].0)?.unwrap();
+            let failed = SystemJob { status: JobStatus::Failed, completed_on: Some(1), ..first.clone() };
+            put_job(t, Some(&first), Some(&failed), 1)?;
+            assert_eq!(ready(t), vec![queued[1].1], "the next one runs once the head failed");
+            let retried = SystemJob { status: JobStatus::WaitingForResources, completed_on: None, ..failed.clone() };
+            put_job(t, Some(&failed), Some(&retried), 2)?;
+            assert_eq!(ready(t), vec![queued[0].1], "the retried job is the head again; the other waits");
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
     }
 }

@@ -76,8 +76,9 @@ fn runnable(models: &BTreeMap<Uuid, Model>, now: i64) -> Vec<Uuid> {
 
 #[test]
 fn the_queue_agrees_with_a_model_under_random_operations() {
-    let seed = now() as u64;
-    eprintln!("model test seed {seed}");
+    // MODEL_SEED=N replays a failed run.
+    let seed = std::env::var("MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(now() as u64);
+    eprintln!("model test seed {seed} (MODEL_SEED={seed} replays it)");
     let mut rng = Lcg(seed);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
