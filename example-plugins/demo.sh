@@ -46,7 +46,7 @@ echo
 step "The accounts as stored"
 "$PH" entities query account --order name
 
-step "The asynchronous service ran the system jobs the async step queued (one per account)"
+step "The asynchronous service ran the system jobs the async step queued (one per account); the Deletion Service waits for its next hour"
 for _ in $(seq 50); do
   "$PH" jobs list --status WaitingForResources --json | grep -q '"id"' || break
   sleep 0.1
