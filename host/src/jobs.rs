@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{AssemblyHash, EntityReference, ExecutionContext};
+use crate::model::{AssemblyHash, EntityReference, ExecutionContext, Parameters};
 
 /// The state of a system job (statecode), derived from its status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,6 +194,9 @@ pub struct SystemJob {
     pub trace: String,
     pub fuel_used: u64,
     pub duration_us: u64,
+    /// What the last run produced: a plug-in's output parameters, or an operation's
+    /// results (e.g. how many jobs the deletion service deleted).
+    pub output: Parameters,
 }
 
 impl SystemJob {
@@ -250,6 +253,7 @@ impl SystemJob {
             trace: String::new(),
             fuel_used: 0,
             duration_us: 0,
+            output: Parameters::new(),
         }
     }
 

@@ -300,9 +300,13 @@ impl Pipeline {
             fuel_used: invocation.fuel_used,
             duration_us: invocation.duration_us,
             delete_on_success: step.delete_job_on_success,
+            output: Parameters::new(),
         };
         match invocation.outcome {
-            Ok(_) => run.effects = scope.into_changes(),
+            Ok(result) => {
+                run.effects = scope.into_changes();
+                run.output = result.output_parameters;
+            }
             Err(f) if f.code.is_retryable() => {
                 run.result = crate::store::JobResult::Retry { code: f.code.to_string(), message: f.message }
             }
@@ -381,6 +385,8 @@ pub struct JobRun {
     pub fuel_used: u64,
     pub duration_us: u64,
     pub delete_on_success: bool,
+    /// The plug-in's output parameters, kept on the job.
+    pub output: Parameters,
 }
 
 impl JobRun {
@@ -405,6 +411,7 @@ impl JobRun {
             fuel_used: 0,
             duration_us: 0,
             delete_on_success: false,
+            output: Parameters::new(),
         }
     }
 }

@@ -252,6 +252,7 @@ impl Worker {
                     max_retries: self.config.max_retries,
                     backoff_ms: self.config.backoff_ms,
                     purge_before,
+                    output: run.output,
                 });
             }
             if !unstarted.is_empty()

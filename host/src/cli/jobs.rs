@@ -183,8 +183,14 @@ impl Jobs {
                     if let Some(r) = &job.regarding {
                         out.push_str(&format!("regarding {} {}\n", r.logical_name, r.id));
                     }
-                    if let (Some(c), Some(m)) = (&job.error_code, &job.message) {
-                        out.push_str(&format!("error     [{c}] {m}\n"));
+                    match (&job.error_code, &job.message) {
+                        (Some(c), Some(m)) => out.push_str(&format!("error     [{c}] {m}\n")),
+                        (None, Some(m)) => out.push_str(&format!("message   {m}\n")),
+                        _ => {}
+                    }
+                    for (name, value) in &job.output {
+                        let shown = serde_json::to_string(value).unwrap_or_default();
+                        out.push_str(&format!("output    {name} = {shown}\n"));
                     }
                     if !job.trace.is_empty() {
                         out.push_str("trace\n");

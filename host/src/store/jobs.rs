@@ -271,6 +271,30 @@ pub(crate) fn ensure_deletion_service(
     }
 }
 
+/// Rewrites job records of schemas 1 and 2 (without `output`) in the current layout,
+/// a chunk at a time.
+pub(super) fn upgrade_job_records(txn: &WriteTransaction) -> Result<u64> {
+    const CHUNK: usize = 10_000;
+    let mut jobs = txn.open_table(super::JOBS).map_err(err)?;
+    let (mut from, mut n) = (0u128, 0u64);
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for entry in jobs.range(from..).map_err(err)?.take(CHUNK) {
+            let (k, v) = entry.map_err(err)?;
+            let old: super::legacy::JobV2 = codec::decode(v.value())?;
+            chunk.push((k.value(), codec::encode(&SystemJob::from(old))?));
+        }
+        for (k, bytes) in &chunk {
+            jobs.insert(*k, bytes.as_slice()).map_err(err)?;
+        }
+        n += chunk.len() as u64;
+        match chunk.last() {
+            Some((k, _)) if chunk.len() == CHUNK && *k < u128::MAX => from = k + 1,
+            _ => return Ok(n),
+        }
+    }
+}
+
 /// Builds the completion-time index of a store written before it existed (schema 1).
 pub(super) fn index_completed(txn: &WriteTransaction) -> Result<u64> {
     let jobs = txn.open_table(super::JOBS).map_err(err)?;
@@ -464,26 +488,37 @@ mod tests {
     use crate::store::Store;
 
     #[test]
-    fn a_schema_1_store_gets_its_completed_jobs_indexed_and_purgeable() {
+    fn a_schema_1_store_is_migrated_and_its_completed_jobs_are_purgeable() {
         let dir = tempfile::tempdir().unwrap();
         let job = || SystemJob::plugin_execution("old", Uuid::nil(), None, ExecutionContext::default());
-        {
+        let kept_id = {
             let store = Store::open(dir.path()).unwrap();
             let txn = store.db.begin_write().unwrap();
-            with_tables(&txn, |t| {
+            let kept_id = with_tables(&txn, |t| {
                 let queued = enqueue(t, &[job(), job()], 0)?;
                 let old = load(t, queued[0].0)?.unwrap();
                 let done = SystemJob { status: JobStatus::Canceled, completed_on: Some(5), ..old.clone() };
-                put_job(t, Some(&old), Some(&done), 0)
+                put_job(t, Some(&old), Some(&done), 0)?;
+                Ok::<_, StoreError>(queued[1].0.as_u128())
             })
             .unwrap();
-            // What a schema-1 store looked like: no completion-time index.
+            // What a schema-1 store looked like: no completion-time index, and job
+            // records without `output` (the last field; empty, it is one byte).
             txn.delete_table(COMPLETED).unwrap();
+            let mut jobs = txn.open_table(JOBS).unwrap();
+            let current: Vec<(u128, Vec<u8>)> =
+                jobs.iter().unwrap().map(|e| e.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
+            for (k, bytes) in current {
+                assert_eq!(bytes.last(), Some(&0), "an empty output is one zero byte");
+                jobs.insert(k, &bytes[..bytes.len() - 1]).unwrap();
+            }
+            drop(jobs);
             let mut meta = txn.open_table(META).unwrap();
             meta.insert("schema_version", codec::encode(&1u32).unwrap().as_slice()).unwrap();
             drop(meta);
             txn.commit().unwrap();
-        }
+            kept_id
+        };
         let store = Store::open(dir.path()).unwrap();
         let txn = store.db.begin_write().unwrap();
         let version: u32 = get(&txn.open_table(META).unwrap(), "schema_version").unwrap().unwrap();
@@ -495,6 +530,11 @@ mod tests {
         .unwrap();
         assert_eq!((kept, purged), (0, 1), "completed at 5: kept by a cut-off of 5, purged by 6");
         assert_eq!(txn.open_table(JOBS).unwrap().len().unwrap(), 1, "the waiting job stays");
+        let job: SystemJob = get(&txn.open_table(JOBS).unwrap(), kept_id).unwrap().unwrap();
+        assert!(
+            job.output.is_empty() && job.status == JobStatus::WaitingForResources,
+            "records read in the new layout"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use uuid::Uuid;
 mod commit;
 mod data;
 mod jobs;
+mod legacy;
 mod queue;
 
 pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
@@ -25,8 +26,8 @@ use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord};
 use crate::runtime::ArtifactIndex;
 
 /// The layout of the tables below. Bump it with a migration when they change
-/// (`Store::check_schema`): 2 added `jobs_completed`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output`.
+pub const SCHEMA_VERSION: u32 = 3;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -154,9 +155,10 @@ impl Store {
                     return Err(StoreError::SchemaTooNew { path: self.path.clone(), found: v });
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                Some(1) => {
-                    let indexed = jobs::index_completed(&txn)?;
-                    tracing::info!(indexed, "store migrated from schema 1 to 2: completed jobs indexed by time");
+                Some(v @ (1 | 2)) => {
+                    let upgraded = jobs::upgrade_job_records(&txn)?;
+                    let indexed = if v == 1 { jobs::index_completed(&txn)? } else { 0 };
+                    tracing::info!(upgraded, indexed, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                 }
                 Some(v) => return Err(corrupt(format!("unknown schema version {v}"))),

@@ -38,6 +38,8 @@ pub struct JobCompletion {
     /// The deletion service's work: on success, delete jobs completed before this
     /// time (UTC ms), in the transaction that completes this job.
     pub purge_before: Option<i64>,
+    /// What the run produced, kept on the job when it succeeds.
+    pub output: crate::model::Parameters,
 }
 
 /// Most jobs one run of the deletion service deletes in one transaction; if it
@@ -317,10 +319,16 @@ fn complete_one(
                 new.completed_on = Some(now);
                 new.error_code = None;
                 new.message = None;
+                new.output = c.output;
                 if let Some(before) = c.purge_before {
+                    use crate::model::{ParameterValue, Value};
                     let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;
-                    let when = crate::model::Value::DateTime(before);
-                    new.message = Some(format!("deleted {purged} jobs completed before {when}"));
+                    new.message = Some(format!("deleted {purged} jobs completed before {}", Value::DateTime(before)));
+                    new.output = [
+                        ("deleted".to_owned(), ParameterValue::Value(Value::Integer(purged as i64))),
+                        ("completed_before".to_owned(), ParameterValue::Value(Value::DateTime(before))),
+                    ]
+                    .into();
                     if purged == PURGE_BATCH {
                         // More remain: run again now rather than at the next occurrence.
                         new.status = JobStatus::WaitingForResources;

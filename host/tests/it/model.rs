@@ -167,6 +167,7 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                     max_retries: 1,
                     backoff_ms: 0,
                     purge_before: None,
+                    output: Default::default(),
                 };
                 let outcome = queue.complete(completion).unwrap();
                 if stale {

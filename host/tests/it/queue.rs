@@ -99,6 +99,12 @@ fn async_jobs_run_and_commit_their_effects_once() {
     let mut ids = ids;
     ids.sort();
     assert_eq!(regarding, ids, "one task per account, exactly");
+    // Each job keeps the plug-in's output: the id of the task it created.
+    let mut created: Vec<&Value> = jobs.iter().map(|j| &j["output"]["followup_task_id"]["guid"]).collect();
+    let mut task_ids: Vec<&Value> = tasks.iter().map(|t| &t["id"]).collect();
+    created.sort_by_key(|v| v.to_string());
+    task_ids.sort_by_key(|v| v.to_string());
+    assert_eq!(created, task_ids, "{jobs:#?}");
     let metrics = s.get_anonymous("/metrics");
     assert_eq!(metrics.status, 200);
     let text = metrics.body.as_str().unwrap().to_owned();
@@ -387,6 +393,9 @@ fn the_deletion_service_purges_old_completed_jobs_on_its_recurrence() {
     assert_eq!(ids, vec![&recent, &waiting], "only the old completed jobs are gone");
     let service = after.iter().find(|j| is_service(j)).unwrap();
     assert!(service["message"].as_str().unwrap().starts_with("deleted 3 jobs completed before"), "{service:#}");
+    assert_eq!(service["output"]["deleted"], json!(3), "{service:#}");
+    let shown = s.run(&["jobs", "show", id]).ok().stdout;
+    assert!(shown.contains("message   deleted 3 jobs") && shown.contains("output    deleted = 3"), "{shown}");
     assert_eq!(query(&s, "task").len(), 4, "deleting jobs leaves their effects");
     let metrics = s.get_anonymous("/metrics").body.as_str().unwrap().to_owned();
     assert!(metrics.contains("plughost_jobs{status=\"Succeeded\",code=\"30\"} 1"), "counts follow: {metrics}");
