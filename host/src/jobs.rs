@@ -142,6 +142,10 @@ pub enum OperationType {
     /// System-job cleanup (Dataverse 14, "Deletion Service"): purges completed jobs
     /// older than the configured retention, on a recurrence.
     DeletionService,
+    /// Deletes the records a query selects, through the pipeline (Dataverse 13).
+    BulkDelete,
+    /// Creates records from a CSV or JSON-lines file, through the pipeline (Dataverse 5, "Import").
+    BulkImport,
 }
 
 impl OperationType {
@@ -149,6 +153,8 @@ impl OperationType {
         match self {
             OperationType::PluginExecution => 1,
             OperationType::DeletionService => 14,
+            OperationType::BulkDelete => 13,
+            OperationType::BulkImport => 5,
         }
     }
 }

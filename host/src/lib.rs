@@ -5,6 +5,7 @@
 //! [`registry`] (assemblies, plug-ins, steps), [`memdata`] (an in-memory data set
 //! for local tests), and the `plughost` command line in `main.rs` and `cli/`.
 
+pub mod bulk;
 mod codec;
 pub mod config;
 pub mod jobs;

@@ -273,7 +273,7 @@ pub struct Order {
 }
 
 /// Dataverse's QueryExpression, reduced to one entity.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Query {
     pub entity_name: String,
     /// Empty means all columns.

@@ -233,6 +233,7 @@ impl Worker {
                     OperationType::PluginExecution => (self.pipeline.run_job(&job), None),
                     // The deletion service's work happens in the transaction that completes it.
                     OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
+                    OperationType::BulkDelete | OperationType::BulkImport => (self.pipeline.run_bulk(&job), None),
                 };
                 self.stats.fuel_used.fetch_add(run.fuel_used, Ordering::Relaxed);
                 self.stats.run_us.fetch_add(run.duration_us, Ordering::Relaxed);
@@ -253,6 +254,7 @@ impl Worker {
                     backoff_ms: self.config.backoff_ms,
                     purge_before,
                     output: run.output,
+                    message: run.message,
                 });
             }
             if !unstarted.is_empty()
@@ -298,6 +300,8 @@ impl Worker {
                         &self.stats.succeeded
                     }
                     Ok(CompletionOutcome::Recorded(JobStatus::Waiting)) => &self.stats.retried,
+                    // A bulk job's batch: it goes on.
+                    Ok(CompletionOutcome::Recorded(JobStatus::WaitingForResources)) => continue,
                     Ok(CompletionOutcome::Recorded(_)) => &self.stats.failed,
                     Ok(CompletionOutcome::Stale) => &self.stats.stale,
                     Ok(CompletionOutcome::Requeued) => &self.stats.requeued,

@@ -9,12 +9,12 @@ use plughost::config::Config;
 use plughost::jobs::SystemJob;
 use plughost::metadata::EntityDefinition;
 use plughost::model::{Entity, EntityCollection};
-use plughost::pipeline::{Caller, NewJob, Pipeline, Request, Response};
+use plughost::pipeline::{BulkDelete, Caller, NewJob, Pipeline, Request, Response};
 use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
 use plughost::runtime::Runtime;
 use plughost::server::{
-    DefineBody, ErrorBody, IdBody, JobFilter, MessageBody, PluginDetails, PostponeBody, ServerInfo, ServiceStatus,
-    UnregisteredPlugin,
+    DefineBody, ErrorBody, IdBody, ImportQuery, JobFilter, MessageBody, PluginDetails, PostponeBody, ServerInfo,
+    ServiceStatus, UnregisteredPlugin,
 };
 use plughost::store::{CommitError, Committer, JobAction, JobQueue, Store, StoreError};
 use serde::Serialize;
@@ -42,6 +42,10 @@ pub(crate) trait Backend {
     fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError>;
     fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError>;
     fn execute(&self, request: Request) -> Result<Response, CliError>;
+    /// Queues a bulk delete.
+    fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError>;
+    /// Queues an import of `file`.
+    fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError>;
     /// A page of the jobs `filter` selects.
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError>;
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError>;
@@ -166,6 +170,23 @@ impl Backend for Local {
 
     fn execute(&self, request: Request) -> Result<Response, CliError> {
         self.pipeline()?.execute(request, &Caller::default()).map_err(|e| CliError::new(e.code(), e.to_string()))
+    }
+
+    fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError> {
+        let pipeline = self.pipeline()?;
+        let job = pipeline.new_bulk_delete(spec).map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        JobQueue::new(self.store.clone(), pipeline.committer().clone()).create(job).map_err(commit_error)
+    }
+
+    fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError> {
+        let pipeline = self.pipeline()?;
+        let format = query.format.as_deref().unwrap_or("csv").parse().map_err(|m| CliError::new("invalid", m))?;
+        let (job, rows) = pipeline
+            .new_import(&query.entity, format, file, query.name.clone())
+            .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        JobQueue::new(self.store.clone(), pipeline.committer().clone())
+            .create_with_rows(job, rows)
+            .map_err(commit_error)
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
@@ -388,6 +409,20 @@ impl Backend for Remote {
                 Ok(Response::Custom(m.parameters))
             }
         }
+    }
+
+    fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError> {
+        self.post("/bulk/delete", &spec)
+    }
+
+    fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError> {
+        let mut req = self.auth(self.agent.post(self.url("/bulk/import"))).query("entity", &query.entity);
+        for (key, value) in [("format", &query.format), ("name", &query.name)] {
+            if let Some(v) = value {
+                req = req.query(key, v);
+            }
+        }
+        self.answer(req.header("Content-Type", "application/octet-stream").send(file))
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {

@@ -89,7 +89,7 @@ fn guid(s: &str) -> Result<uuid::Uuid, CliError> {
     parse_guid(s).map_err(|m| CliError::new("invalid", m))
 }
 
-fn condition(spec: &str) -> Result<Condition, CliError> {
+pub(super) fn condition(spec: &str) -> Result<Condition, CliError> {
     let bad = |why: &str| {
         CliError::new("invalid", format!("condition '{spec}' {why}: use ATTR:OP[:VALUE], e.g. name:like:Con%"))
     };

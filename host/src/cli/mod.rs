@@ -3,6 +3,7 @@
 
 mod backend;
 mod bench;
+mod bulk;
 mod entities;
 mod jobs;
 mod plugins;
@@ -86,6 +87,9 @@ enum Command {
     /// List and show system jobs.
     #[command(subcommand)]
     Jobs(jobs::Jobs),
+    /// Bulk operations run as system jobs: delete by query, import a file.
+    #[command(subcommand)]
+    Bulk(bulk::Bulk),
     /// Show where the data lives and whether a server is running.
     Status(status::Status),
     /// Pause, resume and inspect the asynchronous service of a running server.
@@ -108,6 +112,7 @@ impl Cli {
             Command::Serve(c) => c.run(&g),
             Command::Entities(c) => c.run(&g),
             Command::Jobs(c) => c.run(&g),
+            Command::Bulk(c) => c.run(&g),
             Command::Status(c) => c.run(&g),
             Command::Bench(c) => c.run(&g),
             Command::Service(c) => c.run(&g),

@@ -46,6 +46,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metadata/entities", get(definitions))
         .route("/metadata/entities/{name}", axum::routing::put(define_entity))
         .route("/jobs", get(jobs).post(create_job))
+        .route("/bulk/delete", post(bulk_delete))
+        .route("/bulk/import", post(bulk_import))
         .route("/jobs/{id}", get(job).delete(delete_job))
         .route("/jobs/{id}/{action}", post(job_action))
         .route("/service", get(service))
@@ -91,12 +93,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 }
 
 /// Parses a JSON body with errors in the API's own shape.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
-    let bytes = body.map_err(|e| {
+/// A request body, or the error of one too large or unreadable.
+fn raw_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
         let status = e.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_body" };
         ApiError::new(status, code, e.body_text())
-    })?;
+    })
+}
+
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = raw_body(body)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not valid: {e}")))
 }
@@ -545,6 +552,46 @@ async fn create_job(
     let job = blocking(move || {
         let job = s.pipeline.new_job(spec)?;
         s.queue.create(job).map_err(commit_error)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+async fn bulk_delete(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<SystemJob>)> {
+    let spec: crate::pipeline::BulkDelete = json_body(body)?;
+    let job = blocking(move || {
+        let job = state.pipeline.new_bulk_delete(spec)?;
+        state.queue.create(job).map_err(commit_error)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// The query of `POST /bulk/import`; the body is the file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    pub entity: String,
+    /// `csv` (default) or `jsonl`.
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+async fn bulk_import(
+    State(state): State<AppState>,
+    Params(q): Params<ImportQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<SystemJob>)> {
+    let bytes = raw_body(body)?;
+    let format = q.format.as_deref().unwrap_or("csv").parse().map_err(ApiError::bad_request)?;
+    let job = blocking(move || {
+        let (job, rows) = state.pipeline.new_import(&q.entity, format, &bytes, q.name)?;
+        state.queue.create_with_rows(job, rows).map_err(commit_error)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(job)))

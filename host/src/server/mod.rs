@@ -14,7 +14,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use self::api::{
-    DefineBody, IdBody, JobFilter, MessageBody, PluginDetails, PostponeBody, ServiceStatus, UnregisteredPlugin, app,
+    DefineBody, IdBody, ImportQuery, JobFilter, MessageBody, PluginDetails, PostponeBody, ServiceStatus,
+    UnregisteredPlugin, app,
 };
 pub use self::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::config::{Config, SERVER_FILE};

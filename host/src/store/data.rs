@@ -158,6 +158,19 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `max` rows of an import job from row `from` (0-based), with their indexes.
+    pub fn bulk_rows(&self, job: Uuid, from: u64, max: usize) -> Result<Vec<(u64, Entity)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(super::jobs::BULK_ROWS)?;
+        let id = job.as_u128();
+        let mut out = Vec::new();
+        for entry in table.range((id, from)..=(id, u64::MAX))?.take(max) {
+            let (k, v) = entry?;
+            out.push((k.value().1, codec::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
     /// Job counts by status (kept by every job write: no scan), and how many are runnable.
     pub fn job_counts(&self) -> Result<crate::store::QueueCounts> {
         let txn = self.db.begin_read()?;

@@ -30,6 +30,8 @@ pub(super) const STEP_JOBS: TableDefinition<(u128, u128), ()> = TableDefinition:
 /// Completed jobs by completion time: (completed on, id). The deletion service
 /// purges from its start.
 pub(super) const COMPLETED: TableDefinition<(i64, u128), ()> = TableDefinition::new("jobs_completed");
+/// An import job's rows: (job, row index) -> encoded record. Deleted with the job.
+pub(super) const BULK_ROWS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("bulk_rows");
 /// How many jobs have each status code, for metrics without a scan.
 pub(super) const STATUS_COUNTS: TableDefinition<u32, u64> = TableDefinition::new("jobs_status_counts");
 
@@ -46,6 +48,7 @@ pub(crate) struct Tables<'t> {
     leases: redb::Table<'t, (i64, u128), ()>,
     step_jobs: redb::Table<'t, (u128, u128), ()>,
     completed: redb::Table<'t, (i64, u128), ()>,
+    bulk_rows: redb::Table<'t, (u128, u64), &'static [u8]>,
     counts: redb::Table<'t, u32, u64>,
     /// Status-count changes, written once when the operation ends.
     deltas: [i64; JobStatus::ALL.len()],
@@ -85,6 +88,7 @@ impl<'t> Tables<'t> {
             leases: txn.open_table(LEASES).map_err(err)?,
             step_jobs: txn.open_table(STEP_JOBS).map_err(err)?,
             completed: txn.open_table(COMPLETED).map_err(err)?,
+            bulk_rows: txn.open_table(BULK_ROWS).map_err(err)?,
             counts: txn.open_table(STATUS_COUNTS).map_err(err)?,
             deltas: [0; JobStatus::ALL.len()],
         })
@@ -177,8 +181,12 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
         }
         None => {
             if let Some(o) = old {
-                t.jobs.remove(o.id.as_u128()).map_err(err)?;
-                t.contexts.remove(o.id.as_u128()).map_err(err)?;
+                let id = o.id.as_u128();
+                t.jobs.remove(id).map_err(err)?;
+                t.contexts.remove(id).map_err(err)?;
+                if o.operation_type == crate::jobs::OperationType::BulkImport {
+                    t.bulk_rows.retain_in((id, 0)..=(id, u64::MAX), |_, _| false).map_err(err)?;
+                }
             }
         }
     }
@@ -355,6 +363,14 @@ fn ids_before(index: &redb::Table<'_, (i64, u128), ()>, time: i64, max: usize) -
         ids.push(entry.map_err(err)?.0.value().1);
     }
     Ok(ids)
+}
+
+/// Stores an import job's rows under its id.
+pub(crate) fn put_bulk_rows(t: &mut Tables<'_>, job: Uuid, rows: &[crate::model::Entity]) -> Result<()> {
+    for (i, row) in rows.iter().enumerate() {
+        t.bulk_rows.insert((job.as_u128(), i as u64), codec::encode(row)?.as_slice()).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Makes due postponed jobs runnable (Waiting -> WaitingForResources), at most `max`.

@@ -26,7 +26,7 @@ use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord};
 use crate::runtime::ArtifactIndex;
 
 /// The layout of the tables below. Bump it with a migration when they change
-/// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output`.
+/// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output` and `bulk_rows`.
 pub const SCHEMA_VERSION: u32 = 3;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
@@ -183,6 +183,7 @@ impl Store {
             txn.open_table(jobs::STEP_JOBS)?;
             txn.open_table(jobs::STATUS_COUNTS)?;
             txn.open_table(jobs::COMPLETED)?;
+            txn.open_table(jobs::BULK_ROWS)?;
         }
         txn.commit()?;
         Ok(())

@@ -40,6 +40,8 @@ pub struct JobCompletion {
     pub purge_before: Option<i64>,
     /// What the run produced, kept on the job when it succeeds.
     pub output: crate::model::Parameters,
+    /// The run's summary for the job's message, when it succeeds (bulk jobs' progress).
+    pub message: Option<String>,
 }
 
 /// Most jobs one run of the deletion service deletes in one transaction; if it
@@ -49,8 +51,17 @@ pub const PURGE_BATCH: usize = 2000;
 #[derive(Clone, Debug)]
 pub enum JobResult {
     Succeeded,
-    Failed { code: String, message: String },
-    Retry { code: String, message: String },
+    /// A bulk job finished a batch and has more to do: commit the effects and the
+    /// output (its progress), and queue it again at once.
+    Progress,
+    Failed {
+        code: String,
+        message: String,
+    },
+    Retry {
+        code: String,
+        message: String,
+    },
 }
 
 /// Each completion's outcome, in the order they were given.
@@ -179,13 +190,20 @@ impl JobQueue {
 
     /// Creates a job directly (not through an event): e.g. a recurring run of a step.
     pub fn create(&self, job: SystemJob) -> Result<SystemJob, CommitError> {
-        let committer = self.committer.clone();
+        self.create_with_rows(job, Vec::new())
+    }
+
+    /// Creates a job with the rows it works through (a bulk import), in one transaction.
+    pub fn create_with_rows(&self, job: SystemJob, rows: Vec<crate::model::Entity>) -> Result<SystemJob, CommitError> {
         let created = wait(self.committer.submit_op(move |txn| {
-            let queued = with_tables(txn, |t| jobs::enqueue(t, std::slice::from_ref(&job), now_ms()))?;
-            let (id, sequence) = queued[0];
-            Ok(SystemJob { id, sequence, ..job })
+            with_tables(txn, |t| {
+                let (id, sequence) = jobs::enqueue(t, std::slice::from_ref(&job), now_ms())?[0];
+                jobs::put_bulk_rows(t, id, &rows)?;
+                Ok::<_, StoreError>(SystemJob { id, sequence, ..job })
+            })
+            .map_err(CommitError::from)
         }))?;
-        committer.notify();
+        self.committer.notify();
         Ok(created)
     }
 
@@ -307,7 +325,7 @@ fn complete_one(
             new.status = JobStatus::Waiting;
             new.message = Some("paused while running; resume runs it again".into());
         }
-        (_, JobResult::Succeeded) => match apply_in(txn, t, &c.effects) {
+        (_, result @ (JobResult::Succeeded | JobResult::Progress)) => match apply_in(txn, t, &c.effects) {
             Err(CommitError::Conflict { .. }) => {
                 new.status = JobStatus::WaitingForResources;
                 put_job(t, Some(&old), Some(&new), now)?;
@@ -315,11 +333,16 @@ fn complete_one(
             }
             Err(e) => return Err(e),
             Ok(_) => {
+                new.error_code = None;
+                new.message = c.message;
+                new.output = c.output;
+                if matches!(result, JobResult::Progress) {
+                    new.status = JobStatus::WaitingForResources;
+                    put_job(t, Some(&old), Some(&new), now)?;
+                    return Ok(CompletionOutcome::Recorded(new.status));
+                }
                 new.status = JobStatus::Succeeded;
                 new.completed_on = Some(now);
-                new.error_code = None;
-                new.message = None;
-                new.output = c.output;
                 if let Some(before) = c.purge_before {
                     use crate::model::{ParameterValue, Value};
                     let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;

@@ -112,3 +112,55 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
     assert_eq!(regarding, expected, "every job's effect is present exactly once");
     assert!(query(&s, "account").iter().all(|a| a["attributes"]["accountnumber"].as_str().is_some()));
 }
+
+#[test]
+fn an_import_killed_midway_imports_every_row_exactly_once() {
+    let mut rng = Lcg(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let mut s = TestServer::start_in(BIN, TestCommand::new(BIN), ENV);
+    s.put("/api/v1/metadata/entities/account", &json!({"attributes": {"name": "text", "accountnumber": "text"}}))
+        .expect(200);
+    register(&s, artifacts::ACCOUNT_NUMBER, "account-number", &["Create:account:pre-operation"]);
+    let rows = 3000;
+    let csv: String = std::iter::once("name\n".to_owned()).chain((0..rows).map(|i| format!("row-{i}\n"))).collect();
+    let job = s.post_raw("/api/v1/bulk/import?entity=account", csv.as_bytes()).expect(201);
+    let id = job["id"].as_str().unwrap().to_owned();
+    let mut midway = false;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(50 + rng.below(250)));
+        let before = s.get(&format!("/api/v1/jobs/{id}")).expect(200);
+        midway |= before["status"] != "Succeeded";
+        let cli = s.kill();
+        s = TestServer::start_in(BIN, cli, ENV);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let job = s.get(&format!("/api/v1/jobs/{id}")).expect(200);
+        if job["status"] == "Succeeded" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the import did not finish: {job:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(midway, "the import finished before the first kill: make it longer");
+    assert_eq!(done["output"]["Succeeded"], rows, "{done:#}");
+    let names: std::collections::BTreeSet<String> =
+        query_all(&s, "account").iter().map(|a| a["attributes"]["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names.len(), rows as usize, "every row once");
+    assert_eq!(query_all(&s, "account").len(), rows as usize, "no row twice");
+}
+
+/// Every record of `entity`, page by page.
+fn query_all(s: &TestServer, entity: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cookie = Value::Null;
+    loop {
+        let page = s
+            .post("/api/v1/query", &json!({"entity_name": entity, "page_size": 1000, "paging_cookie": cookie}))
+            .expect(200);
+        all.extend(page["entities"].as_array().unwrap().iter().cloned());
+        if page["more_records"] != true {
+            return all;
+        }
+        cookie = page["paging_cookie"].clone();
+    }
+}

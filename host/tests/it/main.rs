@@ -1,6 +1,7 @@
 //! plughost's integration tests: one binary, real components compiled from
 //! `example-plugins/rust`, a real redb file, the real `plughost` binary.
 
+mod bulk;
 mod cli;
 mod crash;
 mod model;

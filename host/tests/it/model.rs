@@ -150,9 +150,10 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                 let id = locked[rng.below(locked.len() as u64) as usize];
                 let m = models[&id].clone();
                 let stale = rng.below(5) == 0;
-                let result = match rng.below(3) {
+                let result = match rng.below(4) {
                     0 => JobResult::Succeeded,
                     1 => JobResult::Failed { code: "trap".into(), message: "x".into() },
+                    2 => JobResult::Progress,
                     _ => JobResult::Retry { code: "plugin_retryable".into(), message: "x".into() },
                 };
                 let completion = JobCompletion {
@@ -168,6 +169,7 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                     backoff_ms: 0,
                     purge_before: None,
                     output: Default::default(),
+                    message: None,
                 };
                 let outcome = queue.complete(completion).unwrap();
                 if stale {
@@ -178,6 +180,7 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                     (JobStatus::Canceling, _) => JobStatus::Canceled,
                     (JobStatus::Pausing, _) => JobStatus::Waiting,
                     (_, JobResult::Succeeded) => JobStatus::Succeeded,
+                    (_, JobResult::Progress) => JobStatus::WaitingForResources,
                     (_, JobResult::Failed { .. }) => JobStatus::Failed,
                     (_, JobResult::Retry { .. }) if m.retries < 1 => JobStatus::Waiting,
                     (_, JobResult::Retry { .. }) => JobStatus::Failed,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::server::{add_step, query, register, server, server_with};
 
 /// Polls `/jobs` until `done` holds for the list, or panics after a minute.
-fn wait_jobs(s: &TestServer, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) fn wait_jobs(s: &TestServer, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let jobs = s.get("/api/v1/jobs?limit=5000").expect(200).as_array().unwrap().clone();
@@ -69,7 +69,7 @@ fn assert_pages(s: &TestServer, all: &[Value]) {
     }
 }
 
-fn completed(jobs: &[Value]) -> bool {
+pub(crate) fn completed(jobs: &[Value]) -> bool {
     jobs.iter().all(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed" | "Canceled")))
 }
 

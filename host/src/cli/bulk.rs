@@ -1,0 +1,94 @@
+//! `plughost bulk delete|import`: bulk operations, run as system jobs.
+
+use std::process::ExitCode;
+
+use plughost::jobs::SystemJob;
+use plughost::model::{Filter, Query};
+use plughost::pipeline::BulkDelete;
+use plughost::server::ImportQuery;
+
+use super::entities::condition;
+use super::{CliError, Global, read_file, read_json};
+
+#[derive(clap::Subcommand)]
+pub(crate) enum Bulk {
+    /// Delete the records a query selects, as a system job (optionally recurring):
+    /// --where ATTR:OP[:VALUE] as in `entities query`, or a whole query from --file.
+    /// Each record is deleted through the pipeline; failures are listed on the job.
+    Delete {
+        entity: Option<String>,
+        #[arg(long = "where", value_name = "ATTR:OP[:VALUE]")]
+        conditions: Vec<String>,
+        /// A JSON query file (entity_name, criteria).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Run again on this RRULE, e.g. 'FREQ=DAILY;BYHOUR=2'.
+        #[arg(long)]
+        recurrence: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Create records from a CSV file (header row of attribute names) or JSON lines,
+    /// as a system job: each row goes through the pipeline; failures are listed on the job.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        entity: String,
+        /// csv or jsonl (default: from the file's extension, else csv).
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+impl Bulk {
+    pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        let backend = g.backend()?;
+        let job = match self {
+            Bulk::Delete { entity, conditions, file, recurrence, name } => {
+                let query = match (file, entity) {
+                    (Some(path), _) => read_json::<Query>(&path, "query file")?,
+                    (None, Some(entity)) => Query {
+                        entity_name: entity,
+                        criteria: Filter {
+                            conditions: conditions.iter().map(|c| condition(c)).collect::<Result<_, _>>()?,
+                            ..Default::default()
+                        },
+                        ..Query::default()
+                    },
+                    (None, None) => return Err(CliError::new("invalid", "give the entity, or a query with --file")),
+                };
+                backend.bulk_delete(BulkDelete {
+                    query,
+                    name,
+                    postpone_until: None,
+                    recurrence_pattern: recurrence,
+                    recurrence_start: None,
+                })?
+            }
+            Bulk::Import { file, entity, format, name } => {
+                let bytes = read_file(&file, "import file")?;
+                let format = format.or_else(|| {
+                    let ext = file.extension()?.to_str()?.to_ascii_lowercase();
+                    matches!(ext.as_str(), "jsonl" | "ndjson").then(|| "jsonl".to_owned())
+                });
+                backend.bulk_import(&ImportQuery { entity, format, name }, &bytes)?
+            }
+        };
+        print_queued(g, &job)
+    }
+}
+
+fn print_queued(g: &Global, job: &SystemJob) -> Result<ExitCode, CliError> {
+    g.print(job, || {
+        format!(
+            "queued job {} ({}), {}: follow it with `plughost jobs show {}`",
+            job.id,
+            job.name,
+            job.status.name(),
+            job.id
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
