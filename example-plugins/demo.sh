@@ -43,6 +43,12 @@ curl -sS -X POST "$URL/api/v1/entities/account" -H 'Content-Type: application/js
   -d '{"name": "Litware", "creditlimit": {"money": "-5"}}'
 echo
 
+step "A bulk import: each CSV row goes through the pipeline; the bad one is reported, not stored"
+printf 'name,creditlimit\nAdventure Works,1000\nLitware,-5\nNorthwind,250.50\n' > "$PLUGHOST_DATA_DIR/accounts.csv"
+IMPORT=$("$PH" bulk import "$PLUGHOST_DATA_DIR/accounts.csv" --entity account | awk '{print $3}')
+for _ in $(seq 50); do "$PH" jobs show "$IMPORT" | grep -q 'Succeeded' && break; sleep 0.1; done
+"$PH" jobs show "$IMPORT"
+
 step "The accounts as stored"
 "$PH" entities query account --order name
 

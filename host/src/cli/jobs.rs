@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use plughost::jobs::{JobStatus, SystemJob};
-use plughost::model::{Value, value_from_json};
+use plughost::model::{ParameterValue, Value, value_from_json};
 use plughost::pipeline::NewJob;
 use plughost::server::JobFilter;
 use plughost::store::JobAction;
@@ -189,8 +189,20 @@ impl Jobs {
                         _ => {}
                     }
                     for (name, value) in &job.output {
-                        let shown = serde_json::to_string(value).unwrap_or_default();
-                        out.push_str(&format!("output    {name} = {shown}\n"));
+                        match value {
+                            ParameterValue::Entities(rows) => {
+                                out.push_str(&format!("output    {name}: {}\n", rows.len()));
+                                for row in rows {
+                                    let cells: Vec<String> =
+                                        row.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                                    out.push_str(&format!("  - {}\n", cells.join(", ")));
+                                }
+                            }
+                            other => {
+                                let shown = serde_json::to_string(other).unwrap_or_default();
+                                out.push_str(&format!("output    {name} = {shown}\n"));
+                            }
+                        }
                     }
                     if !job.trace.is_empty() {
                         out.push_str("trace\n");
