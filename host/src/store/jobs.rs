@@ -175,8 +175,14 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
             if old.is_none() {
                 t.contexts.insert(n.id.as_u128(), codec::encode(&n.context)?.as_slice()).map_err(err)?;
             }
-            let stored = SystemJob { context: crate::model::ExecutionContext::empty(), ..n.clone() };
-            t.jobs.insert(n.id.as_u128(), codec::encode(&stored)?.as_slice()).map_err(err)?;
+            // A job loaded from the table has no context already: encode it as it is.
+            let empty = crate::model::ExecutionContext::empty();
+            let record = if n.context == empty {
+                codec::encode(n)?
+            } else {
+                codec::encode(&SystemJob { context: empty, ..n.clone() })?
+            };
+            t.jobs.insert(n.id.as_u128(), record.as_slice()).map_err(err)?;
             t.deltas[slot(n.status)] += 1;
         }
         None => {
