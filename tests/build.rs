@@ -1,5 +1,6 @@
 //! Compiles the Rust example plug-ins (their own workspace, target wasm32-wasip2)
-//! and emits a constant with the path of each component, so tests use real
+//! and the Python one (componentize-py, installed from PyPI by its build script if
+//! missing), and emits a constant with the path of each component, so tests use real
 //! components built from the sources in this repository.
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,18 @@ fn main() {
             wasm.display().to_string()
         ));
     }
+    // The Python example: a component of another language against the same world.
+    let python = repo.join("example-plugins/python");
+    rerun(&python.join("app.py"));
+    rerun(&python.join("build.sh"));
+    let wasm = out.join("python/credit_check.wasm");
+    let status =
+        Command::new(python.join("build.sh")).arg(&wasm).status().expect("run example-plugins/python/build.sh");
+    assert!(status.success(), "building the Python example plug-in failed (it needs python3 and pip to reach PyPI)");
+    code.push_str(&format!(
+        "/// The Python `credit-check` component.\npub const CREDIT_CHECK_PY: &str = {:?};\n",
+        wasm.display().to_string()
+    ));
     std::fs::write(out.join("artifacts.rs"), code).unwrap();
 }
 

@@ -317,3 +317,32 @@ fn the_cli_works_through_the_server_and_sigterm_stops_it_cleanly() {
     assert_eq!(s.terminate(), Some(0));
     assert!(!server_file.exists(), "a stopped server removes its address file");
 }
+
+#[test]
+fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
+    let s = server();
+    s.run(&[
+        "register",
+        artifacts::CREDIT_CHECK_PY,
+        "--name",
+        "credit-check",
+        "--step",
+        "Create:account:pre-operation",
+        "--config",
+        "5000",
+    ])
+    .ok();
+    let ok = s.post("/api/v1/entities/account", &json!({"name": "Contoso", "creditlimit": {"money": "1200.00"}}));
+    let id = ok.expect(201)["id"].as_str().unwrap().to_owned();
+    let record = s.get(&format!("/api/v1/entities/account/{id}")).expect(200);
+    assert_eq!(record["attributes"]["description"], "credit checked (max 5000) in Python");
+    let refused = s.post("/api/v1/entities/account", &json!({"name": "Fabrikam", "creditlimit": {"money": "9000"}}));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.code(), "plugin_error");
+    assert!(
+        refused.body["error"]["message"].as_str().unwrap().contains("above the maximum of 5000"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(query(&s, "account").len(), 1, "the refused record was not stored");
+}
