@@ -1,6 +1,6 @@
 //! Compiles the Rust example plug-ins (their own workspace, target wasm32-wasip2)
-//! and the Python one (componentize-py, installed from PyPI by its build script if
-//! missing), and emits a constant with the path of each component, so tests use real
+//! and the Python and JavaScript ones (componentize-py and componentize-js,
+//! installed from PyPI and npm by their build scripts if missing), and emits a constant with the path of each component, so tests use real
 //! components built from the sources in this repository.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,18 @@ const GUESTS: &[(&str, &str)] = &[
     ("PROBE", "probe"),
     ("OTHER_WORLD", "fixtures/other-world"),
     ("FUTURE_VERSION", "fixtures/future-version"),
+];
+
+/// (constant, directory under example-plugins, output file, sources, what the build needs)
+const OTHER_LANGUAGES: &[(&str, &str, &str, &[&str], &str)] = &[
+    ("CREDIT_CHECK_PY", "python", "credit_check.wasm", &["app.py", "build.sh"], "python3 and pip reaching PyPI"),
+    (
+        "NAME_NORMALIZER_JS",
+        "javascript",
+        "name_normalizer.wasm",
+        &["app.js", "build.sh", "package.json", "package-lock.json"],
+        "node and npm reaching the npm registry",
+    ),
 ];
 
 fn main() {
@@ -70,18 +82,21 @@ fn main() {
             wasm.display().to_string()
         ));
     }
-    // The Python example: a component of another language against the same world.
-    let python = repo.join("example-plugins/python");
-    rerun(&python.join("app.py"));
-    rerun(&python.join("build.sh"));
-    let wasm = out.join("python/credit_check.wasm");
-    let status =
-        Command::new(python.join("build.sh")).arg(&wasm).status().expect("run example-plugins/python/build.sh");
-    assert!(status.success(), "building the Python example plug-in failed (it needs python3 and pip to reach PyPI)");
-    code.push_str(&format!(
-        "/// The Python `credit-check` component.\npub const CREDIT_CHECK_PY: &str = {:?};\n",
-        wasm.display().to_string()
-    ));
+    // Components of other languages against the same world, each built by its script
+    // (which installs its pinned toolchain from PyPI or npm if missing).
+    for (name, dir, file, sources, needs) in OTHER_LANGUAGES {
+        let dir = repo.join("example-plugins").join(dir);
+        for source in *sources {
+            rerun(&dir.join(source));
+        }
+        let wasm = out.join(file);
+        let status = Command::new(dir.join("build.sh")).arg(&wasm).status().expect("run an example's build.sh");
+        assert!(status.success(), "building {} failed (it needs {needs})", dir.display());
+        code.push_str(&format!(
+            "/// The `{file}` component.\npub const {name}: &str = {:?};\n",
+            wasm.display().to_string()
+        ));
+    }
     std::fs::write(out.join("artifacts.rs"), code).unwrap();
 }
 

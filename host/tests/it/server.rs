@@ -346,3 +346,21 @@ fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
     );
     assert_eq!(query(&s, "account").len(), 1, "the refused record was not stored");
 }
+
+#[test]
+fn a_javascript_plugin_runs_in_the_pipeline_like_a_rust_one() {
+    let s = server();
+    let step = "Create:account:pre-operation";
+    s.run(&["register", artifacts::NAME_NORMALIZER_JS, "--name", "name-normalizer", "--step", step, "--config", "20"])
+        .ok();
+    let id = s.post("/api/v1/entities/account", &json!({"name": "  contoso   LTD "})).expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = s.get(&format!("/api/v1/entities/account/{id}")).expect(200);
+    assert_eq!(record["attributes"]["name"], "Contoso Ltd");
+    let refused = s.post("/api/v1/entities/account", &json!({"name": "a name much longer than twenty"}));
+    assert_eq!(refused.code(), "plugin_error", "{}", refused.body);
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("at most 20 are allowed"), "{}", refused.body);
+    assert_eq!(query(&s, "account").len(), 1);
+}
