@@ -151,16 +151,18 @@ pub enum BulkSpec {
 }
 
 impl BulkSpec {
-    /// The job for this spec; `import_rows` go with it into the store.
+    /// The job for this spec (an import's rows are stored beside it: `JobQueue::create_with_rows`).
     pub fn job(&self, name: Option<String>) -> SystemJob {
-        let (operation, default_name, mut params) = match self {
+        let (operation, entity, default_name, input_parameters) = match self {
             BulkSpec::Delete { query } => (
                 OperationType::BulkDelete,
+                &query.entity_name,
                 format!("Bulk delete of {}", query.entity_name),
                 Parameters::from([("Query".to_owned(), ParameterValue::Query(query.clone()))]),
             ),
             BulkSpec::Import { entity, format, rows } => (
                 OperationType::BulkImport,
+                entity,
                 format!("Import of {rows} {entity} rows"),
                 Parameters::from([
                     ("EntityName".to_owned(), text(entity)),
@@ -169,14 +171,8 @@ impl BulkSpec {
                 ]),
             ),
         };
-        let context = ExecutionContext {
-            primary_entity_name: match self {
-                BulkSpec::Delete { query } => query.entity_name.clone(),
-                BulkSpec::Import { entity, .. } => entity.clone(),
-            },
-            input_parameters: std::mem::take(&mut params),
-            ..ExecutionContext::default()
-        };
+        let context =
+            ExecutionContext { primary_entity_name: entity.clone(), input_parameters, ..ExecutionContext::default() };
         SystemJob {
             name: name.unwrap_or(default_name),
             operation_type: operation,

@@ -88,9 +88,13 @@ impl Local {
             return Ok(p.clone());
         }
         let committer = Committer::start(self.store.clone(), self.config.group_commit_max_batch);
-        let p = Pipeline::new(self.store.clone(), self.runtime()?, committer, self.config.limits)
-            .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        let p = Pipeline::new(self.store.clone(), self.runtime()?, committer, self.config.limits)?;
         Ok(self.pipeline.get_or_init(|| p).clone())
+    }
+
+    /// The job queue, through this process's writer.
+    fn queue(&self) -> Result<JobQueue, CliError> {
+        Ok(JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone()))
     }
 }
 
@@ -169,24 +173,18 @@ impl Backend for Local {
     }
 
     fn execute(&self, request: Request) -> Result<Response, CliError> {
-        self.pipeline()?.execute(request, &Caller::default()).map_err(|e| CliError::new(e.code(), e.to_string()))
+        Ok(self.pipeline()?.execute(request, &Caller::default())?)
     }
 
     fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError> {
-        let pipeline = self.pipeline()?;
-        let job = pipeline.new_bulk_delete(spec).map_err(|e| CliError::new(e.code(), e.to_string()))?;
-        JobQueue::new(self.store.clone(), pipeline.committer().clone()).create(job).map_err(commit_error)
+        let job = self.pipeline()?.new_bulk_delete(spec)?;
+        self.queue()?.create(job).map_err(commit_error)
     }
 
     fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError> {
-        let pipeline = self.pipeline()?;
         let format = query.format.as_deref().unwrap_or("csv").parse().map_err(|m| CliError::new("invalid", m))?;
-        let (job, rows) = pipeline
-            .new_import(&query.entity, format, file, query.name.clone())
-            .map_err(|e| CliError::new(e.code(), e.to_string()))?;
-        JobQueue::new(self.store.clone(), pipeline.committer().clone())
-            .create_with_rows(job, rows)
-            .map_err(commit_error)
+        let (job, rows) = self.pipeline()?.new_import(&query.entity, format, file, query.name.clone())?;
+        self.queue()?.create_with_rows(job, rows).map_err(commit_error)
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
@@ -195,14 +193,12 @@ impl Backend for Local {
     }
 
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
-        let queue = JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone());
-        queue.manage(id, action).map_err(commit_error)
+        self.queue()?.manage(id, action).map_err(commit_error)
     }
 
     fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError> {
-        let pipeline = self.pipeline()?;
-        let job = pipeline.new_job(spec).map_err(|e| CliError::new(e.code(), e.to_string()))?;
-        JobQueue::new(self.store.clone(), pipeline.committer().clone()).create(job).map_err(commit_error)
+        let job = self.pipeline()?.new_job(spec)?;
+        self.queue()?.create(job).map_err(commit_error)
     }
 
     fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
@@ -427,14 +423,11 @@ impl Backend for Remote {
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
         let query = serde_json::to_value(filter).map_err(|e| CliError::new("invalid", e.to_string()))?;
-        let pairs: Vec<String> = query
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| format!("{k}={}", enc(&v.as_str().map_or_else(|| v.to_string(), str::to_owned))))
-            .collect();
-        self.get(&format!("/jobs?{}", pairs.join("&")))
+        let mut req = self.auth(self.agent.get(self.url("/jobs")));
+        for (key, value) in query.as_object().into_iter().flatten().filter(|(_, v)| !v.is_null()) {
+            req = req.query(key, value.as_str().map_or_else(|| value.to_string(), str::to_owned));
+        }
+        self.answer(req.call())
     }
 
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {

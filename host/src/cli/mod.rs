@@ -197,6 +197,12 @@ impl From<StoreError> for CliError {
     }
 }
 
+impl From<plughost::pipeline::PipelineError> for CliError {
+    fn from(e: plughost::pipeline::PipelineError) -> Self {
+        CliError::new(e.code(), e.to_string())
+    }
+}
+
 impl From<plughost::registry::RegistryError> for CliError {
     fn from(e: plughost::registry::RegistryError) -> Self {
         if let plughost::registry::RegistryError::Store(s) = e {

@@ -245,6 +245,11 @@ fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
 }
 
 pub(super) fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Receipt, CommitError> {
+    // A request that queues no jobs leaves the job tables closed.
+    if changes.jobs.is_empty() {
+        apply_records(txn, changes)?;
+        return Ok(Receipt::default());
+    }
     super::jobs::with_tables(txn, |t| apply_in(txn, t, changes))
 }
 
@@ -254,11 +259,17 @@ pub(super) fn apply_in(
     t: &mut super::jobs::Tables<'_>,
     changes: &ChangeSet,
 ) -> Result<Receipt, CommitError> {
-    if changes.is_empty() {
-        return Ok(Receipt::default());
+    apply_records(txn, changes)?;
+    Ok(Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::registry::now_ms())? })
+}
+
+/// Writes the change set's records, after checking every version against the
+/// store: a conflict writes nothing.
+fn apply_records(txn: &WriteTransaction, changes: &ChangeSet) -> Result<(), CommitError> {
+    if changes.records.is_empty() {
+        return Ok(());
     }
     let mut records = txn.open_table(RECORDS).map_err(StoreError::from)?;
-    // Check every version before writing anything.
     for c in &changes.records {
         let current: Option<StoredRecord> = get(&records, (c.entity.as_str(), c.id.as_u128()))?;
         if current.map(|r| r.version) != c.expected_version {
@@ -274,6 +285,5 @@ pub(super) fn apply_in(
             None => records.remove(key).map_err(StoreError::from)?,
         };
     }
-    let receipt = Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::registry::now_ms())? };
-    Ok(receipt)
+    Ok(())
 }

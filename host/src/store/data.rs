@@ -8,7 +8,7 @@ use redb::{ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::jobs::with_context;
+use super::jobs::fill_context;
 use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, all, get};
 use crate::codec;
 use crate::jobs::{JobQuery, SystemJob};
@@ -105,7 +105,11 @@ impl Store {
     pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {
         let txn = self.db.begin_read()?;
         let contexts = txn.open_table(JOB_CONTEXTS)?;
-        get::<_, SystemJob, _>(&txn.open_table(JOBS)?, id.as_u128())?.map(|j| with_context(&contexts, j)).transpose()
+        let mut job: Option<SystemJob> = get(&txn.open_table(JOBS)?, id.as_u128())?;
+        if let Some(j) = &mut job {
+            fill_context(&contexts, j)?;
+        }
+        Ok(job)
     }
 
     /// A page of the jobs `query` selects, in id order (creation order), each with its
@@ -132,9 +136,10 @@ impl Store {
         let entries: Box<dyn Iterator<Item = _>> =
             if query.newest_first { Box::new(range.rev()) } else { Box::new(range) };
         for entry in entries {
-            let job: SystemJob = codec::decode(entry?.1.value())?;
+            let mut job: SystemJob = codec::decode(entry?.1.value())?;
             if query.matches(&job) {
-                out.push(with_context(&contexts, job)?);
+                fill_context(&contexts, &mut job)?;
+                out.push(job);
                 if out.len() == limit {
                     break;
                 }
@@ -150,12 +155,7 @@ impl Store {
         }
         let txn = self.db.begin_read()?;
         let contexts = txn.open_table(JOB_CONTEXTS)?;
-        for job in jobs {
-            if let Some(c) = get(&contexts, job.id.as_u128())? {
-                job.context = c;
-            }
-        }
-        Ok(())
+        jobs.iter_mut().try_for_each(|job| fill_context(&contexts, job))
     }
 
     /// Up to `max` rows of an import job from row `from` (0-based), with their indexes.

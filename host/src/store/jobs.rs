@@ -99,20 +99,17 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// A job without its context (see [`with_context`]): what every transition needs.
+/// A job without its context (see [`fill_context`]): what every transition needs.
 pub(crate) fn load(t: &Tables<'_>, id: Uuid) -> Result<Option<SystemJob>> {
     get(&t.jobs, id.as_u128())
 }
 
 /// Puts a loaded job's context back, for callers that run or show it.
-pub(crate) fn with_context(
-    contexts: &impl ReadableTable<u128, &'static [u8]>,
-    mut job: SystemJob,
-) -> Result<SystemJob> {
+pub(crate) fn fill_context(contexts: &impl ReadableTable<u128, &'static [u8]>, job: &mut SystemJob) -> Result<()> {
     if let Some(c) = get(contexts, job.id.as_u128())? {
         job.context = c;
     }
-    Ok(job)
+    Ok(())
 }
 
 fn is_due(job: &SystemJob, now: i64) -> bool {

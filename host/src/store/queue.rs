@@ -336,13 +336,9 @@ fn complete_one(
                 new.error_code = None;
                 new.message = c.message;
                 new.output = c.output;
-                if matches!(result, JobResult::Progress) {
-                    new.status = JobStatus::WaitingForResources;
-                    put_job(t, Some(&old), Some(&new), now)?;
-                    return Ok(CompletionOutcome::Recorded(new.status));
-                }
-                new.status = JobStatus::Succeeded;
-                new.completed_on = Some(now);
+                // A bulk job's batch, or a deletion service that filled its batch: more
+                // remains, so it runs again now rather than completing.
+                let mut more = matches!(result, JobResult::Progress);
                 if let Some(before) = c.purge_before {
                     use crate::model::{ParameterValue, Value};
                     let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;
@@ -352,14 +348,15 @@ fn complete_one(
                         ("completed_before".to_owned(), ParameterValue::Value(Value::DateTime(before))),
                     ]
                     .into();
-                    if purged == PURGE_BATCH {
-                        // More remain: run again now rather than at the next occurrence.
-                        new.status = JobStatus::WaitingForResources;
-                        new.completed_on = None;
-                        put_job(t, Some(&old), Some(&new), now)?;
-                        return Ok(CompletionOutcome::Recorded(new.status));
-                    }
+                    more |= purged == PURGE_BATCH;
                 }
+                if more {
+                    new.status = JobStatus::WaitingForResources;
+                    put_job(t, Some(&old), Some(&new), now)?;
+                    return Ok(CompletionOutcome::Recorded(new.status));
+                }
+                new.status = JobStatus::Succeeded;
+                new.completed_on = Some(now);
                 if c.delete_on_success && old.recurrence_pattern.is_none() {
                     put_job(t, Some(&old), None, now)?;
                     return Ok(CompletionOutcome::Deleted);

@@ -318,49 +318,51 @@ fn the_cli_works_through_the_server_and_sigterm_stops_it_cleanly() {
     assert!(!server_file.exists(), "a stopped server removes its address file");
 }
 
-#[test]
-fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
-    let s = server();
-    s.run(&[
-        "register",
-        artifacts::CREDIT_CHECK_PY,
-        "--name",
-        "credit-check",
-        "--step",
-        "Create:account:pre-operation",
-        "--config",
-        "5000",
-    ])
-    .ok();
-    let ok = s.post("/api/v1/entities/account", &json!({"name": "Contoso", "creditlimit": {"money": "1200.00"}}));
-    let id = ok.expect(201)["id"].as_str().unwrap().to_owned();
+/// Registers `wasm` as a pre-operation Create step of `account` with `config`; then
+/// `good` is stored with `attribute` = `expected`, and `bad` is refused with
+/// `plugin_error` naming `why`, and not stored.
+fn assert_pre_operation_step(
+    s: &TestServer,
+    wasm: &str,
+    config: &str,
+    good: Value,
+    expected: (&str, &str),
+    bad: Value,
+    why: &str,
+) {
+    s.run(&["register", wasm, "--name", "guest", "--step", "Create:account:pre-operation", "--config", config]).ok();
+    let id = s.post("/api/v1/entities/account", &good).expect(201)["id"].as_str().unwrap().to_owned();
     let record = s.get(&format!("/api/v1/entities/account/{id}")).expect(200);
-    assert_eq!(record["attributes"]["description"], "credit checked (max 5000) in Python");
-    let refused = s.post("/api/v1/entities/account", &json!({"name": "Fabrikam", "creditlimit": {"money": "9000"}}));
+    assert_eq!(record["attributes"][expected.0], expected.1);
+    let refused = s.post("/api/v1/entities/account", &bad);
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert_eq!(refused.code(), "plugin_error");
-    assert!(
-        refused.body["error"]["message"].as_str().unwrap().contains("above the maximum of 5000"),
-        "{}",
-        refused.body
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains(why), "{}", refused.body);
+    assert_eq!(query(s, "account").len(), 1, "the refused record was not stored");
+}
+
+#[test]
+fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
+    assert_pre_operation_step(
+        &server(),
+        artifacts::CREDIT_CHECK_PY,
+        "5000",
+        json!({"name": "Contoso", "creditlimit": {"money": "1200.00"}}),
+        ("description", "credit checked (max 5000) in Python"),
+        json!({"name": "Fabrikam", "creditlimit": {"money": "9000"}}),
+        "above the maximum of 5000",
     );
-    assert_eq!(query(&s, "account").len(), 1, "the refused record was not stored");
 }
 
 #[test]
 fn a_javascript_plugin_runs_in_the_pipeline_like_a_rust_one() {
-    let s = server();
-    let step = "Create:account:pre-operation";
-    s.run(&["register", artifacts::NAME_NORMALIZER_JS, "--name", "name-normalizer", "--step", step, "--config", "20"])
-        .ok();
-    let id = s.post("/api/v1/entities/account", &json!({"name": "  contoso   LTD "})).expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let record = s.get(&format!("/api/v1/entities/account/{id}")).expect(200);
-    assert_eq!(record["attributes"]["name"], "Contoso Ltd");
-    let refused = s.post("/api/v1/entities/account", &json!({"name": "a name much longer than twenty"}));
-    assert_eq!(refused.code(), "plugin_error", "{}", refused.body);
-    assert!(refused.body["error"]["message"].as_str().unwrap().contains("at most 20 are allowed"), "{}", refused.body);
-    assert_eq!(query(&s, "account").len(), 1);
+    assert_pre_operation_step(
+        &server(),
+        artifacts::NAME_NORMALIZER_JS,
+        "20",
+        json!({"name": "  contoso   LTD "}),
+        ("name", "Contoso Ltd"),
+        json!({"name": "a name much longer than twenty"}),
+        "at most 20 are allowed",
+    );
 }
