@@ -13,6 +13,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("PROBE", "probe"),
     ("OTHER_WORLD", "fixtures/other-world"),
     ("FUTURE_VERSION", "fixtures/future-version"),
+    ("HUGE_MEMORY", "fixtures/huge-memory"),
 ];
 
 /// (constant, directory under example-plugins, output file, sources, what the build needs)

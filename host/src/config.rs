@@ -34,6 +34,8 @@ pub struct Config {
     pub limits: Limits,
     /// The asynchronous service's worker pool.
     pub workers: crate::worker::WorkerConfig,
+    /// Connection timeouts and limits of the HTTP server.
+    pub http: crate::server::HttpConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +64,7 @@ impl Default for Config {
             runtime: RuntimeSection::default(),
             limits: Limits::default(),
             workers: crate::worker::WorkerConfig::default(),
+            http: crate::server::HttpConfig::default(),
         }
     }
 }
@@ -81,46 +84,38 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
-        config.workers.deletion_service()?;
+        config.workers.validate()?;
+        config.http.validate()?;
         Ok(config)
     }
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
-            v.parse().map_err(|_| format!("environment variable {key}='{v}' is not valid"))
+        /// Each variable, if set, parsed into its setting; a bad value names the variable.
+        macro_rules! from_env {
+            ($($key:literal => $slot:expr),* $(,)?) => {$(
+                if let Some(v) = var($key) {
+                    $slot = v.parse().map_err(|_| format!("environment variable {}='{v}' is not valid", $key))?;
+                }
+            )*};
         }
-        if let Some(v) = var("PLUGHOST_LISTEN") {
-            self.listen = parse("PLUGHOST_LISTEN", &v)?;
+        from_env! {
+            "PLUGHOST_LISTEN" => self.listen,
+            "PLUGHOST_MAX_BODY_BYTES" => self.max_body_bytes,
+            "PLUGHOST_GROUP_COMMIT_MAX_BATCH" => self.group_commit_max_batch,
+            "PLUGHOST_WORKERS" => self.workers.workers,
+            "PLUGHOST_LEASE_MS" => self.workers.lease_ms,
+            "PLUGHOST_MAX_LEASE_EXPIRATIONS" => self.workers.max_lease_expirations,
+            "PLUGHOST_MAX_RETRIES" => self.workers.max_retries,
+            "PLUGHOST_RETRY_BACKOFF_MS" => self.workers.backoff_ms,
+            "PLUGHOST_COMPLETED_JOB_RETENTION_SECS" => self.workers.completed_job_retention_secs,
+            "PLUGHOST_DELETION_SERVICE_RECURRENCE" => self.workers.deletion_service_recurrence,
+            "PLUGHOST_HTTP_HEADER_TIMEOUT_MS" => self.http.header_timeout_ms,
+            "PLUGHOST_HTTP_BODY_TIMEOUT_MS" => self.http.body_timeout_ms,
+            "PLUGHOST_HTTP_MAX_CONNECTIONS" => self.http.max_connections,
+            "PLUGHOST_POOLING" => self.runtime.pooling,
         }
         if let Some(v) = var("PLUGHOST_ADMIN_TOKEN") {
             self.admin_token = Some(v);
-        }
-        if let Some(v) = var("PLUGHOST_MAX_BODY_BYTES") {
-            self.max_body_bytes = parse("PLUGHOST_MAX_BODY_BYTES", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_GROUP_COMMIT_MAX_BATCH") {
-            self.group_commit_max_batch = parse("PLUGHOST_GROUP_COMMIT_MAX_BATCH", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_WORKERS") {
-            self.workers.workers = parse("PLUGHOST_WORKERS", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_LEASE_MS") {
-            self.workers.lease_ms = parse("PLUGHOST_LEASE_MS", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_MAX_RETRIES") {
-            self.workers.max_retries = parse("PLUGHOST_MAX_RETRIES", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_RETRY_BACKOFF_MS") {
-            self.workers.backoff_ms = parse("PLUGHOST_RETRY_BACKOFF_MS", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_COMPLETED_JOB_RETENTION_SECS") {
-            self.workers.completed_job_retention_secs = parse("PLUGHOST_COMPLETED_JOB_RETENTION_SECS", &v)?;
-        }
-        if let Some(v) = var("PLUGHOST_DELETION_SERVICE_RECURRENCE") {
-            self.workers.deletion_service_recurrence = v;
-        }
-        if let Some(v) = var("PLUGHOST_POOLING") {
-            self.runtime.pooling = parse("PLUGHOST_POOLING", &v)?;
         }
         Ok(())
     }

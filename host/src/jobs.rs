@@ -203,6 +203,12 @@ pub struct SystemJob {
     /// What the last run produced: a plug-in's output parameters, or an operation's
     /// results (e.g. how many jobs the deletion service deleted).
     pub output: Parameters,
+    /// How often this job's lease expired while it was locked (its worker died or
+    /// hung); past the policy's maximum it fails with `lease_expired`. Reset when an
+    /// occurrence completes and when a user retries the job.
+    pub lease_expirations: u32,
+    /// A recurring job: how many occurrences have run to completion (COUNT bounds it).
+    pub recurrence_runs: u32,
 }
 
 impl SystemJob {
@@ -260,12 +266,230 @@ impl SystemJob {
             fuel_used: 0,
             duration_us: 0,
             output: Parameters::new(),
+            lease_expirations: 0,
+            recurrence_runs: 0,
         }
     }
 
     pub fn state(&self) -> JobState {
         self.status.state()
     }
+
+    /// Whether another occurrence may still run: COUNT not used up and an occurrence
+    /// of the pattern after `now` (a job without a recurrence has none).
+    pub fn has_occurrences_left(&self, now: i64) -> bool {
+        let (Some(pattern), Some(start)) = (&self.recurrence_pattern, self.recurrence_start) else { return false };
+        let count_left = crate::recurrence::count(pattern).is_ok_and(|c| c.is_none_or(|c| self.recurrence_runs < c));
+        count_left && matches!(crate::recurrence::next_after(pattern, start, now), Ok(Some(_)))
+    }
+
+    /// A recurring job's next occurrence after its current one: the first of the
+    /// pattern after both `now` and the time it was due (missed occurrences are not
+    /// run one after another), unless COUNT runs are done.
+    fn next_occurrence(&self, now: i64) -> Result<Option<i64>, String> {
+        let (Some(pattern), Some(start)) = (&self.recurrence_pattern, self.recurrence_start) else { return Ok(None) };
+        if crate::recurrence::count(pattern)?.is_some_and(|count| self.recurrence_runs >= count) {
+            return Ok(None);
+        }
+        let after = self.postpone_until.map_or(now, |due| due.max(now)).max(start - 1);
+        crate::recurrence::next_after(pattern, start, after)
+    }
+}
+
+/// Dataverse-style state and status numbers beside a job, for the API's JSON and
+/// `--json` output (the stored record has only the status).
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView<'a> {
+    #[serde(flatten)]
+    pub job: &'a SystemJob,
+    /// State name (Ready, Suspended, Locked, Completed).
+    pub state: JobState,
+    pub statecode: u32,
+    pub statuscode: u32,
+}
+
+impl<'a> JobView<'a> {
+    pub fn of(job: &'a SystemJob) -> JobView<'a> {
+        JobView { job, state: job.state(), statecode: job.state().code(), statuscode: job.status.code() }
+    }
+}
+
+/// How a worker's run of a job ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobResult {
+    Succeeded,
+    /// A bulk job finished a batch and has more to do: keep the output (its
+    /// progress) and run again at once.
+    Progress,
+    Failed {
+        code: String,
+        message: String,
+    },
+    Retry {
+        code: String,
+        message: String,
+    },
+}
+
+/// What a run reports besides its result; kept on the job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunReport {
+    /// The summary for the job's message when it succeeds (bulk jobs' progress).
+    pub message: Option<String>,
+    pub output: Parameters,
+    pub trace: String,
+    pub fuel_used: u64,
+    pub duration_us: u64,
+}
+
+/// Retries of retryable failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    /// The first retry's delay; doubled for each further retry.
+    pub backoff_ms: i64,
+}
+
+/// What a completed run did to its job: what the metrics count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The run succeeded (a recurring job then waits for its next occurrence).
+    Succeeded,
+    /// The run failed for good (a recurring job then waits for its next occurrence).
+    Failed,
+    /// A retryable failure: the job runs again after a backoff.
+    Retrying,
+    /// Canceled while it ran: its effects were discarded.
+    Canceled,
+    /// Paused while it ran: its effects were discarded; it waits to be resumed.
+    Paused,
+    /// A bulk job's batch: it runs again at once for the rest.
+    MoreToDo,
+}
+
+/// The job policy: what becomes of `old`, a locked job, after a run that ended with
+/// `result`. A pure function of its arguments; the store applies the decision (and,
+/// for a success, writes the run's effects in the same transaction).
+pub fn after_run(
+    old: &SystemJob,
+    result: JobResult,
+    report: RunReport,
+    retry: &RetryPolicy,
+    now: i64,
+) -> (SystemJob, RunOutcome) {
+    let mut new = SystemJob {
+        host_id: None,
+        lease_expiry: None,
+        trace: report.trace,
+        fuel_used: report.fuel_used,
+        duration_us: report.duration_us,
+        ..old.clone()
+    };
+    let outcome = match (old.status, result) {
+        (JobStatus::Canceling, _) => {
+            new.status = JobStatus::Canceled;
+            new.completed_on = Some(now);
+            new.message = Some("canceled while running; its effects were discarded".into());
+            return (new, RunOutcome::Canceled);
+        }
+        (JobStatus::Pausing, _) => {
+            new.status = JobStatus::Waiting;
+            new.message = Some("paused while running; its effects were discarded; resume runs it again".into());
+            return (new, RunOutcome::Paused);
+        }
+        (_, JobResult::Progress) => {
+            new.status = JobStatus::WaitingForResources;
+            new.error_code = None;
+            new.message = report.message;
+            new.output = report.output;
+            return (new, RunOutcome::MoreToDo);
+        }
+        (_, JobResult::Succeeded) => {
+            new.status = JobStatus::Succeeded;
+            new.error_code = None;
+            new.message = report.message;
+            new.output = report.output;
+            RunOutcome::Succeeded
+        }
+        (_, JobResult::Retry { code, message }) if old.retry_count < retry.max_retries => {
+            let backoff = retry.backoff_ms.saturating_mul(1i64 << old.retry_count.min(20));
+            new.status = JobStatus::Waiting;
+            new.postpone_until = Some(now.saturating_add(backoff));
+            new.retry_count += 1;
+            new.error_code = Some(code);
+            new.message =
+                Some(format!("{message} (retry {} of {} in {backoff} ms)", new.retry_count, retry.max_retries));
+            return (new, RunOutcome::Retrying);
+        }
+        (_, JobResult::Retry { code, message }) => {
+            new.status = JobStatus::Failed;
+            new.error_code = Some(code);
+            new.message = Some(format!("{message} (gave up after {} retries)", old.retry_count));
+            RunOutcome::Failed
+        }
+        (_, JobResult::Failed { code, message }) => {
+            new.status = JobStatus::Failed;
+            new.error_code = Some(code);
+            new.message = Some(message);
+            RunOutcome::Failed
+        }
+    };
+    // The occurrence is over, one way or the other.
+    new.completed_on = Some(now);
+    new.lease_expirations = 0;
+    if new.recurrence_pattern.is_some() {
+        new.recurrence_runs = old.recurrence_runs.saturating_add(1);
+        new.retry_count = 0;
+        match new.next_occurrence(now) {
+            Ok(Some(next)) => {
+                // A recurring job waits for its next occurrence instead of completing.
+                new.status = JobStatus::Waiting;
+                new.postpone_until = Some(next);
+                new.completed_on = None;
+            }
+            Ok(None) => {}
+            Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
+        }
+    }
+    (new, outcome)
+}
+
+/// Code of a job failed because its lease kept expiring.
+pub const LEASE_EXPIRED: &str = "lease_expired";
+
+/// The job policy for a locked job whose lease expired (its worker died or hung):
+/// it runs again, unless its lease has now expired more than `max_expirations`
+/// times, when the run fails with [`LEASE_EXPIRED`]. A job being canceled is
+/// canceled; one being paused waits.
+pub fn after_lease_expired(old: &SystemJob, max_expirations: u32, now: i64) -> SystemJob {
+    let expirations = old.lease_expirations.saturating_add(1);
+    if old.status == JobStatus::InProgress && expirations > max_expirations {
+        let message = format!(
+            "the job's lease expired {expirations} times (its worker died or stopped answering each time), more than the maximum of {max_expirations}: giving up"
+        );
+        let report = RunReport { trace: old.trace.clone(), ..RunReport::default() };
+        let failed = JobResult::Failed { code: LEASE_EXPIRED.into(), message };
+        return after_run(old, failed, report, &RetryPolicy { max_retries: 0, backoff_ms: 0 }, now).0;
+    }
+    SystemJob { lease_expirations: expirations, ..released(old, now) }
+}
+
+/// A locked job taken back from its worker without a result (shutdown, or the
+/// worker never started it): a running job is ready again, one being canceled is
+/// canceled, one being paused waits.
+pub fn released(old: &SystemJob, now: i64) -> SystemJob {
+    let mut new = old.clone();
+    new.status = match old.status {
+        JobStatus::Canceling => JobStatus::Canceled,
+        JobStatus::Pausing => JobStatus::Waiting,
+        _ => JobStatus::WaitingForResources,
+    };
+    if new.status == JobStatus::Canceled {
+        new.completed_on = Some(now);
+    }
+    new.host_id = None;
+    new.lease_expiry = None;
+    new
 }
 
 #[cfg(test)]
@@ -278,6 +502,103 @@ mod tests {
         assert_eq!(table, vec![(0, 0), (1, 10), (2, 20), (2, 21), (2, 22), (3, 30), (3, 31), (3, 32)]);
         assert_eq!("InProgress".parse::<JobStatus>().unwrap(), JobStatus::InProgress);
         assert_eq!("31".parse::<JobStatus>().unwrap(), JobStatus::Failed);
+    }
+
+    const MIN: i64 = 60_000;
+    /// 2026-01-05T00:00:00Z.
+    const T0: i64 = 1_767_571_200_000;
+    const RETRY: RetryPolicy = RetryPolicy { max_retries: 2, backoff_ms: 1000 };
+
+    fn locked(pattern: Option<&str>, due: Option<i64>) -> SystemJob {
+        SystemJob {
+            status: JobStatus::InProgress,
+            recurrence_pattern: pattern.map(str::to_owned),
+            recurrence_start: pattern.map(|_| T0),
+            postpone_until: due,
+            host_id: Some("h".into()),
+            lease_expiry: Some(T0 + 100 * MIN),
+            ..SystemJob::plugin_execution("job", Uuid::nil(), None, ExecutionContext::default())
+        }
+    }
+
+    fn run(job: &SystemJob, result: JobResult, now: i64) -> (SystemJob, RunOutcome) {
+        after_run(job, result, RunReport::default(), &RETRY, now)
+    }
+
+    fn failed() -> JobResult {
+        JobResult::Failed { code: "plugin_error".into(), message: "no".into() }
+    }
+
+    #[test]
+    fn a_run_ends_as_its_result_says() {
+        let (done, outcome) = run(&locked(None, None), JobResult::Succeeded, T0);
+        assert_eq!((done.status, outcome, done.completed_on), (JobStatus::Succeeded, RunOutcome::Succeeded, Some(T0)));
+        assert_eq!((done.host_id, done.lease_expiry), (None, None), "a finished job holds no lease");
+        let retry = JobResult::Retry { code: "plugin_retryable".into(), message: "later".into() };
+        let (again, outcome) = run(&locked(None, None), retry.clone(), T0);
+        assert_eq!(
+            (again.status, outcome, again.postpone_until),
+            (JobStatus::Waiting, RunOutcome::Retrying, Some(T0 + 1000))
+        );
+        let third = SystemJob { retry_count: 2, ..locked(None, None) };
+        let (gave_up, outcome) = run(&third, retry, T0);
+        assert_eq!((gave_up.status, outcome), (JobStatus::Failed, RunOutcome::Failed));
+        let canceling = SystemJob { status: JobStatus::Canceling, ..locked(None, None) };
+        assert_eq!(run(&canceling, JobResult::Succeeded, T0).1, RunOutcome::Canceled);
+        let pausing = SystemJob { status: JobStatus::Pausing, ..locked(Some("FREQ=DAILY"), Some(T0)) };
+        let (paused, outcome) = run(&pausing, JobResult::Succeeded, T0);
+        assert_eq!((paused.status, outcome, paused.recurrence_runs), (JobStatus::Waiting, RunOutcome::Paused, 0));
+        assert_eq!(run(&locked(None, None), JobResult::Progress, T0).0.status, JobStatus::WaitingForResources);
+    }
+
+    #[test]
+    fn a_recurring_job_goes_on_after_now_and_never_past_its_count() {
+        let pattern = "FREQ=MINUTELY;COUNT=3";
+        // Its first occurrence, on time: the next is the one after.
+        let (next, outcome) = run(&locked(Some(pattern), Some(T0)), JobResult::Succeeded, T0 + 50);
+        assert_eq!((next.status, outcome), (JobStatus::Waiting, RunOutcome::Succeeded), "a success counts as one");
+        assert_eq!((next.postpone_until, next.recurrence_runs, next.completed_on), (Some(T0 + MIN), 1, None));
+        // Resumed (no due time) at 10.5 minutes: one run now, then the next after now,
+        // not the occurrences in between.
+        let resumed = SystemJob { postpone_until: None, ..locked(Some(pattern), None) };
+        let resumed = SystemJob { recurrence_runs: 1, ..resumed };
+        let (next, _) = run(&resumed, failed(), T0 + 10 * MIN + 30_000);
+        assert_eq!(
+            (next.status, next.postpone_until, next.recurrence_runs),
+            (JobStatus::Waiting, Some(T0 + 11 * MIN), 2)
+        );
+        assert_eq!(next.error_code.as_deref(), Some("plugin_error"), "a failed occurrence keeps its error");
+        // The third run uses up COUNT, even though the pattern has later occurrences.
+        let (last, _) = run(
+            &SystemJob { recurrence_runs: 2, ..locked(Some(pattern), Some(T0 + 11 * MIN)) },
+            JobResult::Succeeded,
+            T0 + 11 * MIN,
+        );
+        assert_eq!((last.status, last.recurrence_runs), (JobStatus::Succeeded, 3));
+        assert!(!last.has_occurrences_left(T0 + 11 * MIN));
+    }
+
+    #[test]
+    fn after_downtime_one_missed_occurrence_runs() {
+        // Due two hours ago: it runs once now and then waits for the next minute.
+        let (next, _) = run(&locked(Some("FREQ=MINUTELY"), Some(T0)), JobResult::Succeeded, T0 + 120 * MIN + 5);
+        assert_eq!((next.postpone_until, next.recurrence_runs), (Some(T0 + 121 * MIN), 1));
+    }
+
+    #[test]
+    fn a_lease_that_keeps_expiring_fails_the_job() {
+        let job = locked(None, None);
+        let once = after_lease_expired(&job, 2, T0);
+        assert_eq!(
+            (once.status, once.lease_expirations, once.host_id.clone()),
+            (JobStatus::WaitingForResources, 1, None)
+        );
+        let third = SystemJob { lease_expirations: 2, ..locked(None, None) };
+        let failed = after_lease_expired(&third, 2, T0);
+        assert_eq!((failed.status, failed.error_code.as_deref()), (JobStatus::Failed, Some(LEASE_EXPIRED)));
+        assert!(failed.message.unwrap().contains("3 times"));
+        let canceling = SystemJob { status: JobStatus::Canceling, lease_expirations: 9, ..locked(None, None) };
+        assert_eq!(after_lease_expired(&canceling, 2, T0).status, JobStatus::Canceled);
     }
 
     #[test]

@@ -639,13 +639,7 @@ pub fn value_from_json(json: serde_json::Value) -> Result<Value, String> {
                 "decimal" => Value::Decimal(text(inner)?),
                 "money" => Value::Money(text(inner)?),
                 "boolean" => Value::Boolean(inner.as_bool().ok_or("'boolean' takes true or false")?),
-                "datetime" => Value::DateTime(match inner {
-                    J::Number(n) => n.as_i64().ok_or("'datetime' milliseconds must be a whole number")?,
-                    J::String(s) => chrono::DateTime::parse_from_rfc3339(&s)
-                        .map_err(|e| format!("'datetime' {s:?} is not RFC 3339 ({e}), e.g. \"2026-01-31T09:30:00Z\""))?
-                        .timestamp_millis(),
-                    other => return Err(format!("'datetime' takes an RFC 3339 string or milliseconds, got {other}")),
-                }),
+                "datetime" => Value::DateTime(time_from_json(&inner).map_err(|m| format!("'datetime': {m}"))?),
                 "guid" => Value::Guid(parse_guid(&text(inner)?)?),
                 "option" => Value::OptionSet(
                     inner.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or("'option' takes a 32-bit whole number")?,
@@ -817,5 +811,44 @@ mod tests {
         assert_eq!("PostOperation".parse::<Stage>().unwrap(), Stage::PostOperation);
         assert_eq!("pre-validation".parse::<Stage>().unwrap(), Stage::PreValidation);
         assert!("50".parse::<Stage>().is_err());
+    }
+}
+
+/// A time given as an RFC 3339 string or as UTC milliseconds, in JSON.
+pub fn time_from_json(v: &serde_json::Value) -> Result<i64, String> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| format!("{n} milliseconds is not a whole number")),
+        serde_json::Value::String(s) => time_from_text(s),
+        other => Err(format!("a time is an RFC 3339 string or UTC milliseconds, got {other}")),
+    }
+}
+
+/// A time given as RFC 3339 text (`2026-01-31T09:30:00Z`) or UTC milliseconds.
+pub fn time_from_text(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}) or UTC milliseconds, e.g. \"2026-01-31T09:30:00Z\""))
+}
+
+/// Serde for an optional time field that accepts an RFC 3339 string or UTC
+/// milliseconds, and writes milliseconds.
+pub mod flexible_time {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(ms) => s.serialize_some(ms),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<serde_json::Value>::deserialize(d)? {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => super::time_from_json(&v).map(Some).map_err(serde::de::Error::custom),
+        }
     }
 }

@@ -114,6 +114,8 @@ pub enum PipelineError {
     UnknownMessage(String),
     #[error("the request kept conflicting with concurrent changes to {0}; try again")]
     Conflict(String),
+    #[error("{0}")]
+    WriteLimit(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -130,6 +132,7 @@ impl PipelineError {
             PipelineError::UnknownEntity(_) => "unknown_entity",
             PipelineError::UnknownMessage(_) => "unknown_message",
             PipelineError::Conflict(_) => "conflict",
+            PipelineError::WriteLimit(_) => "write_limit",
             PipelineError::Store(e) => e.code(),
         }
     }
@@ -144,6 +147,7 @@ impl PipelineError {
             }
             PipelineError::AlreadyExists(_) => ServiceError::AlreadyExists(m),
             PipelineError::Invalid(_) => ServiceError::Invalid(m),
+            PipelineError::WriteLimit(_) => ServiceError::Limit(m),
             PipelineError::Conflict(_) | PipelineError::Store(_) => ServiceError::Failed(m),
         }
     }
@@ -239,7 +243,13 @@ impl Pipeline {
         let correlation_id = caller.correlation_id.unwrap_or_else(Uuid::new_v4);
         let mut conflict = String::new();
         for _ in 0..MAX_ATTEMPTS {
-            let scope = Scope::new(self.clone(), self.store.snapshot()?, correlation_id, caller.user_id);
+            let scope = Scope::new(
+                self.clone(),
+                self.store.snapshot()?,
+                correlation_id,
+                caller.user_id,
+                self.defaults.write_bytes,
+            );
             let response =
                 scope.run(request.clone(), 1, BTreeMap::new()).map(|(r, _)| r).map_err(|e| scope.root_cause(e))?;
             let changes = scope.into_changes();
@@ -288,10 +298,11 @@ impl Pipeline {
             Ok(s) => s,
             Err(e) => return JobRun::retry("store_error", e.to_string()),
         };
-        let scope = Scope::new(self.clone(), snapshot, job.correlation_id, job.context.initiating_user_id);
+        let limits = self.defaults.with(&step.limits);
+        let scope =
+            Scope::new(self.clone(), snapshot, job.correlation_id, job.context.initiating_user_id, limits.write_bytes);
         let mut context = job.context.clone();
         context.operation_id = Some(job.id);
-        let limits = self.defaults.with(&step.limits);
         let invocation = invoke_step(&self.runtime, step, &plugin, &context, &limits, scope.clone());
         let mut run = JobRun {
             result: crate::store::JobResult::Succeeded,
@@ -307,6 +318,14 @@ impl Pipeline {
             Ok(result) => {
                 run.effects = scope.into_changes();
                 run.output = result.output_parameters;
+            }
+            // A plug-in that failed after a write broke the limit failed because of it.
+            Err(f) if scope.write_limit_hit().is_some() => {
+                let hit = scope.write_limit_hit().unwrap_or_default();
+                run.result = crate::store::JobResult::Failed {
+                    code: "write_limit".into(),
+                    message: format!("{hit}; then the plug-in failed: {}", f.message),
+                }
             }
             Err(f) if f.code.is_retryable() => {
                 run.result = crate::store::JobResult::Retry { code: f.code.to_string(), message: f.message }
@@ -333,7 +352,13 @@ impl Pipeline {
             Ok(s) => s,
             Err(e) => return JobRun::retry("store_error", e.to_string()),
         };
-        let scope = Scope::new(self.clone(), snapshot, job.correlation_id, job.context.initiating_user_id);
+        let scope = Scope::new(
+            self.clone(),
+            snapshot,
+            job.correlation_id,
+            job.context.initiating_user_id,
+            self.defaults.write_bytes,
+        );
         let failure = |row: Option<u64>, id: Option<Uuid>, e: &PipelineError| RowFailure {
             row,
             id,
@@ -409,10 +434,12 @@ pub struct NewJob {
     /// Input parameters for the plug-in.
     pub parameters: Parameters,
     /// An RRULE (FREQ=MINUTELY..YEARLY, INTERVAL, COUNT, UNTIL, BYDAY, BYMONTHDAY,
-    /// BYMONTH, BYHOUR, BYMINUTE) and its start (UTC ms; default now).
+    /// BYMONTH, BYHOUR, BYMINUTE) and its start (RFC 3339 or UTC ms; default now).
     pub recurrence_pattern: Option<String>,
+    #[serde(with = "crate::model::flexible_time")]
     pub recurrence_start: Option<i64>,
-    /// Do not start before this time (UTC ms).
+    /// Do not start before this time (RFC 3339 or UTC ms).
+    #[serde(with = "crate::model::flexible_time")]
     pub postpone_until: Option<i64>,
     pub dependency_token: Option<String>,
 }
@@ -478,13 +505,13 @@ pub struct BulkDelete {
     pub query: Query,
     #[serde(default)]
     pub name: Option<String>,
-    /// Do not start before this time (UTC milliseconds).
-    #[serde(default)]
+    /// Do not start before this time (RFC 3339 or UTC milliseconds).
+    #[serde(default, with = "crate::model::flexible_time")]
     pub postpone_until: Option<i64>,
     /// Run again on this RRULE (e.g. nightly), from `recurrence_start` (default now).
     #[serde(default)]
     pub recurrence_pattern: Option<String>,
-    #[serde(default)]
+    #[serde(default, with = "crate::model::flexible_time")]
     pub recurrence_start: Option<i64>,
 }
 
@@ -582,10 +609,57 @@ struct Slot {
     state: Option<StoredRecord>,
 }
 
-#[derive(Clone, Default)]
+/// The request's write buffer. Savepoints are an undo journal: a nested call that
+/// fails undoes just its own writes, so a savepoint costs what it changes, not the
+/// size of the buffer.
+#[derive(Default)]
 struct Overlay {
     records: BTreeMap<(String, Uuid), Slot>,
     jobs: Vec<SystemJob>,
+    /// Approximate bytes of the buffered records: bounded by the write limit.
+    bytes: u64,
+    /// While a savepoint is open: each write's key and the slot it replaced.
+    journal: Vec<((String, Uuid), Option<Slot>)>,
+    open_savepoints: usize,
+}
+
+/// Where a savepoint began: the journal's and the job list's lengths.
+struct Savepoint {
+    journal: usize,
+    jobs: usize,
+}
+
+fn record_bytes(state: Option<&StoredRecord>) -> u64 {
+    state.map_or(0, |r| 32 + r.attributes.iter().map(|(k, v)| k.len() + v.approx_size()).sum::<usize>() as u64)
+}
+
+impl Overlay {
+    fn savepoint(&mut self) -> Savepoint {
+        self.open_savepoints += 1;
+        Savepoint { journal: self.journal.len(), jobs: self.jobs.len() }
+    }
+
+    /// Closes a savepoint; on failure, undoes every write made since it.
+    fn close(&mut self, savepoint: Savepoint, failed: bool) {
+        self.open_savepoints -= 1;
+        if failed {
+            while self.journal.len() > savepoint.journal {
+                let Some((key, previous)) = self.journal.pop() else { break };
+                let now = self.records.get(&key).and_then(|s| s.state.as_ref()).map_or(0, |r| record_bytes(Some(r)));
+                let then = previous.as_ref().map_or(0, |s| record_bytes(s.state.as_ref()));
+                self.bytes = (self.bytes + then).saturating_sub(now);
+                match previous {
+                    Some(slot) => self.records.insert(key, slot),
+                    None => self.records.remove(&key),
+                };
+            }
+            self.jobs.truncate(savepoint.jobs);
+        }
+        if self.open_savepoints == 0 {
+            // Nothing can be undone any more.
+            self.journal.clear();
+        }
+    }
 }
 
 /// One request in flight: its snapshot, its write buffer and its jobs. It is the
@@ -600,10 +674,21 @@ struct Scope {
     user_id: Uuid,
     /// Set when a call went deeper than [`MAX_DEPTH`], to name the root cause.
     depth_exceeded: Mutex<Option<String>>,
+    /// The most bytes the write buffer may hold now: the request's limit, tightened
+    /// while a step runs to what it found plus that step's write limit.
+    write_caps: Mutex<Vec<u64>>,
+    /// Set when a write broke the limit, to name the root cause.
+    write_exceeded: Mutex<Option<String>>,
 }
 
 impl Scope {
-    fn new(pipeline: Arc<Pipeline>, snapshot: Snapshot, correlation_id: Uuid, user_id: Uuid) -> Arc<Scope> {
+    fn new(
+        pipeline: Arc<Pipeline>,
+        snapshot: Snapshot,
+        correlation_id: Uuid,
+        user_id: Uuid,
+        write_bytes: u64,
+    ) -> Arc<Scope> {
         let steps = pipeline.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
         Arc::new_cyclic(|me| Scope {
             me: me.clone(),
@@ -614,6 +699,8 @@ impl Scope {
             correlation_id,
             user_id,
             depth_exceeded: Mutex::new(None),
+            write_caps: Mutex::new(vec![write_bytes]),
+            write_exceeded: Mutex::new(None),
         })
     }
 
@@ -621,24 +708,35 @@ impl Scope {
         self.overlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An infinite loop shows up as a plug-in failing on a depth error: report the loop.
+    fn caps(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.write_caps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What broke the write limit, if a write did.
+    fn write_limit_hit(&self) -> Option<String> {
+        self.write_exceeded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A failure caused by an infinite loop or a broken write limit shows up as a
+    /// plug-in failing on the error it got: report the cause.
     fn root_cause(&self, e: PipelineError) -> PipelineError {
-        match (&e, self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).take()) {
-            (PipelineError::Plugin { .. }, Some(depth)) => PipelineError::DepthExceeded(format!("{depth}; then {e}")),
-            _ => e,
+        if let PipelineError::Plugin { .. } = &e {
+            if let Some(depth) = self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return PipelineError::DepthExceeded(format!("{depth}; then {e}"));
+            }
+            if let Some(hit) = self.write_limit_hit() {
+                return PipelineError::WriteLimit(format!("{hit}; then {e}"));
+            }
         }
+        e
     }
 
     /// Runs `request` at `depth`; if it fails, the overlay is as it was before.
     fn attempt_at(&self, request: Request, depth: u32) -> Result<Response> {
-        let savepoint = self.overlay().clone();
-        match self.run(request, depth, BTreeMap::new()) {
-            Ok((response, _)) => Ok(response),
-            Err(e) => {
-                *self.overlay() = savepoint;
-                Err(e)
-            }
-        }
+        let savepoint = self.overlay().savepoint();
+        let result = self.run(request, depth, BTreeMap::new());
+        self.overlay().close(savepoint, result.is_err());
+        result.map(|(response, _)| response)
     }
 
     /// Runs one top-level request of a batch (a bulk job's row), naming the root
@@ -670,14 +768,38 @@ impl Scope {
         Ok(self.snapshot.record(entity, id)?)
     }
 
+    /// Buffers a record's new state; refuses a write that would take the buffer past
+    /// the write limit (`write_limit`).
     fn write(&self, entity: &str, id: Uuid, state: Option<StoredRecord>) -> Result<()> {
         let key = (entity.to_owned(), id);
-        if let Some(slot) = self.overlay().records.get_mut(&key) {
-            slot.state = state;
-            return Ok(());
+        let base = match self.overlay().records.contains_key(&key) {
+            true => None,
+            false => Some(self.snapshot.record(entity, id)?.map(|r| r.version)),
+        };
+        let cap = self.caps().last().copied().unwrap_or(u64::MAX);
+        let new_bytes = record_bytes(state.as_ref());
+        let mut o = self.overlay();
+        let old_bytes = o.records.get(&key).map_or(0, |s| record_bytes(s.state.as_ref()));
+        let total = (o.bytes + new_bytes).saturating_sub(old_bytes);
+        if new_bytes > old_bytes && total > cap {
+            let m = format!(
+                "writing {entity} {id} (about {new_bytes} bytes) would take the request's pending writes to about {total} bytes, past the write limit of {cap} bytes"
+            );
+            drop(o);
+            self.write_exceeded.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(m.clone());
+            return Err(PipelineError::WriteLimit(m));
         }
-        let base = self.snapshot.record(entity, id)?.map(|r| r.version);
-        self.overlay().records.insert(key, Slot { base, state });
+        if o.open_savepoints > 0 {
+            let previous = o.records.get(&key).cloned();
+            o.journal.push((key.clone(), previous));
+        }
+        match o.records.get_mut(&key) {
+            Some(slot) => slot.state = state,
+            None => {
+                o.records.insert(key, Slot { base: base.flatten(), state });
+            }
+        }
+        o.bytes = total;
         Ok(())
     }
 
@@ -994,7 +1116,16 @@ impl Scope {
             .map_err(|e| failed(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))))?;
         let me: Arc<dyn OrganizationService> = self.me.upgrade().expect("a scope outlives its invocations");
         let limits = self.pipeline.defaults.with(&step.limits);
+        // While the step runs, its writes may add at most its own write limit.
+        let cap = {
+            let buffered = self.overlay().bytes;
+            let mut caps = self.caps();
+            let outer = caps.last().copied().unwrap_or(u64::MAX);
+            caps.push(outer.min(buffered.saturating_add(limits.write_bytes)));
+            caps.len()
+        };
         let invocation = invoke_step(&self.pipeline.runtime, step, &plugin, &step_ctx, &limits, me);
+        self.caps().truncate(cap - 1);
         tracing::debug!(step = %step.name, correlation_id = %ctx.correlation_id, fuel = invocation.fuel_used, "step ran");
         let result: ExecutionResult = invocation.outcome.map_err(failed)?;
         // A pre-stage plug-in changes the request through its input parameters.

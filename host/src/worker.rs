@@ -1,24 +1,41 @@
-//! The asynchronous service's worker pool: threads that lease batches of system
-//! jobs, run them in the sandbox, and complete them (effects included) through
-//! group commit.
+//! The asynchronous service's worker pool: threads that take leased system jobs
+//! from one in-process queue, run them in the sandbox, and complete them (effects
+//! included) through group commit; a heartbeat thread renews the leases of every
+//! job the pool holds.
 //!
-//! **Invariant:** a worker completes only what it leased, presenting the fencing
-//! token it leased with; the queue drops a stale completion. On shutdown, leased
-//! jobs that were not started go back to the queue; a job cut off mid-run is
-//! recovered when its lease expires.
+//! **Invariants:**
+//! - A worker completes only what the pool leased, presenting the fencing token it
+//!   was leased with; the queue drops a stale completion.
+//! - Every job the pool holds, started or not, has its lease renewed every third of
+//!   the lease, so a live pool never loses a job to lease expiry however long it
+//!   runs; only a dead or stuck process's jobs are recovered.
+//! - No leased job waits behind a slow one while a worker is idle: leased jobs wait
+//!   in one queue that every worker of the pool takes from, and the pool leases
+//!   about what it will start soon (by the recent run time).
+//! - A leased job a user canceled or paused before it started does not run.
+//! - On shutdown or pause, leased jobs that were not started go back to the queue;
+//!   a job cut off mid-run is recovered when its lease expires.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-
-use crate::pipeline::{JobRun, Pipeline};
 use tokio::sync::oneshot::Receiver;
+use uuid::Uuid;
 
-use crate::jobs::{JobStatus, OperationType};
-use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes};
+use crate::jobs::{OperationType, RunOutcome, SystemJob};
+use crate::pipeline::{JobRun, Pipeline};
+use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes, Renewal, StoreError};
+
+/// The shortest lease allowed: the heartbeat renews every third of the lease, and a
+/// renewal must commit well before the lease ends.
+pub const MIN_LEASE_MS: u64 = 1000;
+/// The pool leases about the jobs it will start within this time (by the recent
+/// average run time); the rest stay in the queue for other workers and hosts.
+const LEASE_AHEAD_US: u64 = 100_000;
 
 /// Worker pool settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,9 +45,13 @@ pub struct WorkerConfig {
     pub workers: usize,
     /// Jobs leased at once by one worker.
     pub batch: usize,
-    /// How long a lease lasts; a job whose worker died is recovered after it.
-    /// Keep it above the longest step timeout.
+    /// How long a lease lasts; a job whose worker died is recovered after it. The
+    /// pool's heartbeat renews the leases it holds every third of this, so a job may
+    /// run longer than its lease. At least [`MIN_LEASE_MS`].
     pub lease_ms: u64,
+    /// A job whose lease expires more often than this (its worker died or hung each
+    /// time) fails with `lease_expired` instead of running again.
+    pub max_lease_expirations: u32,
     /// How long an idle worker sleeps before looking again (new jobs wake it sooner).
     pub poll_ms: u64,
     /// Retries of a retryable failure before the job fails.
@@ -54,6 +75,7 @@ impl Default for WorkerConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch: 256,
             lease_ms: 5 * 60 * 1000,
+            max_lease_expirations: crate::store::DEFAULT_MAX_LEASE_EXPIRATIONS,
             poll_ms: 500,
             max_retries: 5,
             backoff_ms: 1000,
@@ -66,6 +88,24 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Refuses settings the pool cannot keep.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_ms < MIN_LEASE_MS {
+            return Err(format!(
+                "workers.lease_ms = {} is shorter than the minimum of {MIN_LEASE_MS} ms: the heartbeat renews leases every third of the lease",
+                self.lease_ms
+            ));
+        }
+        if self.batch == 0 {
+            return Err("workers.batch must be at least 1".into());
+        }
+        self.deletion_service().map(|_| ())
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(MIN_LEASE_MS))
+    }
+
     /// The deletion service's recurrence, or `None` when completed jobs are kept;
     /// refuses an invalid pattern.
     pub fn deletion_service(&self) -> Result<Option<&str>, String> {
@@ -87,73 +127,137 @@ impl WorkerConfig {
     }
 }
 
-/// Counters since start-up.
+/// Counters since start-up: each counts what its name says.
 #[derive(Debug, Default, Serialize)]
 pub struct WorkerStats {
     pub leased: AtomicU64,
+    /// Runs that succeeded (a recurring job's successful occurrence included).
     pub succeeded: AtomicU64,
+    /// Runs that failed for good (after their retries).
     pub failed: AtomicU64,
+    /// Retryable failures scheduled to run again.
     pub retried: AtomicU64,
+    /// Runs canceled while they ran (their effects discarded).
+    pub canceled: AtomicU64,
+    /// Completions dropped because the job was no longer this worker's.
     pub stale: AtomicU64,
+    /// Runs re-queued because a record they read changed meanwhile.
     pub requeued: AtomicU64,
+    /// Leases renewed by the heartbeat.
+    pub renewed: AtomicU64,
     pub fuel_used: AtomicU64,
     pub run_us: AtomicU64,
 }
 
 pub struct WorkerPool {
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<WorkerStats>,
+}
+
+/// What the pool's threads share.
+struct Shared {
+    pipeline: Arc<Pipeline>,
     queue: JobQueue,
+    config: WorkerConfig,
+    host: String,
+    stop: AtomicBool,
+    paused: AtomicBool,
+    stats: Arc<WorkerStats>,
+    /// Leased jobs not started yet, in lease order, for any worker to take.
+    local: Mutex<Local>,
+    changed: Condvar,
+    /// Jobs started and not yet durably completed: id -> fencing token.
+    held: Mutex<HashMap<Uuid, u64>>,
+    /// Recent average run time in µs (0 until a job ran): sizes the next lease.
+    avg_run_us: AtomicU64,
+    /// Worker threads still running (the heartbeat lasts as long as they do).
+    live: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Local {
+    waiting: VecDeque<SystemJob>,
+    /// A worker is leasing now: the others wait for its jobs instead of leasing too.
+    leasing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl WorkerPool {
+    /// Starts the workers and the heartbeat. A service paused before a restart
+    /// stays paused.
     pub fn start(pipeline: Arc<Pipeline>, queue: JobQueue, config: WorkerConfig) -> Arc<WorkerPool> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let paused = Arc::new(AtomicBool::new(false));
+        let paused = pipeline.store().service_paused().unwrap_or_else(|e| {
+            tracing::error!("cannot read whether the service is paused ({e}); starting it");
+            false
+        });
         let stats = Arc::new(WorkerStats::default());
-        let host = config.host_id();
-        let threads = (0..config.workers.max(1))
+        let workers = config.workers.max(1);
+        let shared = Arc::new(Shared {
+            pipeline,
+            queue: queue.with_max_lease_expirations(config.max_lease_expirations),
+            host: config.host_id(),
+            config,
+            stop: AtomicBool::new(false),
+            paused: AtomicBool::new(paused),
+            stats: stats.clone(),
+            local: Mutex::default(),
+            changed: Condvar::new(),
+            held: Mutex::default(),
+            avg_run_us: AtomicU64::new(0),
+            live: AtomicUsize::new(workers),
+        });
+        let mut threads: Vec<JoinHandle<()>> = (0..workers)
             .map(|i| {
-                let worker = Worker {
-                    pipeline: pipeline.clone(),
-                    queue: queue.clone(),
-                    config: config.clone(),
-                    host: host.clone(),
-                    stop: stop.clone(),
-                    paused: paused.clone(),
-                    stats: stats.clone(),
-                };
+                let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("plughost-worker-{i}"))
-                    .spawn(move || worker.run())
+                    .spawn(move || Worker::new(shared).run())
                     .expect("spawn a worker thread")
             })
             .collect();
-        Arc::new(WorkerPool { stop, paused, threads: Mutex::new(threads), stats, queue })
+        let beat = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("plughost-heartbeat".into())
+                .spawn(move || beat.heartbeat())
+                .expect("spawn the heartbeat thread"),
+        );
+        Arc::new(WorkerPool { shared, threads: Mutex::new(threads), stats })
     }
 
-    /// Stops leasing new jobs; running ones finish.
-    pub fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
+    /// Stops leasing new jobs (running ones finish, unstarted ones go back), until
+    /// resumed, across restarts too.
+    pub fn pause(&self) -> Result<(), StoreError> {
+        self.shared.pipeline.store().set_service_paused(true)?;
+        self.shared.paused.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        Ok(())
     }
 
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-        self.queue.notify();
+    pub fn resume(&self) -> Result<(), StoreError> {
+        self.shared.pipeline.store().set_service_paused(false)?;
+        self.shared.paused.store(false, Ordering::SeqCst);
+        self.shared.queue.notify();
+        Ok(())
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
+        self.shared.paused.load(Ordering::SeqCst)
     }
 
-    /// Stops leasing, lets in-flight jobs finish within `grace`, and returns
-    /// whether every worker stopped in time.
+    /// Stops leasing, puts unstarted jobs back, lets running ones finish within
+    /// `grace`, and returns whether every worker stopped in time.
     pub fn shutdown(&self, grace: Duration) -> bool {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        self.shared.queue.notify();
+        self.shared.release_waiting();
         let deadline = Instant::now() + grace;
-        let mut threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut threads = std::mem::take(&mut *lock(&self.threads));
         while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -165,14 +269,86 @@ impl WorkerPool {
     }
 }
 
-struct Worker {
-    pipeline: Arc<Pipeline>,
-    queue: JobQueue,
-    config: WorkerConfig,
-    host: String,
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    stats: Arc<WorkerStats>,
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// How many jobs to lease: about what the pool starts within [`LEASE_AHEAD_US`].
+    fn batch_size(&self) -> usize {
+        let avg = self.avg_run_us.load(Ordering::Relaxed);
+        if avg == 0 {
+            return self.config.batch;
+        }
+        let workers = self.config.workers.max(1) as u64;
+        let n = LEASE_AHEAD_US.saturating_mul(workers) / avg;
+        usize::try_from(n).unwrap_or(usize::MAX).clamp(1, self.config.batch)
+    }
+
+    /// Puts leased jobs that were not started back in the queue.
+    fn release_waiting(&self) {
+        let jobs: Vec<(Uuid, u64)> = lock(&self.local).waiting.drain(..).map(|j| (j.id, j.fencing_token)).collect();
+        self.release(jobs);
+    }
+
+    fn release(&self, jobs: Vec<(Uuid, u64)>) {
+        if !jobs.is_empty()
+            && let Err(e) = self.queue.release(jobs)
+        {
+            tracing::error!("releasing unstarted jobs failed (their leases will expire): {e}");
+        }
+    }
+
+    /// Renews the leases of every job the pool holds, every third of the lease, for
+    /// as long as a worker runs; drops unstarted jobs it lost and releases unstarted
+    /// ones a user canceled or paused.
+    fn heartbeat(&self) {
+        let lease = self.config.lease();
+        let every = lease / 3;
+        let mut last = Instant::now();
+        while self.live.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(20).min(every));
+            if last.elapsed() < every {
+                continue;
+            }
+            last = Instant::now();
+            let mut held: Vec<(Uuid, u64)> = lock(&self.held).iter().map(|(id, t)| (*id, *t)).collect();
+            held.extend(lock(&self.local).waiting.iter().map(|j| (j.id, j.fencing_token)));
+            if held.is_empty() {
+                continue;
+            }
+            let renewals = match self.queue.renew(held.clone(), lease) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("renewing leases failed: {e}");
+                    continue;
+                }
+            };
+            let mut release = Vec::new();
+            {
+                let mut local = lock(&self.local);
+                for ((id, token), renewal) in held.into_iter().zip(renewals) {
+                    match renewal {
+                        Renewal::Renewed => {
+                            self.stats.renewed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Renewal::Lost | Renewal::Interrupted => {
+                            let before = local.waiting.len();
+                            local.waiting.retain(|j| j.id != id);
+                            if renewal == Renewal::Interrupted && local.waiting.len() < before {
+                                release.push((id, token));
+                            }
+                        }
+                    }
+                }
+            }
+            self.release(release);
+        }
+    }
 }
 
 /// Completions wait at most this long before they go to the writer: quick jobs share
@@ -180,131 +356,211 @@ struct Worker {
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 
 /// A worker's completions: those not yet handed to the writer, and those handed
-/// over whose commit it has not yet waited for.
+/// over whose commit it has not yet seen, with the jobs each covers.
 struct Completions {
     pending: Vec<JobCompletion>,
     since: Instant,
-    submitted: Vec<Receiver<Result<Outcomes, CommitError>>>,
+    submitted: Vec<(Submitted, Vec<Uuid>)>,
+}
+
+/// A group of completions handed to the writer: their outcomes once durable.
+type Submitted = Receiver<Result<Outcomes, CommitError>>;
+
+struct Worker {
+    shared: Arc<Shared>,
+    done: Completions,
 }
 
 impl Worker {
-    fn run(self) {
-        let poll = Duration::from_millis(self.config.poll_ms);
-        let lease = Duration::from_millis(self.config.lease_ms);
-        let mut done = Completions { pending: Vec::new(), since: Instant::now(), submitted: Vec::new() };
-        while !self.stop.load(Ordering::SeqCst) {
-            if self.paused.load(Ordering::SeqCst) {
-                self.flush(&mut done);
-                self.settle(&mut done);
+    fn new(shared: Arc<Shared>) -> Worker {
+        Worker { shared, done: Completions { pending: Vec::new(), since: Instant::now(), submitted: Vec::new() } }
+    }
+
+    fn run(mut self) {
+        let poll = Duration::from_millis(self.shared.config.poll_ms);
+        while !self.shared.stopping() {
+            if self.shared.paused() {
+                self.shared.release_waiting();
+                self.flush();
+                self.settle(true);
                 std::thread::sleep(poll.min(Duration::from_millis(50)));
                 continue;
             }
-            // The previous batch's completions share the next lease's commit, so a
-            // cycle costs one durable commit rather than two.
-            self.flush(&mut done);
-            let leased = self.queue.lease(&self.host, self.config.batch, lease);
-            self.settle(&mut done);
-            let jobs = match leased {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::error!("leasing jobs failed: {e}");
-                    std::thread::sleep(poll);
-                    continue;
-                }
-            };
-            if jobs.is_empty() {
-                self.queue.wait_for_work(poll);
+            let Some(job) = self.next_job(poll) else { continue };
+            // A user canceled or paused it after it was leased: it does not run.
+            if self.shared.queue.take_interrupt(job.id) {
+                self.shared.release(vec![(job.id, job.fencing_token)]);
                 continue;
             }
-            self.stats.leased.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            let mut unstarted = Vec::new();
-            for job in jobs {
-                if self.stop.load(Ordering::SeqCst) || self.paused.load(Ordering::SeqCst) {
-                    unstarted.push((job.id, job.fencing_token));
-                    continue;
-                }
-                if done.since.elapsed() >= FLUSH_AFTER {
-                    self.flush(&mut done);
-                }
-                let span =
-                    tracing::info_span!("job", id = %job.id, correlation_id = %job.correlation_id, name = %job.name);
-                let _enter = span.enter();
-                let (run, purge_before) = match job.operation_type {
-                    OperationType::PluginExecution => (self.pipeline.run_job(&job), None),
-                    // The deletion service's work happens in the transaction that completes it.
-                    OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
-                    OperationType::BulkDelete | OperationType::BulkImport => (self.pipeline.run_bulk(&job), None),
-                };
-                self.stats.fuel_used.fetch_add(run.fuel_used, Ordering::Relaxed);
-                self.stats.run_us.fetch_add(run.duration_us, Ordering::Relaxed);
-                tracing::debug!(fuel = run.fuel_used, us = run.duration_us, result = ?run.result, "job ran");
-                if done.pending.is_empty() {
-                    done.since = Instant::now();
-                }
-                done.pending.push(JobCompletion {
-                    id: job.id,
-                    fencing_token: job.fencing_token,
-                    result: run.result,
-                    effects: run.effects,
-                    trace: run.trace,
-                    fuel_used: run.fuel_used,
-                    duration_us: run.duration_us,
-                    delete_on_success: run.delete_on_success,
-                    max_retries: self.config.max_retries,
-                    backoff_ms: self.config.backoff_ms,
-                    purge_before,
-                    output: run.output,
-                    message: run.message,
-                });
+            self.run_job(job);
+            if self.done.since.elapsed() >= FLUSH_AFTER {
+                self.flush();
             }
-            if !unstarted.is_empty()
-                && let Err(e) = self.queue.release(unstarted)
-            {
-                tracing::error!("releasing unstarted jobs failed (their leases will expire): {e}");
+            self.settle(false);
+        }
+        self.flush();
+        self.settle(true);
+        self.shared.release_waiting();
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The next leased job to run: from the pool's queue, else leased now by this
+    /// worker (while another worker leases, this one waits for its jobs).
+    fn next_job(&mut self, poll: Duration) -> Option<SystemJob> {
+        let shared = self.shared.clone();
+        let mut local = lock(&shared.local);
+        loop {
+            if let Some(job) = local.waiting.pop_front() {
+                return Some(job);
+            }
+            if shared.stopping() || shared.paused() {
+                return None;
+            }
+            if local.leasing {
+                // Hand over what this worker finished before waiting.
+                drop(local);
+                self.flush();
+                local = lock(&shared.local);
+                if local.leasing && local.waiting.is_empty() {
+                    local = shared.changed.wait_timeout(local, poll).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                continue;
+            }
+            local.leasing = true;
+            drop(local);
+            // The finished jobs' completions share the lease's commit.
+            self.flush();
+            let leased = shared.queue.lease(&shared.host, shared.batch_size(), shared.config.lease());
+            self.settle(true);
+            local = lock(&shared.local);
+            local.leasing = false;
+            shared.changed.notify_all();
+            match leased {
+                Ok(jobs) if !jobs.is_empty() => {
+                    shared.stats.leased.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                    if shared.stopping() || shared.paused() {
+                        drop(local);
+                        shared.release(jobs.iter().map(|j| (j.id, j.fencing_token)).collect());
+                        return None;
+                    }
+                    local.waiting.extend(jobs);
+                }
+                Ok(_) => {
+                    drop(local);
+                    shared.queue.wait_for_work(poll);
+                    return None;
+                }
+                Err(e) => {
+                    drop(local);
+                    tracing::error!("leasing jobs failed: {e}");
+                    std::thread::sleep(poll);
+                    return None;
+                }
             }
         }
-        self.flush(&mut done);
-        self.settle(&mut done);
+    }
+
+    fn run_job(&mut self, job: SystemJob) {
+        let shared = &self.shared;
+        lock(&shared.held).insert(job.id, job.fencing_token);
+        let span = tracing::info_span!("job", id = %job.id, correlation_id = %job.correlation_id, name = %job.name);
+        let _enter = span.enter();
+        let started = Instant::now();
+        let (run, purge_before) = match job.operation_type {
+            OperationType::PluginExecution => (shared.pipeline.run_job(&job), None),
+            // The deletion service's work happens in the transaction that completes it.
+            OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
+            OperationType::BulkDelete | OperationType::BulkImport => (shared.pipeline.run_bulk(&job), None),
+        };
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+        let avg = shared.avg_run_us.load(Ordering::Relaxed);
+        let avg = if avg == 0 { took } else { (avg.saturating_mul(7).saturating_add(took)) / 8 };
+        shared.avg_run_us.store(avg.max(1), Ordering::Relaxed);
+        shared.stats.fuel_used.fetch_add(run.fuel_used, Ordering::Relaxed);
+        shared.stats.run_us.fetch_add(run.duration_us, Ordering::Relaxed);
+        tracing::debug!(fuel = run.fuel_used, us = run.duration_us, result = ?run.result, "job ran");
+        if self.done.pending.is_empty() {
+            self.done.since = Instant::now();
+        }
+        self.done.pending.push(JobCompletion {
+            id: job.id,
+            fencing_token: job.fencing_token,
+            result: run.result,
+            effects: run.effects,
+            trace: run.trace,
+            fuel_used: run.fuel_used,
+            duration_us: run.duration_us,
+            delete_on_success: run.delete_on_success,
+            max_retries: shared.config.max_retries,
+            backoff_ms: shared.config.backoff_ms,
+            purge_before,
+            output: run.output,
+            message: run.message,
+        });
     }
 
     /// Where the deletion service cuts off: jobs completed before this are deleted.
     fn purge_before(&self) -> Option<i64> {
-        let retention = i64::try_from(self.config.completed_job_retention_secs.saturating_mul(1000)).ok()?;
+        let retention = i64::try_from(self.shared.config.completed_job_retention_secs.saturating_mul(1000)).ok()?;
         (retention > 0).then(|| crate::registry::now_ms().saturating_sub(retention))
     }
 
     /// Hands the pending completions to the writer as one operation, without waiting.
-    fn flush(&self, done: &mut Completions) {
-        if !done.pending.is_empty() {
-            done.submitted.push(self.queue.complete_all(std::mem::take(&mut done.pending)));
+    fn flush(&mut self) {
+        if !self.done.pending.is_empty() {
+            let pending = std::mem::take(&mut self.done.pending);
+            let ids = pending.iter().map(|c| c.id).collect();
+            self.done.submitted.push((self.shared.queue.complete_all(pending), ids));
         }
     }
 
-    /// Waits for the submitted completions to be durable and counts their outcomes.
-    fn settle(&self, done: &mut Completions) {
-        for rx in done.submitted.drain(..) {
-            let outcomes = match rx.blocking_recv() {
+    /// Counts the outcomes of submitted completions that are durable (all of them,
+    /// waiting, when `block`), and stops holding their jobs.
+    fn settle(&mut self, block: bool) {
+        let stats = &self.shared.stats;
+        let mut still = Vec::new();
+        for (mut rx, ids) in self.done.submitted.drain(..) {
+            let answer = if block {
+                rx.blocking_recv().map_err(|_| ())
+            } else {
+                match rx.try_recv() {
+                    Ok(a) => Ok(a),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        still.push((rx, ids));
+                        continue;
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(()),
+                }
+            };
+            {
+                let mut held = lock(&self.shared.held);
+                for id in &ids {
+                    held.remove(id);
+                }
+            }
+            let outcomes = match answer {
                 Ok(Ok(outcomes)) => outcomes,
                 Ok(Err(e)) => {
                     tracing::error!("completing jobs failed (their leases will expire): {e}");
                     continue;
                 }
-                Err(_) => {
+                Err(()) => {
                     tracing::error!("the store's writer stopped while completing jobs");
                     continue;
                 }
             };
             for outcome in outcomes {
                 let counter = match outcome {
-                    Ok(CompletionOutcome::Recorded(JobStatus::Succeeded) | CompletionOutcome::Deleted) => {
-                        &self.stats.succeeded
-                    }
-                    Ok(CompletionOutcome::Recorded(JobStatus::Waiting)) => &self.stats.retried,
-                    // A bulk job's batch: it goes on.
-                    Ok(CompletionOutcome::Recorded(JobStatus::WaitingForResources)) => continue,
-                    Ok(CompletionOutcome::Recorded(_)) => &self.stats.failed,
-                    Ok(CompletionOutcome::Stale) => &self.stats.stale,
-                    Ok(CompletionOutcome::Requeued) => &self.stats.requeued,
+                    Ok(CompletionOutcome::Recorded { run, .. }) => match run {
+                        RunOutcome::Succeeded => &stats.succeeded,
+                        RunOutcome::Failed => &stats.failed,
+                        RunOutcome::Retrying => &stats.retried,
+                        RunOutcome::Canceled => &stats.canceled,
+                        RunOutcome::Paused | RunOutcome::MoreToDo => continue,
+                    },
+                    Ok(CompletionOutcome::Deleted) => &stats.succeeded,
+                    Ok(CompletionOutcome::Stale) => &stats.stale,
+                    Ok(CompletionOutcome::Requeued) => &stats.requeued,
                     Err(e) => {
                         tracing::error!("completing a job failed (its lease will expire): {e}");
                         continue;
@@ -313,5 +569,6 @@ impl Worker {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.done.submitted = still;
     }
 }

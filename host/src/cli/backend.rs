@@ -201,14 +201,18 @@ impl Backend for Local {
         self.queue()?.create(job).map_err(commit_error)
     }
 
+    /// Without a server, pausing or resuming sets what the next `plughost serve` starts with.
     fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
-        if action.is_some() {
-            return Err(CliError::new(
-                "no_server",
-                "no server is running for this data directory: the asynchronous service runs inside `plughost serve`",
-            ));
+        match action {
+            None => {}
+            Some("pause") => self.store.set_service_paused(true)?,
+            Some("resume") => self.store.set_service_paused(false)?,
+            Some(other) => {
+                return Err(CliError::new("invalid", format!("unknown service action '{other}': use pause or resume")));
+            }
         }
-        Ok(ServiceStatus { running: false, paused: false, workers: 0, counts: self.store.job_counts()? })
+        let paused = self.store.service_paused()?;
+        Ok(ServiceStatus { running: false, paused, workers: 0, counts: self.store.job_counts()? })
     }
 }
 
@@ -440,13 +444,7 @@ impl Backend for Remote {
                 self.post(&format!("/jobs/{id}/postpone"), &PostponeBody { until: until.into() })
             }
             other => {
-                let name = match other {
-                    JobAction::Cancel => "cancel",
-                    JobAction::Pause => "pause",
-                    JobAction::Resume => "resume",
-                    _ => "retry",
-                };
-                self.answer(self.auth(self.agent.post(self.url(&format!("/jobs/{id}/{name}")))).send_empty())
+                self.answer(self.auth(self.agent.post(self.url(&format!("/jobs/{id}/{}", other.name())))).send_empty())
             }
         }
     }

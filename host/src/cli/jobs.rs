@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use plughost::jobs::{JobStatus, SystemJob};
-use plughost::model::{ParameterValue, Value, value_from_json};
+use plughost::jobs::{JobStatus, JobView, SystemJob};
+use plughost::model::{ParameterValue, time_from_text};
 use plughost::pipeline::NewJob;
 use plughost::server::JobFilter;
 use plughost::store::JobAction;
@@ -76,12 +76,7 @@ pub(crate) enum Jobs {
 
 /// Parses an RFC 3339 time (or milliseconds) into UTC milliseconds.
 fn time(text: &str) -> Result<i64, CliError> {
-    let json = text.parse::<i64>().map_or_else(|_| serde_json::json!(text), |ms| serde_json::json!(ms));
-    match value_from_json(serde_json::json!({ "datetime": json })) {
-        Ok(Value::DateTime(t)) => Ok(t),
-        Ok(_) => Err(CliError::new("invalid", "not a time")),
-        Err(m) => Err(CliError::new("invalid", m)),
-    }
+    time_from_text(text).map_err(|m| CliError::new("invalid", m))
 }
 
 /// Finds the one job whose id starts with `key` (4+ characters).
@@ -104,7 +99,7 @@ impl Jobs {
         let act = |id: &str, action: JobAction| -> Result<(), CliError> {
             let job = resolve(backend.as_ref(), id)?;
             let after = backend.manage_job(job.id, action)?;
-            g.print(&after, || match &after {
+            g.print(&after.as_ref().map(JobView::of), || match &after {
                 Some(j) => format!("job {} is now {:?} / {} ({})", j.id, j.state(), j.status.name(), j.status.code()),
                 None => format!("deleted job {}", job.id),
             })
@@ -120,35 +115,30 @@ impl Jobs {
                     ..NewJob::default()
                 };
                 let job = backend.create_job(spec)?;
-                g.print(&job, || format!("created job {} ({}), {}", job.id, job.name, job.status.name()))?;
+                g.print(&JobView::of(&job), || {
+                    format!("created job {} ({}), {}", job.id, job.name, job.status.name())
+                })?;
             }
             Jobs::Cancel { id } => act(&id, JobAction::Cancel)?,
             Jobs::Pause { id } => act(&id, JobAction::Pause)?,
             Jobs::Resume { id } => act(&id, JobAction::Resume)?,
             Jobs::Retry { id } => act(&id, JobAction::Retry)?,
             Jobs::Delete { id } => act(&id, JobAction::Delete)?,
-            Jobs::Postpone { id, until } => {
-                let Value::DateTime(t) = value_from_json(serde_json::json!({ "datetime": until }))
-                    .map_err(|m| CliError::new("invalid", m))?
-                else {
-                    return Err(CliError::new("invalid", "not a time"));
-                };
-                act(&id, JobAction::Postpone(t))?;
-            }
+            Jobs::Postpone { id, until } => act(&id, JobAction::Postpone(time(&until)?))?,
             Jobs::List { status, step, entity, token, since, limit, after, newest } => {
                 let filter = JobFilter {
                     status: status.map(|s| s.name().to_owned()),
                     step,
                     entity,
                     token,
-                    since: since.as_deref().map(time).transpose()?,
+                    since: since.as_deref().map(time).transpose()?.map(|t| t.to_string()),
                     limit,
                     after,
                     order: newest.then(|| "newest".to_owned()),
                     ..JobFilter::default()
                 };
                 let jobs = backend.jobs(&filter)?;
-                g.print(&jobs, || {
+                g.print(&jobs.iter().map(JobView::of).collect::<Vec<_>>(), || {
                     if jobs.is_empty() {
                         return "no system jobs".into();
                     }
@@ -169,7 +159,7 @@ impl Jobs {
             }
             Jobs::Show { id } => {
                 let job = resolve(backend.as_ref(), &id)?;
-                g.print(&job, || {
+                g.print(&JobView::of(&job), || {
                     let mut out = format!(
                         "job       {}\nname      {}\nstatus    {:?} ({}) / {} ({})\ncreated   {}\n",
                         job.id,

@@ -24,9 +24,11 @@ impl Serve {
             .thread_name("plughost-io")
             .build()
             .map_err(|e| CliError::new("runtime", format!("cannot start tokio: {e}")))?;
-        rt.block_on(plughost::server::serve(config, data_dir, None)).map_err(|e| match e
-            .downcast::<plughost::store::StoreError>()
-        {
+        let served = rt.block_on(plughost::server::serve(config, data_dir, None));
+        // Requests still running a plug-in after the drain end with the process; a
+        // plug-in's own timeout bounds them anyway.
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        served.map_err(|e| match e.downcast::<plughost::store::StoreError>() {
             Ok(store) => CliError::from(store),
             Err(e) => CliError::new("serve_failed", format!("{e:#}")),
         })?;

@@ -27,6 +27,10 @@ pub struct Limits {
     pub input_bytes: u64,
     /// Largest execution result it may return, in (approximate) bytes.
     pub output_bytes: u64,
+    /// Most data (approximate bytes of records) the writes of one request or job may
+    /// hold before they commit: the invocation's own service calls and the nested
+    /// pipeline they run. A write past it fails with `write_limit`.
+    pub write_bytes: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             host_calls: 10_000,
             input_bytes: 8 << 20,
             output_bytes: 4 << 20,
+            write_bytes: 32 << 20,
         }
     }
 }
@@ -47,6 +52,7 @@ impl Default for Limits {
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 pub const MAX_TRACE_BYTES: u64 = 16 << 20;
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 20;
+pub const MAX_WRITE_BYTES: u64 = 256 << 20;
 
 impl Limits {
     pub fn timeout(&self) -> Duration {
@@ -67,6 +73,7 @@ impl Limits {
         pick(&mut self.host_calls, o.host_calls);
         pick(&mut self.input_bytes, o.input_bytes);
         pick(&mut self.output_bytes, o.output_bytes);
+        pick(&mut self.write_bytes, o.write_bytes);
         self
     }
 }
@@ -83,6 +90,7 @@ pub struct LimitOverrides {
     pub host_calls: Option<u64>,
     pub input_bytes: Option<u64>,
     pub output_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -100,7 +108,8 @@ impl LimitOverrides {
         check("trace_bytes", self.trace_bytes, MAX_TRACE_BYTES)?;
         check("host_calls", self.host_calls, u64::from(u32::MAX))?;
         check("input_bytes", self.input_bytes, MAX_PAYLOAD_BYTES)?;
-        check("output_bytes", self.output_bytes, MAX_PAYLOAD_BYTES)
+        check("output_bytes", self.output_bytes, MAX_PAYLOAD_BYTES)?;
+        check("write_bytes", self.write_bytes, MAX_WRITE_BYTES)
     }
 
     /// Parses `name=value` pairs as given on the command line, e.g. `fuel=1000000`.
@@ -118,9 +127,10 @@ impl LimitOverrides {
             "host_calls" => &mut self.host_calls,
             "input" | "input_bytes" => &mut self.input_bytes,
             "output" | "output_bytes" => &mut self.output_bytes,
+            "write" | "write_bytes" => &mut self.write_bytes,
             _ => {
                 return Err(format!(
-                    "unknown limit '{name}': use fuel, memory, timeout, trace, host_calls, input or output"
+                    "unknown limit '{name}': use fuel, memory, timeout, trace, host_calls, input, output or write"
                 ));
             }
         };

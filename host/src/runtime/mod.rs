@@ -27,7 +27,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use self::bindings::{WIT_PACKAGE, WIT_VERSION};
-pub use self::limits::{LimitOverrides, Limits, MAX_PAYLOAD_BYTES, MAX_TIMEOUT_MS, MAX_TRACE_BYTES};
+pub use self::limits::{LimitOverrides, Limits, MAX_PAYLOAD_BYTES, MAX_TIMEOUT_MS, MAX_TRACE_BYTES, MAX_WRITE_BYTES};
 pub use self::outcome::{ErrorCode, Failure, Invocation};
 pub use self::service::{CallContext, NoData, OrganizationService, ServiceError};
 
@@ -83,6 +83,8 @@ pub enum ComponentError {
     CoreModule,
     #[error("the component is malformed: {0}")]
     Invalid(String),
+    #[error("the component needs more than this host allows: {0}")]
+    ExceedsHostLimits(String),
     #[error("the component was built against {found}, but this host implements {WIT_PACKAGE}@{}.{}.{}: rebuild it against the 0.1 world (plughost-sdk 0.1)", WIT_VERSION.0, WIT_VERSION.1, WIT_VERSION.2)]
     IncompatibleVersion { found: String },
     #[error("the component does not implement the {WIT_PACKAGE} world: {0}")]
@@ -101,6 +103,7 @@ impl ComponentError {
             ComponentError::TooLarge(_) => "component_too_large",
             ComponentError::CoreModule => "core_module",
             ComponentError::Invalid(_) => "invalid_component",
+            ComponentError::ExceedsHostLimits(_) => "exceeds_host_limits",
             ComponentError::IncompatibleVersion { .. } => "incompatible_wit_version",
             ComponentError::WrongWorld(_) => "wrong_world",
             ComponentError::UnsupportedImport(_) => "unsupported_import",
@@ -179,6 +182,13 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        // WASI's blocking waits, bounded by each invocation's deadline.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::sync::io::poll::add_to_linker::<Sandbox, sandbox::BoundedIo>(&mut linker, |s| {
+            s.bounded_io()
+        })
+        .map_err(anyhow::Error::from)?;
+        linker.allow_shadowing(false);
         Plugin::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
         let fingerprint = engine_fingerprint(&engine);
         let ticker = EpochTicker::start(engine.clone());
@@ -220,7 +230,25 @@ impl Runtime {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(ComponentError::CoreModule);
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        let max_memory = self.config.max_memory_bytes;
+        let too_big = |needs: String| {
+            ComponentError::ExceedsHostLimits(format!(
+                "{needs}, and this host gives an instance at most {max_memory} bytes (runtime.max_memory_bytes)"
+            ))
+        };
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let message = format!("{e:#}");
+            // The pooling allocator refuses a memory minimum above its slot size here.
+            if message.contains("minimum byte size") { too_big(message) } else { ComponentError::Invalid(message) }
+        })?;
+        // Without pooling nothing refuses it until instantiation: check here, so such a
+        // component is never registered.
+        if let Some(pages) = component.resources_required().and_then(|r| r.max_initial_memory_size) {
+            let bytes = pages.saturating_mul(64 << 10);
+            if bytes > max_memory {
+                return Err(too_big(format!("its memory starts at {bytes} bytes")));
+            }
+        }
         let info = self.check_world(&component)?;
         Ok((component, info))
     }
@@ -475,11 +503,24 @@ impl Runtime {
             );
         }
         store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1);
+        store.set_hostcall_fuel(hostcall_fuel(limits));
 
         let wit_context = bindings::context_to_wit(context);
         let instance = match instance {
             Some(i) => Ok(i),
-            None => plugin.pre.instantiate(&mut store),
+            // A full instance pool is waited out within the plug-in's own time budget,
+            // so a burst of slow plug-ins delays others instead of failing them.
+            None => loop {
+                match plugin.pre.instantiate(&mut store) {
+                    Err(e)
+                        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some()
+                            && started.elapsed() < limits.timeout() =>
+                    {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    other => break other,
+                }
+            },
         };
         let (call, instance) = match instance {
             Ok(instance) => {
@@ -512,7 +553,14 @@ impl Runtime {
             },
             Ok(Err(bindings::wit::PluginError::Permanent(m))) => Err(Failure::new(ErrorCode::PluginError, m)),
             Ok(Err(bindings::wit::PluginError::Retryable(m))) => Err(Failure::new(ErrorCode::PluginRetryable, m)),
-            Err((error, instantiating)) => Err(classify(&error, breach, trace.overflowed(), instantiating, limits)),
+            Err((error, instantiating)) => {
+                let failure = classify(&error, breach, trace.overflowed(), instantiating, limits);
+                // The wasm backtrace goes to the trace log and the server's log, not to callers.
+                let detail = format!("{error:?}");
+                tracing::debug!(code = %failure.code, "plug-in failed: {detail}");
+                trace.append_host_note(&format!("[plughost] {}: {detail}", failure.code));
+                Err(failure)
+            }
         };
         // Only an instance that finished cleanly may be used again.
         let kept = match (&outcome, instance) {
@@ -551,7 +599,16 @@ struct KeptInstance {
     uses: u32,
 }
 
-/// Names the cause of a trap: a limit the host enforced, or the guest's own fault.
+/// Most bytes a guest may pass to the host in one call or in its result (wasmtime's
+/// hostcall fuel): room for the step's input and output limits in the canonical
+/// ABI's representation.
+fn hostcall_fuel(limits: &Limits) -> usize {
+    let payload = limits.input_bytes.max(limits.output_bytes);
+    usize::try_from(payload.saturating_mul(2).saturating_add(1 << 20)).unwrap_or(usize::MAX)
+}
+
+/// Names the cause of a failed call: a limit the host enforced, or the guest's own
+/// fault. The message is for callers: no wasm backtrace.
 fn classify(
     error: &wasmtime::Error,
     breach: Option<Breach>,
@@ -581,17 +638,34 @@ fn classify(
         }
         None => {}
     }
+    let timeout = || Failure::new(ErrorCode::Timeout, format!("the plug-in ran longer than {} ms", limits.timeout_ms));
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Failure::new(
+            ErrorCode::PluginExited,
+            format!("the plug-in called exit({}) instead of returning a result", exit.0),
+        );
+    }
+    if error.downcast_ref::<sandbox::DeadlineExceeded>().is_some() {
+        return timeout();
+    }
+    if error.chain().any(|e| e.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
+        return Failure::new(
+            ErrorCode::TransferLimit,
+            format!(
+                "the plug-in passed more than {} bytes to the host in one call or in its result",
+                hostcall_fuel(limits)
+            ),
+        );
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
             Failure::new(ErrorCode::OutOfFuel, format!("the plug-in used all of its {} fuel", limits.fuel))
         }
-        Some(Trap::Interrupt) => {
-            Failure::new(ErrorCode::Timeout, format!("the plug-in ran longer than {} ms", limits.timeout_ms))
-        }
+        Some(Trap::Interrupt) => timeout(),
         Some(Trap::StackOverflow) => Failure::new(ErrorCode::StackOverflow, "the plug-in exhausted its call stack"),
         Some(trap) => Failure::new(ErrorCode::Trap, format!("the plug-in trapped: {trap}")),
-        None if instantiating => Failure::new(ErrorCode::InstantiationFailed, format!("{error:#}")),
-        None => Failure::new(ErrorCode::Trap, format!("{error:#}")),
+        None if instantiating => Failure::new(ErrorCode::InstantiationFailed, error.root_cause().to_string()),
+        None => Failure::new(ErrorCode::Trap, error.root_cause().to_string()),
     }
 }
 

@@ -39,6 +39,11 @@ pub enum ErrorCode {
     TraceLimit,
     /// The plug-in could not be instantiated (for example the instance pool is full).
     InstantiationFailed,
+    /// The plug-in called exit() instead of returning a result.
+    PluginExited,
+    /// The plug-in passed more data to the host in one call or in its result than
+    /// the host copies (wasmtime's hostcall fuel, sized from the payload limits).
+    TransferLimit,
 }
 
 impl ErrorCode {
@@ -57,6 +62,8 @@ impl ErrorCode {
             ErrorCode::HostCallLimit => "host_call_limit",
             ErrorCode::TraceLimit => "trace_limit",
             ErrorCode::InstantiationFailed => "instantiation_failed",
+            ErrorCode::PluginExited => "plugin_exited",
+            ErrorCode::TransferLimit => "transfer_limit",
         }
     }
 

@@ -2,15 +2,19 @@
 //! the organization service, tracing, and WASI with nothing granted except
 //! stdout and stderr, which go to the bounded trace log.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::bindings::io::poll as async_poll;
+use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, plughost::plugin, wit};
@@ -53,6 +57,18 @@ impl TraceLog {
             t.overflowed = true;
         }
         !t.overflowed
+    }
+
+    /// Appends a line from the host after the invocation ended (e.g. a failure's
+    /// backtrace), past the limit if need be: the guest no longer writes.
+    pub(crate) fn append_host_note(&self, note: &str) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !t.bytes.is_empty() && !t.bytes.ends_with(b"\n") {
+            t.bytes.push(b'\n');
+        }
+        let note = &note.as_bytes()[..note.len().min(8 << 10)];
+        t.bytes.extend_from_slice(note);
+        t.bytes.push(b'\n');
     }
 
     /// Empties the log (it is shared with the instance's stdout and stderr).
@@ -153,6 +169,8 @@ pub(crate) struct Sandbox {
     max_payload: usize,
     pub(crate) host_calls: u64,
     pub(crate) breach: Option<Breach>,
+    /// When the invocation's wall-clock budget ends: WASI's blocking waits end here.
+    deadline: Instant,
 }
 
 impl Sandbox {
@@ -177,6 +195,7 @@ impl Sandbox {
             max_payload: usize::try_from(limits.input_bytes).unwrap_or(usize::MAX),
             host_calls: 0,
             breach: None,
+            deadline: deadline(limits),
         }
     }
 
@@ -191,6 +210,7 @@ impl Sandbox {
         self.max_payload = usize::try_from(limits.input_bytes).unwrap_or(usize::MAX);
         self.host_calls = 0;
         self.breach = None;
+        self.deadline = deadline(limits);
     }
 
     /// Lets go of the invocation's data service (and the snapshot it holds) while
@@ -218,6 +238,77 @@ impl Sandbox {
         } else {
             Ok(())
         }
+    }
+}
+
+fn deadline(limits: &Limits) -> Instant {
+    Instant::now() + Duration::from_millis(limits.timeout_ms)
+}
+
+/// The error that ends a blocking WASI wait at the invocation's deadline.
+#[derive(Debug)]
+pub(crate) struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the invocation's deadline passed while it waited in WASI")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// `wasi:io/poll` with every blocking wait (`poll`, `pollable.block`) bounded by the
+/// invocation's deadline, so a plug-in sleeping in WASI stops at its timeout like
+/// one spinning in wasm (epoch interruption cannot stop a host call). Linked over
+/// wasmtime-wasi's own, which waits without bound.
+pub(crate) struct BoundedIo;
+
+impl HasData for BoundedIo {
+    type Data<'a> = BoundedTable<'a>;
+}
+
+pub(crate) struct BoundedTable<'a> {
+    table: &'a mut ResourceTable,
+    deadline: Instant,
+}
+
+impl Sandbox {
+    pub(crate) fn bounded_io(&mut self) -> BoundedTable<'_> {
+        BoundedTable { table: &mut self.table, deadline: self.deadline }
+    }
+}
+
+/// Runs a WASI wait until `deadline`.
+fn until<T>(deadline: Instant, wait: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    wasmtime_wasi::runtime::in_tokio(async move {
+        match tokio::time::timeout(left, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+        }
+    })
+}
+
+impl sync_poll::Host for BoundedTable<'_> {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        let table = &mut *self.table;
+        until(self.deadline, async move { async_poll::Host::poll(table, pollables).await })
+    }
+}
+
+impl sync_poll::HostPollable for BoundedTable<'_> {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        let table = &mut *self.table;
+        until(self.deadline, async move { async_poll::HostPollable::ready(table, pollable).await })
+    }
+
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        let table = &mut *self.table;
+        until(self.deadline, async move { async_poll::HostPollable::block(table, pollable).await })
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        async_poll::HostPollable::drop(self.table, pollable)
     }
 }
 

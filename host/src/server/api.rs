@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::jobs::{JobQuery, JobStatus, SystemJob};
+use crate::jobs::{JobQuery, JobStatus, JobView, SystemJob};
 use crate::metadata::{AttributeType, EntityDefinition};
 use crate::model::{Entity, EntityReference, Parameters, Value, parse_guid};
 use crate::pipeline::{Caller, Request, Response};
@@ -30,11 +30,10 @@ pub fn app(state: AppState) -> Router {
         .route("/entities/{entity}", post(create).get(list))
         .route("/entities/{entity}/{id}", get(retrieve).patch(update).delete(delete))
         .route("/query", post(query))
-        .route("/messages/{message}", post(custom_message))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
-    let uploads = Router::new()
-        .route("/assemblies", post(register).get(assemblies))
-        .layer(DefaultBodyLimit::max(state.config.max_assembly_bytes));
+        .route("/messages/{message}", post(custom_message));
+    let data = limited(data, state.config.max_body_bytes, "max_body_bytes");
+    let uploads = Router::new().route("/assemblies", post(register).get(assemblies));
+    let uploads = limited(uploads, state.config.max_assembly_bytes, "max_assembly_bytes");
     let admin = Router::new()
         .route("/assemblies/{hash}", axum::routing::delete(unregister_assembly))
         .route("/plugins", get(plugins))
@@ -51,8 +50,8 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}", get(job).delete(delete_job))
         .route("/jobs/{id}/{action}", post(job_action))
         .route("/service", get(service))
-        .route("/service/{action}", post(service_action))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .route("/service/{action}", post(service_action));
+    let admin = limited(admin, state.config.max_body_bytes, "max_body_bytes")
         .merge(uploads)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -81,6 +80,28 @@ async fn require_admin(State(state): State<AppState>, request: HttpRequest, next
     next.run(request).await
 }
 
+/// Limits request bodies to `limit` bytes; a body that declares a larger length is
+/// refused before it is read, saying its size, the limit and the setting.
+fn limited(router: Router<AppState>, limit: usize, setting: &'static str) -> Router<AppState> {
+    router.layer(DefaultBodyLimit::max(limit)).layer(middleware::from_fn(move |request: HttpRequest, next: Next| {
+        refuse_oversize(limit, setting, request, next)
+    }))
+}
+
+async fn refuse_oversize(limit: usize, setting: &'static str, request: HttpRequest, next: Next) -> HttpResponse {
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is {n} bytes; the limit is {limit} bytes ({setting})"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -92,16 +113,30 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
     })
 }
 
-/// Parses a JSON body with errors in the API's own shape.
-/// A request body, or the error of one too large or unreadable.
+/// A request body, or the error of one too large, too slow or unreadable.
 fn raw_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_body" };
-        ApiError::new(status, code, e.body_text())
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(cause) = source {
+            if let Some(timeout) = cause.downcast_ref::<super::listen::BodyTimeout>() {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", timeout.to_string());
+            }
+            source = cause.source();
+        }
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text())
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read: {}", e.body_text()),
+            ),
+        }
     })
 }
 
+/// Parses a JSON body with errors in the API's own shape.
 fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let bytes = raw_body(body)?;
     serde_json::from_slice(&bytes)
@@ -305,7 +340,7 @@ async fn register(
     Params(q): Params<RegisterQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let bytes = body.map_err(|e| ApiError::new(e.status(), "payload_too_large", e.body_text()))?;
+    let bytes = raw_body(body)?;
     let steps: Vec<StepSpec> = match &q.steps {
         Some(json) => serde_json::from_str(json).map_err(|e| ApiError::bad_request(format!("steps: {e}")))?,
         None => Vec::new(),
@@ -500,9 +535,9 @@ pub struct JobFilter {
     pub step: Option<String>,
     pub entity: Option<String>,
     pub token: Option<String>,
-    /// Created at or after / before (UTC ms).
-    pub since: Option<i64>,
-    pub until: Option<i64>,
+    /// Created at or after / before (RFC 3339 or UTC ms).
+    pub since: Option<String>,
+    pub until: Option<String>,
     /// Ids starting with these hex digits.
     pub id_prefix: Option<String>,
     /// The last id of the previous page.
@@ -524,8 +559,8 @@ impl JobFilter {
             step: self.step.as_deref().map(guid_param).transpose()?,
             entity: self.entity.clone(),
             token: self.token.clone(),
-            since: self.since,
-            until: self.until,
+            since: self.since.as_deref().map(|t| filter_time("since", t)).transpose()?,
+            until: self.until.as_deref().map(|t| filter_time("until", t)).transpose()?,
             id_prefix: self.id_prefix.clone(),
             after: self.after.as_deref().map(guid_param).transpose()?,
             newest_first,
@@ -537,16 +572,41 @@ impl JobFilter {
     }
 }
 
-async fn jobs(State(state): State<AppState>, Params(filter): Params<JobFilter>) -> ApiResult<Json<Vec<SystemJob>>> {
+/// Jobs as the API shows them: with Dataverse's state and status numbers.
+struct Jobs<T>(T);
+
+impl IntoResponse for Jobs<SystemJob> {
+    fn into_response(self) -> HttpResponse {
+        Json(JobView::of(&self.0)).into_response()
+    }
+}
+
+impl IntoResponse for Jobs<Option<SystemJob>> {
+    fn into_response(self) -> HttpResponse {
+        Json(self.0.as_ref().map(JobView::of)).into_response()
+    }
+}
+
+impl IntoResponse for Jobs<Vec<SystemJob>> {
+    fn into_response(self) -> HttpResponse {
+        Json(self.0.iter().map(JobView::of).collect::<Vec<_>>()).into_response()
+    }
+}
+
+fn filter_time(name: &str, text: &str) -> ApiResult<i64> {
+    crate::model::time_from_text(text).map_err(|m| ApiError::bad_request(format!("{name}: {m}")))
+}
+
+async fn jobs(State(state): State<AppState>, Params(filter): Params<JobFilter>) -> ApiResult<Jobs<Vec<SystemJob>>> {
     let query = filter.query()?;
     let s = state.clone();
-    blocking(move || Ok(Json(s.store().list_jobs(&query)?))).await
+    blocking(move || Ok(Jobs(s.store().list_jobs(&query)?))).await
 }
 
 async fn create_job(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<SystemJob>)> {
+) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let spec: crate::pipeline::NewJob = json_body(body)?;
     let s = state.clone();
     let job = blocking(move || {
@@ -554,20 +614,20 @@ async fn create_job(
         s.queue.create(job).map_err(commit_error)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((StatusCode::CREATED, Jobs(job)))
 }
 
 async fn bulk_delete(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<SystemJob>)> {
+) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let spec: crate::pipeline::BulkDelete = json_body(body)?;
     let job = blocking(move || {
         let job = state.pipeline.new_bulk_delete(spec)?;
         state.queue.create(job).map_err(commit_error)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((StatusCode::CREATED, Jobs(job)))
 }
 
 /// The query of `POST /bulk/import`; the body is the file.
@@ -586,7 +646,7 @@ async fn bulk_import(
     State(state): State<AppState>,
     Params(q): Params<ImportQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<SystemJob>)> {
+) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let bytes = raw_body(body)?;
     let format = q.format.as_deref().unwrap_or("csv").parse().map_err(ApiError::bad_request)?;
     let job = blocking(move || {
@@ -594,7 +654,7 @@ async fn bulk_import(
         state.queue.create_with_rows(job, rows).map_err(commit_error)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((StatusCode::CREATED, Jobs(job)))
 }
 
 fn commit_error(e: crate::store::CommitError) -> ApiError {
@@ -615,30 +675,17 @@ async fn job_action(
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Option<SystemJob>>> {
+) -> ApiResult<Jobs<Option<SystemJob>>> {
     let id = guid_param(&id)?;
-    let action = match action.as_str() {
-        "cancel" => JobAction::Cancel,
-        "pause" => JobAction::Pause,
-        "resume" => JobAction::Resume,
-        "retry" => JobAction::Retry,
-        "postpone" => {
-            let body: PostponeBody = json_body(body)?;
-            let Value::DateTime(until) = crate::model::value_from_json(serde_json::json!({ "datetime": body.until }))
-                .map_err(ApiError::bad_request)?
-            else {
-                return Err(ApiError::bad_request("until must be a time"));
-            };
-            JobAction::Postpone(until)
-        }
-        other => {
-            return Err(ApiError::not_found(format!(
-                "unknown job action '{other}': use cancel, pause, resume, postpone or retry"
-            )));
-        }
+    let until = if action == "postpone" {
+        let body: PostponeBody = json_body(body)?;
+        Some(crate::model::time_from_json(&body.until).map_err(|m| ApiError::bad_request(format!("until: {m}")))?)
+    } else {
+        None
     };
+    let action = JobAction::parse(&action, until).map_err(ApiError::not_found)?;
     let queue = state.queue.clone();
-    blocking(move || queue.manage(id, action).map(Json).map_err(commit_error)).await
+    blocking(move || queue.manage(id, action).map(Jobs).map_err(commit_error)).await
 }
 
 async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
@@ -674,12 +721,17 @@ async fn service_action(State(state): State<AppState>, Path(action): Path<String
     let workers = state.workers.clone().ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "no_workers", "this server runs no workers (workers.workers = 0)")
     })?;
-    match action.as_str() {
-        "pause" => workers.pause(),
-        "resume" => workers.resume(),
-        other => return Err(ApiError::not_found(format!("unknown service action '{other}': use pause or resume"))),
-    }
-    blocking(move || service_status(&state).map(Json)).await
+    blocking(move || {
+        match action.as_str() {
+            "pause" => workers.pause()?,
+            "resume" => workers.resume()?,
+            other => {
+                return Err(ApiError::not_found(format!("unknown service action '{other}': use pause or resume")));
+            }
+        }
+        service_status(&state).map(Json)
+    })
+    .await
 }
 
 /// Prometheus text exposition.
@@ -697,9 +749,16 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     if let Some(w) = &state.workers {
         let st = &w.stats;
         rows.extend([
-            ("plughost_jobs_succeeded_total", counter, "Jobs completed successfully.", st.succeeded.load(Relaxed)),
-            ("plughost_jobs_failed_total", counter, "Jobs that failed.", st.failed.load(Relaxed)),
+            ("plughost_jobs_succeeded_total", counter, "Job runs that succeeded.", st.succeeded.load(Relaxed)),
+            ("plughost_jobs_failed_total", counter, "Job runs that failed for good.", st.failed.load(Relaxed)),
             ("plughost_jobs_retried_total", counter, "Retryable failures scheduled again.", st.retried.load(Relaxed)),
+            ("plughost_jobs_canceled_total", counter, "Jobs canceled while they ran.", st.canceled.load(Relaxed)),
+            (
+                "plughost_job_leases_renewed_total",
+                counter,
+                "Leases renewed by the heartbeat.",
+                st.renewed.load(Relaxed),
+            ),
             (
                 "plughost_jobs_requeued_total",
                 counter,
@@ -736,9 +795,9 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SystemJob>> {
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Jobs<SystemJob>> {
     let id = guid_param(&id)?;
     let s = state.clone();
-    blocking(move || s.store().job(id)?.map(Json).ok_or_else(|| ApiError::not_found(format!("no system job {id}"))))
+    blocking(move || s.store().job(id)?.map(Jobs).ok_or_else(|| ApiError::not_found(format!("no system job {id}"))))
         .await
 }

@@ -66,7 +66,8 @@ impl From<PipelineError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             PipelineError::AlreadyExists(_) | PipelineError::Conflict(_) => StatusCode::CONFLICT,
-            PipelineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PipelineError::WriteLimit(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PipelineError::Store(s) => store_status(s),
         };
         let message = match &e {
             // The plug-in's own message comes first: it is what the user should read.
@@ -77,15 +78,19 @@ impl From<PipelineError> for ApiError {
     }
 }
 
+/// The status of a store error: a missing thing is 404 wherever it comes from.
+fn store_status(e: &StoreError) -> StatusCode {
+    match e {
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Conflict(_) => StatusCode::CONFLICT,
+        StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let status = match e {
-            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::new(store_status(&e), e.code(), e.to_string())
     }
 }
 

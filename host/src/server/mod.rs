@@ -6,6 +6,7 @@
 
 mod api;
 mod error;
+mod listen;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ pub use self::api::{
     UnregisteredPlugin, app,
 };
 pub use self::error::{ApiError, ErrorBody, ErrorDetail};
+pub use self::listen::HttpConfig;
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
 use crate::runtime::{ArtifactIndex, Runtime};
@@ -77,7 +79,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let deletion_service = config.workers.deletion_service().map_err(anyhow::Error::msg)?.map(str::to_owned);
     let pipeline = tokio::task::block_in_place(|| open_host(&config, &data_dir))?;
-    let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone());
+    let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone())
+        .with_max_lease_expirations(config.workers.max_lease_expirations);
     tokio::task::block_in_place(|| queue.ensure_deletion_service(deletion_service.as_deref()))?;
     let admin_token: Arc<str> = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?.into();
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
@@ -95,8 +98,9 @@ pub async fn serve(
     let workers = (config.workers.workers > 0)
         .then(|| WorkerPool::start(pipeline.clone(), queue.clone(), config.workers.clone()));
     let grace = std::time::Duration::from_millis(config.workers.shutdown_grace_ms);
+    let http = config.http.clone();
     let state = AppState { pipeline, queue, workers: workers.clone(), admin_token, config: Arc::new(config) };
-    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await;
+    listen::serve(listener, app(state), &http, shutdown_signal(), grace).await;
     if let Some(w) = workers {
         // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.
         let all = tokio::task::spawn_blocking(move || w.shutdown(grace)).await.unwrap_or(false);
@@ -108,7 +112,7 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&info_path);
     tracing::info!("plughost stopped");
-    Ok(result?)
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -282,28 +282,54 @@ pub(crate) fn ensure_deletion_service(
     }
 }
 
-/// Rewrites job records of schemas 1 and 2 (without `output`) in the current layout,
-/// a chunk at a time.
-pub(super) fn upgrade_job_records(txn: &WriteTransaction) -> Result<u64> {
+/// Rewrites job records of schemas 1 to 3 in the current layout, a chunk at a time.
+/// Schemas 1 and 2 lack `output` and what follows it; schema 3 lacks the two
+/// counters at the end (`lease_expirations`, `recurrence_runs`), which in the codec
+/// are one zero byte each when zero: they are appended, and the result is decoded
+/// as a check.
+pub(super) fn upgrade_job_records(txn: &WriteTransaction, from: u32) -> Result<u64> {
     const CHUNK: usize = 10_000;
     let mut jobs = txn.open_table(super::JOBS).map_err(err)?;
-    let (mut from, mut n) = (0u128, 0u64);
+    let (mut start, mut n) = (0u128, 0u64);
     loop {
         let mut chunk = Vec::with_capacity(CHUNK);
-        for entry in jobs.range(from..).map_err(err)?.take(CHUNK) {
+        for entry in jobs.range(start..).map_err(err)?.take(CHUNK) {
             let (k, v) = entry.map_err(err)?;
-            let old: super::legacy::JobV2 = codec::decode(v.value())?;
-            chunk.push((k.value(), codec::encode(&SystemJob::from(old))?));
+            let bytes = if from >= 3 {
+                let mut bytes = v.value().to_vec();
+                bytes.extend_from_slice(&[0, 0]);
+                codec::decode::<SystemJob>(&bytes)?;
+                bytes
+            } else {
+                let old: super::legacy::JobV2 = codec::decode(v.value())?;
+                codec::encode(&SystemJob::from(old))?
+            };
+            chunk.push((k.value(), bytes));
         }
         for (k, bytes) in &chunk {
             jobs.insert(*k, bytes.as_slice()).map_err(err)?;
         }
         n += chunk.len() as u64;
         match chunk.last() {
-            Some((k, _)) if chunk.len() == CHUNK && *k < u128::MAX => from = k + 1,
+            Some((k, _)) if chunk.len() == CHUNK && *k < u128::MAX => start = k + 1,
             _ => return Ok(n),
         }
     }
+}
+
+/// Rewrites step records of schemas 1 to 3 (limits without `write_bytes`).
+pub(super) fn upgrade_step_records(txn: &WriteTransaction) -> Result<u64> {
+    let mut steps = txn.open_table(super::STEPS).map_err(err)?;
+    let mut rewritten = Vec::new();
+    for entry in steps.iter().map_err(err)? {
+        let (k, v) = entry.map_err(err)?;
+        let old: super::legacy::StepV3 = codec::decode(v.value())?;
+        rewritten.push((k.value(), codec::encode(&crate::registry::StepRecord::from(old))?));
+    }
+    for (k, bytes) in &rewritten {
+        steps.insert(*k, bytes.as_slice()).map_err(err)?;
+    }
+    Ok(rewritten.len() as u64)
 }
 
 /// Builds the completion-time index of a store written before it existed (schema 1).
@@ -389,40 +415,70 @@ fn promote_due(t: &mut Tables<'_>, now: i64, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// Returns jobs whose lease expired to the queue (their worker died or hung).
-pub(crate) fn recover_expired(t: &mut Tables<'_>, now: i64, max: usize) -> Result<usize> {
+/// Returns jobs whose lease expired to the queue (their worker died or hung), or
+/// fails those whose lease expired too often ([`crate::jobs::after_lease_expired`]).
+pub(crate) fn recover_expired(t: &mut Tables<'_>, now: i64, max: usize, max_expirations: u32) -> Result<usize> {
     let expired = ids_before(&t.leases, now, max)?;
     for id in &expired {
         if let Some(old) = load(t, Uuid::from_u128(*id))? {
-            release(t, &old, now)?;
+            let new = crate::jobs::after_lease_expired(&old, max_expirations, now);
+            put_job(t, Some(&old), Some(&new), now)?;
         }
     }
     Ok(expired.len())
 }
 
-/// Takes a locked job back from its worker: a running job is ready again, one being
-/// canceled is canceled, one being paused waits.
+/// Takes a locked job back from its worker without a result ([`crate::jobs::released`]).
 pub(crate) fn release(t: &mut Tables<'_>, old: &SystemJob, now: i64) -> Result<()> {
-    let mut new = old.clone();
-    new.status = match old.status {
-        JobStatus::Canceling => JobStatus::Canceled,
-        JobStatus::Pausing => JobStatus::Waiting,
-        _ => JobStatus::WaitingForResources,
-    };
-    if new.status == JobStatus::Canceled {
-        new.completed_on = Some(now);
+    put_job(t, Some(old), Some(&crate::jobs::released(old, now)), now)
+}
+
+/// What renewing one lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still this worker's, running on: the lease now ends later.
+    Renewed,
+    /// Still this worker's, but a user asked to cancel or pause it (Canceling or
+    /// Pausing): the lease was renewed; a worker that has not started it releases it.
+    Interrupted,
+    /// No longer this worker's (its lease expired and it was recovered, or it was
+    /// deleted): do not run it.
+    Lost,
+}
+
+/// Extends the leases of locked jobs still held with these fencing tokens to
+/// `now + lease_ms` (a worker's heartbeat).
+pub(crate) fn renew(t: &mut Tables<'_>, held: &[(Uuid, u64)], lease_ms: i64, now: i64) -> Result<Vec<Renewal>> {
+    let mut out = Vec::with_capacity(held.len());
+    for (id, token) in held {
+        let Some(old) = load(t, *id)? else {
+            out.push(Renewal::Lost);
+            continue;
+        };
+        if old.state() != JobState::Locked || old.fencing_token != *token {
+            out.push(Renewal::Lost);
+            continue;
+        }
+        let new = SystemJob { lease_expiry: Some(now.saturating_add(lease_ms)), ..old.clone() };
+        put_job(t, Some(&old), Some(&new), now)?;
+        out.push(if old.status == JobStatus::InProgress { Renewal::Renewed } else { Renewal::Interrupted });
     }
-    new.host_id = None;
-    new.lease_expiry = None;
-    put_job(t, Some(old), Some(&new), now)
+    Ok(out)
 }
 
 /// Locks up to `max` runnable jobs for `host` until `now + lease_ms`, bumping each
 /// job's fencing token. The jobs come without their contexts: the caller reads those
 /// after the commit, outside the writer ([`crate::store::Store::fill_contexts`]).
-pub(crate) fn lease(t: &mut Tables<'_>, host: &str, max: usize, lease_ms: i64, now: i64) -> Result<Vec<SystemJob>> {
+pub(crate) fn lease(
+    t: &mut Tables<'_>,
+    host: &str,
+    max: usize,
+    lease_ms: i64,
+    max_expirations: u32,
+    now: i64,
+) -> Result<Vec<SystemJob>> {
     promote_due(t, now, max.max(64) * 4)?;
-    recover_expired(t, now, max.max(64) * 4)?;
+    recover_expired(t, now, max.max(64) * 4, max_expirations)?;
     let ids: Vec<u128> = {
         let mut v = Vec::with_capacity(max);
         for entry in t.ready.iter().map_err(err)?.take(max) {
@@ -522,14 +578,15 @@ mod tests {
             })
             .unwrap();
             // What a schema-1 store looked like: no completion-time index, and job
-            // records without `output` (the last field; empty, it is one byte).
+            // records without `output` and the counters after it (empty and zero,
+            // one byte each).
             txn.delete_table(COMPLETED).unwrap();
             let mut jobs = txn.open_table(JOBS).unwrap();
             let current: Vec<(u128, Vec<u8>)> =
                 jobs.iter().unwrap().map(|e| e.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
             for (k, bytes) in current {
-                assert_eq!(bytes.last(), Some(&0), "an empty output is one zero byte");
-                jobs.insert(k, &bytes[..bytes.len() - 1]).unwrap();
+                assert_eq!(bytes[bytes.len() - 3..], [0, 0, 0], "empty output, zero counters: a byte each");
+                jobs.insert(k, &bytes[..bytes.len() - 3]).unwrap();
             }
             drop(jobs);
             let mut meta = txn.open_table(META).unwrap();
@@ -554,6 +611,44 @@ mod tests {
             job.output.is_empty() && job.status == JobStatus::WaitingForResources,
             "records read in the new layout"
         );
+    }
+
+    #[test]
+    fn a_schema_3_store_gains_the_job_counters_and_the_step_write_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = crate::registry::StepSpec {
+            plugin: "p".into(),
+            message: "Create".into(),
+            entity: Some("account".into()),
+            limits: crate::runtime::LimitOverrides { fuel: Some(77), ..Default::default() },
+            ..Default::default()
+        }
+        .into_record(512 << 20)
+        .unwrap();
+        let job_id = {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            let job_id = with_tables(&txn, |t| {
+                let job = SystemJob::plugin_execution("old", step.id, None, ExecutionContext::default());
+                Ok::<_, StoreError>(enqueue(t, &[job], 0)?[0].0)
+            })
+            .unwrap();
+            let mut jobs = txn.open_table(JOBS).unwrap();
+            let bytes = jobs.get(job_id.as_u128()).unwrap().unwrap().value().to_vec();
+            jobs.insert(job_id.as_u128(), &bytes[..bytes.len() - 2]).unwrap();
+            drop(jobs);
+            let v3 = codec::encode(&super::super::legacy::step_v3(&step)).unwrap();
+            txn.open_table(super::super::STEPS).unwrap().insert(step.id.as_u128(), v3.as_slice()).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", codec::encode(&3u32).unwrap().as_slice()).unwrap();
+            drop(meta);
+            txn.commit().unwrap();
+            job_id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.step(step.id).unwrap().unwrap(), step, "the step reads back with no write limit of its own");
+        let job = store.job(job_id).unwrap().unwrap();
+        assert_eq!((job.lease_expirations, job.recurrence_runs, job.name.as_str()), (0, 0, "old"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Job records as earlier schemas stored them, read once by the migration that
-//! rewrites them in the current layout (`Store::check_schema`).
+//! Job and step records as earlier schemas stored them, read once by the migration
+//! that rewrites them in the current layout (`Store::check_schema`).
 
 use serde::Deserialize;
 use uuid::Uuid;
@@ -70,6 +70,110 @@ impl From<JobV2> for SystemJob {
             fuel_used: j.fuel_used,
             duration_us: j.duration_us,
             output: Parameters::new(),
+            lease_expirations: 0,
+            recurrence_runs: 0,
         }
+    }
+}
+
+/// A step record of schemas 1 to 3: limits without `write_bytes`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct StepV3 {
+    id: Uuid,
+    name: String,
+    plugin: String,
+    message: String,
+    entity: Option<String>,
+    stage: crate::model::Stage,
+    mode: crate::model::Mode,
+    rank: i32,
+    filtering_attributes: Vec<String>,
+    configuration: Option<String>,
+    images: Vec<crate::registry::ImageSpec>,
+    limits: LimitsV3,
+    enabled: bool,
+    delete_job_on_success: bool,
+    instance_reuse: u32,
+    ordered_per_record: bool,
+    created_at: i64,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct LimitsV3 {
+    fuel: Option<u64>,
+    memory_bytes: Option<u64>,
+    timeout_ms: Option<u64>,
+    trace_bytes: Option<u64>,
+    host_calls: Option<u64>,
+    input_bytes: Option<u64>,
+    output_bytes: Option<u64>,
+}
+
+impl From<StepV3> for crate::registry::StepRecord {
+    fn from(s: StepV3) -> Self {
+        let l = s.limits;
+        crate::registry::StepRecord {
+            id: s.id,
+            name: s.name,
+            plugin: s.plugin,
+            message: s.message,
+            entity: s.entity,
+            stage: s.stage,
+            mode: s.mode,
+            rank: s.rank,
+            filtering_attributes: s.filtering_attributes,
+            configuration: s.configuration,
+            images: s.images,
+            limits: crate::runtime::LimitOverrides {
+                fuel: l.fuel,
+                memory_bytes: l.memory_bytes,
+                timeout_ms: l.timeout_ms,
+                trace_bytes: l.trace_bytes,
+                host_calls: l.host_calls,
+                input_bytes: l.input_bytes,
+                output_bytes: l.output_bytes,
+                write_bytes: None,
+            },
+            enabled: s.enabled,
+            delete_job_on_success: s.delete_job_on_success,
+            instance_reuse: s.instance_reuse,
+            ordered_per_record: s.ordered_per_record,
+            created_at: s.created_at,
+        }
+    }
+}
+
+/// A step as schema 3 stored it, for the migration's tests.
+#[cfg(test)]
+pub(super) fn step_v3(s: &crate::registry::StepRecord) -> StepV3 {
+    let l = &s.limits;
+    StepV3 {
+        id: s.id,
+        name: s.name.clone(),
+        plugin: s.plugin.clone(),
+        message: s.message.clone(),
+        entity: s.entity.clone(),
+        stage: s.stage,
+        mode: s.mode,
+        rank: s.rank,
+        filtering_attributes: s.filtering_attributes.clone(),
+        configuration: s.configuration.clone(),
+        images: s.images.clone(),
+        limits: LimitsV3 {
+            fuel: l.fuel,
+            memory_bytes: l.memory_bytes,
+            timeout_ms: l.timeout_ms,
+            trace_bytes: l.trace_bytes,
+            host_calls: l.host_calls,
+            input_bytes: l.input_bytes,
+            output_bytes: l.output_bytes,
+        },
+        enabled: s.enabled,
+        delete_job_on_success: s.delete_job_on_success,
+        instance_reuse: s.instance_reuse,
+        ordered_per_record: s.ordered_per_record,
+        created_at: s.created_at,
     }
 }

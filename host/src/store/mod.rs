@@ -16,9 +16,15 @@ mod jobs;
 mod legacy;
 mod queue;
 
+/// How a run ended (re-exported from `jobs`, where the job policy lives).
+pub use crate::jobs::JobResult;
 pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
-pub use queue::{CompletionOutcome, JobAction, JobCompletion, JobQueue, JobResult, Outcomes, PURGE_BATCH, QueueCounts};
+pub use jobs::Renewal;
+pub use queue::{
+    CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, Outcomes, PURGE_BATCH,
+    QueueCounts,
+};
 
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
@@ -26,8 +32,9 @@ use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord};
 use crate::runtime::ArtifactIndex;
 
 /// The layout of the tables below. Bump it with a migration when they change
-/// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output` and `bulk_rows`.
-pub const SCHEMA_VERSION: u32 = 3;
+/// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output` and `bulk_rows`,
+/// 4 the jobs' lease-expiration and recurrence-run counters and the steps' write limit.
+pub const SCHEMA_VERSION: u32 = 4;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -37,7 +44,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ASSEMBLIES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assemblies");
 const ASSEMBLY_BYTES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assembly_bytes");
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
-const STEPS: TableDefinition<u128, &[u8]> = TableDefinition::new("steps");
+pub(super) const STEPS: TableDefinition<u128, &[u8]> = TableDefinition::new("steps");
 const ARTIFACTS: TableDefinition<&str, [u8; 32]> = TableDefinition::new("artifacts");
 const ENTITY_DEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("entity_definitions");
 /// Records by (entity logical name, id).
@@ -48,6 +55,8 @@ const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_CONTEXTS: TableDefinition<u128, &[u8]> = TableDefinition::new("job_contexts");
 /// Meta key of the deletion service job's id.
 const DELETION_SERVICE_JOB: &str = "deletion_service_job";
+/// Meta key of whether the asynchronous service is paused.
+const SERVICE_PAUSED: &str = "service_paused";
 /// Meta key of the last job sequence number handed out.
 const JOB_SEQUENCE: &str = "job_sequence";
 
@@ -155,10 +164,11 @@ impl Store {
                     return Err(StoreError::SchemaTooNew { path: self.path.clone(), found: v });
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                Some(v @ (1 | 2)) => {
-                    let upgraded = jobs::upgrade_job_records(&txn)?;
+                Some(v @ 1..=3) => {
+                    let upgraded = jobs::upgrade_job_records(&txn, v)?;
+                    let steps = jobs::upgrade_step_records(&txn)?;
                     let indexed = if v == 1 { jobs::index_completed(&txn)? } else { 0 };
-                    tracing::info!(upgraded, indexed, "store migrated from schema {v} to {SCHEMA_VERSION}");
+                    tracing::info!(upgraded, steps, indexed, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                 }
                 Some(v) => return Err(corrupt(format!("unknown schema version {v}"))),
@@ -323,6 +333,8 @@ impl Store {
         Ok(step)
     }
 
+    /// Removes a step and, in the same transaction, fails its queued jobs
+    /// (`plugin_not_registered`); running ones fail when their worker completes them.
     pub fn remove_step(&self, id: Uuid) -> Result<StepRecord> {
         let txn = self.db.begin_write()?;
         let step = {
@@ -331,8 +343,24 @@ impl Store {
                 table.remove(id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
             codec::decode::<StepRecord>(removed.value())?
         };
+        let what = format!("step '{}' ({})", step.name, step.id);
+        jobs::orphan_step_jobs(&txn, step.id, &what, crate::registry::now_ms())?;
         txn.commit()?;
         Ok(step)
+    }
+
+    /// Whether the asynchronous service was paused (`service pause`); it stays paused
+    /// across restarts until resumed, as Dataverse's stays stopped until started.
+    pub fn service_paused(&self) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(get::<_, bool, _>(&txn.open_table(META)?, SERVICE_PAUSED)?.unwrap_or(false))
+    }
+
+    pub fn set_service_paused(&self, paused: bool) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(SERVICE_PAUSED, codec::encode(&paused)?.as_slice())?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Removes a plug-in. With steps registered it refuses, unless `with_steps`,

@@ -5,7 +5,8 @@
 //! the fencing token it was leased with; its effects are written in the same
 //! transaction that completes the job, so they exist exactly once or not at all.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redb::WriteTransaction;
@@ -14,9 +15,9 @@ use tokio::sync::oneshot::Receiver;
 use uuid::Uuid;
 
 use super::commit::apply_in;
-use super::jobs::{self, Tables, load, put_job, with_tables};
+use super::jobs::{self, Renewal, Tables, load, put_job, with_tables};
 use super::{ChangeSet, CommitError, Committer, Store, StoreError};
-use crate::jobs::{JobState, JobStatus, SystemJob};
+use crate::jobs::{JobResult, JobState, JobStatus, RetryPolicy, RunOutcome, RunReport, SystemJob};
 use crate::registry::now_ms;
 
 /// What a worker reports about a job it ran.
@@ -48,31 +49,15 @@ pub struct JobCompletion {
 /// deletes this many, it runs again at once for the rest.
 pub const PURGE_BATCH: usize = 2000;
 
-#[derive(Clone, Debug)]
-pub enum JobResult {
-    Succeeded,
-    /// A bulk job finished a batch and has more to do: commit the effects and the
-    /// output (its progress), and queue it again at once.
-    Progress,
-    Failed {
-        code: String,
-        message: String,
-    },
-    Retry {
-        code: String,
-        message: String,
-    },
-}
-
 /// Each completion's outcome, in the order they were given.
 pub type Outcomes = Vec<Result<CompletionOutcome, CommitError>>;
 
 /// What became of a completion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompletionOutcome {
-    /// The job is now in this status.
-    Recorded(JobStatus),
-    /// The job was deleted on success.
+    /// The job is now in `status`; `run` says what the run did to it.
+    Recorded { status: JobStatus, run: RunOutcome },
+    /// The job succeeded and was deleted (its step's delete-on-success).
     Deleted,
     /// The job is no longer leased with that token (its lease expired and another
     /// worker has it, or it was canceled): the result was dropped.
@@ -95,6 +80,38 @@ pub enum JobAction {
     Delete,
 }
 
+impl JobAction {
+    /// The action's name in routes and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobAction::Cancel => "cancel",
+            JobAction::Pause => "pause",
+            JobAction::Resume => "resume",
+            JobAction::Postpone(_) => "postpone",
+            JobAction::Retry => "retry",
+            JobAction::Delete => "delete",
+        }
+    }
+
+    /// The action named `name`; `until` is the postpone action's time. An unknown
+    /// name is an error, never a guess.
+    pub fn parse(name: &str, until: Option<i64>) -> Result<JobAction, String> {
+        Ok(match name {
+            "cancel" => JobAction::Cancel,
+            "pause" => JobAction::Pause,
+            "resume" => JobAction::Resume,
+            "retry" => JobAction::Retry,
+            "delete" => JobAction::Delete,
+            "postpone" => JobAction::Postpone(until.ok_or("postpone needs a time ('until')")?),
+            other => {
+                return Err(format!(
+                    "unknown job action '{other}': use cancel, pause, resume, postpone, retry or delete"
+                ));
+            }
+        })
+    }
+}
+
 /// Job counts for status and metrics.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct QueueCounts {
@@ -106,7 +123,16 @@ pub struct QueueCounts {
 pub struct JobQueue {
     store: Arc<Store>,
     committer: Committer,
+    /// Leased jobs a user asked to cancel or pause: a worker that has not started
+    /// one yet releases it instead (this process's workers learn it here at once;
+    /// any worker learns it from its next heartbeat).
+    interrupts: Arc<Mutex<HashSet<Uuid>>>,
+    /// A job whose lease expires more often than this fails ([`crate::jobs::after_lease_expired`]).
+    max_lease_expirations: u32,
 }
+
+/// A job's lease may expire this often before the job fails, unless configured.
+pub const DEFAULT_MAX_LEASE_EXPIRATIONS: u32 = 5;
 
 fn wait<T>(rx: Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
     rx.blocking_recv().unwrap_or(Err(CommitError::Stopped))
@@ -114,7 +140,26 @@ fn wait<T>(rx: Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
 
 impl JobQueue {
     pub fn new(store: Arc<Store>, committer: Committer) -> JobQueue {
-        JobQueue { store, committer }
+        JobQueue { store, committer, interrupts: Arc::default(), max_lease_expirations: DEFAULT_MAX_LEASE_EXPIRATIONS }
+    }
+
+    /// Sets how often a job's lease may expire before the job fails.
+    pub fn with_max_lease_expirations(mut self, max: u32) -> JobQueue {
+        self.max_lease_expirations = max;
+        self
+    }
+
+    /// Whether a user asked to cancel or pause this leased job; forgets it.
+    pub fn take_interrupt(&self, id: Uuid) -> bool {
+        let mut set = self.interrupts.lock().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.remove(&id)
+    }
+
+    /// Extends the leases of jobs a worker holds (running or not yet started) by
+    /// `lease` from now; says for each whether it is still the worker's.
+    pub fn renew(&self, held: Vec<(Uuid, u64)>, lease: Duration) -> Result<Vec<Renewal>, CommitError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        wait(self.committer.submit_op(move |txn| Ok(with_tables(txn, |t| jobs::renew(t, &held, lease_ms, now_ms()))?)))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -125,10 +170,10 @@ impl JobQueue {
     pub fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let mut leased = wait(
-            self.committer
-                .submit_op(move |txn| Ok(with_tables(txn, |t| jobs::lease(t, &host, max, lease_ms, now_ms()))?)),
-        )?;
+        let expirations = self.max_lease_expirations;
+        let mut leased = wait(self.committer.submit_op(move |txn| {
+            Ok(with_tables(txn, |t| jobs::lease(t, &host, max, lease_ms, expirations, now_ms()))?)
+        }))?;
         // A context never changes once queued: read it here, on the worker's thread.
         self.store.fill_contexts(&mut leased)?;
         Ok(leased)
@@ -155,6 +200,7 @@ impl JobQueue {
     /// does not affect the others.
     pub fn complete_all(&self, completions: Vec<JobCompletion>) -> Receiver<Result<Outcomes, CommitError>> {
         let committer = self.committer.clone();
+        let interrupts = self.interrupts.clone();
         self.committer.submit_op(move |txn| {
             let now = now_ms();
             let mut queued_jobs = false;
@@ -162,6 +208,9 @@ impl JobQueue {
                 let mut outcomes = Vec::with_capacity(completions.len());
                 for c in completions {
                     queued_jobs |= !c.effects.jobs.is_empty();
+                    if !interrupts.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                        interrupts.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+                    }
                     match complete_one(txn, t, c, now) {
                         // A storage error abandons the whole group commit.
                         Err(e @ CommitError::Store(_)) => return Err(e),
@@ -228,6 +277,7 @@ impl JobQueue {
 
     /// Applies a user's action; refuses one the job's status does not allow.
     pub fn manage(&self, id: Uuid, action: JobAction) -> Result<Option<SystemJob>, CommitError> {
+        let interrupts = self.interrupts.clone();
         wait(self.committer.submit_op(move |txn| {
             with_tables(txn, |t| {
                 let now = now_ms();
@@ -237,20 +287,28 @@ impl JobQueue {
                     CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())))
                 };
                 let mut new = old.clone();
+                let mut interrupted = false;
                 match action {
                     JobAction::Cancel => match old.status {
                         JobStatus::WaitingForResources | JobStatus::Waiting => {
                             new.status = JobStatus::Canceled;
                             new.completed_on = Some(now);
                         }
-                        JobStatus::InProgress | JobStatus::Pausing => new.status = JobStatus::Canceling,
+                        JobStatus::InProgress | JobStatus::Pausing => {
+                            new.status = JobStatus::Canceling;
+                            interrupted = true;
+                        }
                         _ => return Err(refuse("only ready, waiting or running jobs can be canceled")),
                     },
                     JobAction::Pause => match old.status {
                         JobStatus::WaitingForResources => new.status = JobStatus::Waiting,
-                        JobStatus::InProgress => new.status = JobStatus::Pausing,
+                        JobStatus::InProgress => {
+                            new.status = JobStatus::Pausing;
+                            interrupted = true;
+                        }
                         _ => return Err(refuse("only ready or running jobs can be paused")),
                     },
+                    // Runs now; a recurring job then goes on with its next occurrence after now.
                     JobAction::Resume => match old.status {
                         JobStatus::Waiting => {
                             new.status = JobStatus::WaitingForResources;
@@ -265,12 +323,23 @@ impl JobQueue {
                         }
                         _ => return Err(refuse("only ready or waiting jobs can be postponed")),
                     },
+                    // Runs now; a recurring job then goes on with its next occurrence
+                    // after now, and never runs more than its COUNT.
                     JobAction::Retry => match old.status {
+                        JobStatus::Failed | JobStatus::Canceled
+                            if old.recurrence_pattern.is_some() && !old.has_occurrences_left(now) =>
+                        {
+                            return Err(refuse(&format!(
+                                "its recurrence is used up after {} runs: create a new job to run it again",
+                                old.recurrence_runs
+                            )));
+                        }
                         JobStatus::Failed | JobStatus::Canceled => {
                             new.status = JobStatus::WaitingForResources;
                             new.completed_on = None;
                             new.postpone_until = None;
                             new.retry_count = 0;
+                            new.lease_expirations = 0;
                             new.error_code = None;
                             new.message = None;
                         }
@@ -285,6 +354,9 @@ impl JobQueue {
                     }
                 }
                 put_job(t, Some(&old), Some(&new), now)?;
+                if interrupted {
+                    interrupts.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                }
                 Ok(Some(new))
             })
         }))
@@ -309,99 +381,112 @@ fn complete_one(
     if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
         return Ok(CompletionOutcome::Stale);
     }
-    let mut new = old.clone();
-    new.host_id = None;
-    new.lease_expiry = None;
-    new.trace = c.trace;
-    new.fuel_used = c.fuel_used;
-    new.duration_us = c.duration_us;
-    match (old.status, c.result) {
-        (JobStatus::Canceling, _) => {
-            new.status = JobStatus::Canceled;
-            new.completed_on = Some(now);
-            new.message = Some("canceled while running; its effects were discarded".into());
-        }
-        (JobStatus::Pausing, _) => {
-            new.status = JobStatus::Waiting;
-            new.message = Some("paused while running; resume runs it again".into());
-        }
-        (_, result @ (JobResult::Succeeded | JobResult::Progress)) => match apply_in(txn, t, &c.effects) {
+    let mut result = c.result;
+    let mut report = RunReport {
+        message: c.message,
+        output: c.output,
+        trace: c.trace,
+        fuel_used: c.fuel_used,
+        duration_us: c.duration_us,
+    };
+    // A successful run of a job still running (not being canceled or paused) writes
+    // its effects here, in the transaction that completes it.
+    if old.status == JobStatus::InProgress && matches!(result, JobResult::Succeeded | JobResult::Progress) {
+        match apply_in(txn, t, &c.effects) {
             Err(CommitError::Conflict { .. }) => {
-                new.status = JobStatus::WaitingForResources;
-                put_job(t, Some(&old), Some(&new), now)?;
+                // Still InProgress, so released it is ready again.
+                put_job(t, Some(&old), Some(&crate::jobs::released(&old, now)), now)?;
                 return Ok(CompletionOutcome::Requeued);
             }
             Err(e) => return Err(e),
-            Ok(_) => {
-                new.error_code = None;
-                new.message = c.message;
-                new.output = c.output;
-                // A bulk job's batch, or a deletion service that filled its batch: more
-                // remains, so it runs again now rather than completing.
-                let mut more = matches!(result, JobResult::Progress);
-                if let Some(before) = c.purge_before {
-                    use crate::model::{ParameterValue, Value};
-                    let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;
-                    new.message = Some(format!("deleted {purged} jobs completed before {}", Value::DateTime(before)));
-                    new.output = [
-                        ("deleted".to_owned(), ParameterValue::Value(Value::Integer(purged as i64))),
-                        ("completed_before".to_owned(), ParameterValue::Value(Value::DateTime(before))),
-                    ]
-                    .into();
-                    more |= purged == PURGE_BATCH;
-                }
-                if more {
-                    new.status = JobStatus::WaitingForResources;
-                    put_job(t, Some(&old), Some(&new), now)?;
-                    return Ok(CompletionOutcome::Recorded(new.status));
-                }
-                new.status = JobStatus::Succeeded;
-                new.completed_on = Some(now);
-                if c.delete_on_success && old.recurrence_pattern.is_none() {
-                    put_job(t, Some(&old), None, now)?;
-                    return Ok(CompletionOutcome::Deleted);
-                }
-            }
-        },
-        (_, JobResult::Failed { code, message }) => {
-            new.status = JobStatus::Failed;
-            new.completed_on = Some(now);
-            new.error_code = Some(code);
-            new.message = Some(message);
+            Ok(_) => {}
         }
-        (_, JobResult::Retry { code, message }) => {
-            if old.retry_count < c.max_retries {
-                let backoff = c.backoff_ms.saturating_mul(1i64 << old.retry_count.min(20));
-                new.status = JobStatus::Waiting;
-                new.postpone_until = Some(now.saturating_add(backoff));
-                new.retry_count += 1;
-                new.error_code = Some(code);
-                new.message =
-                    Some(format!("{message} (retry {} of {} in {backoff} ms)", new.retry_count, c.max_retries));
-            } else {
-                new.status = JobStatus::Failed;
-                new.completed_on = Some(now);
-                new.error_code = Some(code);
-                new.message = Some(format!("{message} (gave up after {} retries)", old.retry_count));
+        if let Some(before) = c.purge_before {
+            use crate::model::{ParameterValue, Value};
+            let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;
+            report.message = Some(format!("deleted {purged} jobs completed before {}", Value::DateTime(before)));
+            report.output = [
+                ("deleted".to_owned(), ParameterValue::Value(Value::Integer(purged as i64))),
+                ("completed_before".to_owned(), ParameterValue::Value(Value::DateTime(before))),
+            ]
+            .into();
+            // A full batch: more remain, so it runs again now rather than completing.
+            if purged == PURGE_BATCH {
+                result = JobResult::Progress;
             }
         }
     }
-    // A recurring job waits for its next occurrence instead of completing.
-    if matches!(new.status, JobStatus::Succeeded | JobStatus::Failed)
-        && let (Some(pattern), Some(start)) = (&old.recurrence_pattern, old.recurrence_start)
+    let retry = RetryPolicy { max_retries: c.max_retries, backoff_ms: c.backoff_ms };
+    let (new, run) = crate::jobs::after_run(&old, result, report, &retry, now);
+    if run == RunOutcome::Succeeded
+        && new.status == JobStatus::Succeeded
+        && c.delete_on_success
+        && old.recurrence_pattern.is_none()
     {
-        let previous = old.postpone_until.unwrap_or(start - 1).max(start - 1);
-        match crate::recurrence::next_after(pattern, start, previous) {
-            Ok(Some(next)) => {
-                new.status = JobStatus::Waiting;
-                new.postpone_until = Some(next);
-                new.completed_on = None;
-                new.retry_count = 0;
-            }
-            Ok(None) => {}
-            Err(m) => new.message = Some(format!("recurrence stopped: {m}")),
-        }
+        put_job(t, Some(&old), None, now)?;
+        return Ok(CompletionOutcome::Deleted);
     }
     put_job(t, Some(&old), Some(&new), now)?;
-    Ok(CompletionOutcome::Recorded(new.status))
+    Ok(CompletionOutcome::Recorded { status: new.status, run })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExecutionContext;
+
+    #[test]
+    fn job_actions_are_named_and_unknown_ones_are_errors() {
+        for action in [
+            JobAction::Cancel,
+            JobAction::Pause,
+            JobAction::Resume,
+            JobAction::Retry,
+            JobAction::Delete,
+            JobAction::Postpone(5),
+        ] {
+            assert_eq!(JobAction::parse(action.name(), Some(5)), Ok(action));
+        }
+        assert!(JobAction::parse("frobnicate", None).unwrap_err().contains("unknown job action 'frobnicate'"));
+        assert!(JobAction::parse("postpone", None).is_err(), "postpone needs a time");
+    }
+
+    #[test]
+    fn a_job_whose_lease_keeps_expiring_fails_and_renewal_keeps_a_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let queue = JobQueue::new(store.clone(), Committer::start(store.clone(), 16)).with_max_lease_expirations(1);
+        let job =
+            queue.create(SystemJob::plugin_execution("j", Uuid::nil(), None, ExecutionContext::default())).unwrap();
+        let short = Duration::from_millis(1);
+        let first = queue.lease("a", 10, short).unwrap();
+        assert_eq!(first.len(), 1);
+        // A heartbeat keeps it: renewed for a minute, nothing expires.
+        assert_eq!(
+            queue.renew(vec![(job.id, first[0].fencing_token)], Duration::from_secs(60)).unwrap(),
+            vec![Renewal::Renewed]
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(queue.lease("b", 10, short).unwrap().is_empty(), "a renewed lease is not recovered");
+        // Without renewals it expires: once is forgiven, twice is more than the maximum of 1.
+        queue.renew(vec![(job.id, first[0].fencing_token)], short).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = queue.lease("b", 10, short).unwrap();
+        assert_eq!((second.len(), second[0].lease_expirations), (1, 1), "recovered and leased again");
+        assert_eq!(
+            queue.renew(vec![(job.id, first[0].fencing_token)], short).unwrap(),
+            vec![Renewal::Lost],
+            "the old lease is gone"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(queue.lease("c", 10, short).unwrap().is_empty());
+        let failed = store.job(job.id).unwrap().unwrap();
+        assert_eq!(
+            (failed.status, failed.error_code.as_deref()),
+            (JobStatus::Failed, Some(crate::jobs::LEASE_EXPIRED))
+        );
+        // A user's retry starts the count again.
+        let retried = queue.manage(job.id, JobAction::Retry).unwrap().unwrap();
+        assert_eq!((retried.status, retried.lease_expirations), (JobStatus::WaitingForResources, 0));
+    }
 }

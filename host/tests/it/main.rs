@@ -4,6 +4,7 @@
 mod bulk;
 mod cli;
 mod crash;
+mod http;
 mod model;
 mod queue;
 mod registry;

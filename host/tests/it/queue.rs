@@ -269,8 +269,32 @@ fn unregistering_a_step_fails_exactly_its_queued_jobs() {
     create(&s, "after");
 }
 
+/// A counter of `/metrics`.
+pub(crate) fn metric(s: &TestServer, name: &str) -> u64 {
+    let text = s.get_anonymous("/metrics").body.as_str().unwrap().to_owned();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+    line[name.len() + 1..].parse().unwrap()
+}
+
+fn job(s: &TestServer, id: &str) -> Value {
+    s.get(&format!("/api/v1/jobs/{id}")).expect(200)
+}
+
+/// Polls one job until `done` holds for it, or panics after a minute.
+fn wait_job(s: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = job(s, id);
+        if done(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job did not get there: {j:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn a_recurring_job_runs_each_occurrence_and_completes_at_count() {
+fn a_recurring_job_runs_once_for_missed_occurrences_and_never_past_its_count() {
     let s = server();
     register(&s, artifacts::PROBE, "probe", &[]);
     let step = add_step(
@@ -278,34 +302,187 @@ fn a_recurring_job_runs_each_occurrence_and_completes_at_count() {
         json!({"plugin": "probe", "name": "tick", "message": "acme_Tick", "stage": "post-operation", "mode": "asynchronous", "configuration": "audit"}),
     );
     // Bad patterns are refused at creation, naming the bad part, and create nothing.
-    for (pattern, part) in
-        [("FREQ=SECONDLY", "FREQ=SECONDLY"), ("FREQ=DAILY;BYSETPOS=1", "BYSETPOS"), ("BYHOUR=3", "needs FREQ")]
-    {
+    for (pattern, part) in [
+        ("FREQ=SECONDLY", "FREQ=SECONDLY"),
+        ("FREQ=DAILY;BYSETPOS=1", "BYSETPOS"),
+        ("BYHOUR=3", "needs FREQ"),
+        ("FREQ=MONTHLY;BYMONTHDAY=0", "BYMONTHDAY=0"),
+        ("FREQ=DAILY;COUNT=0", "COUNT=0"),
+        ("FREQ=DAILY;INTERVAL=0", "INTERVAL=0"),
+        ("FREQ=DAILY;UNTIL=20200101T000000Z", "before the recurrence start"),
+    ] {
         let bad = s.post("/api/v1/jobs", &json!({"step": "tick", "recurrence_pattern": pattern}));
         assert_eq!(bad.status, 400, "{pattern}");
         assert!(bad.body["error"]["message"].as_str().unwrap().contains(part), "{pattern}: {}", bad.body);
     }
     assert_eq!(s.get("/api/v1/jobs").expect(200), json!([]));
 
-    // Every minute, three times, starting ten minutes ago: the missed occurrences run one after another.
-    // Occurrences have RFC 5545 precision: whole seconds.
-    let start = (chrono_ms() - 10 * 60_000) / 1000 * 1000;
-    let job = s
+    // Every minute, three times, starting ten minutes ago (an RFC 3339 start): the
+    // missed occurrences run once, then it waits for the next minute after now.
+    let start = chrono_ms() - 10 * 60_000;
+    let start_text = chrono::DateTime::from_timestamp_millis(start).unwrap().to_rfc3339();
+    let created = s
         .post(
             "/api/v1/jobs",
-            &json!({"step": step["id"], "recurrence_pattern": "FREQ=MINUTELY;COUNT=3", "recurrence_start": start}),
+            &json!({"step": step["id"], "recurrence_pattern": "FREQ=MINUTELY;COUNT=3", "recurrence_start": start_text}),
         )
         .expect(201);
-    assert_eq!(job["recurrence_pattern"], "FREQ=MINUTELY;COUNT=3");
-    let done = wait_jobs(&s, |j| j.len() == 1 && j[0]["status"] == "Succeeded");
-    assert_eq!(done[0]["postpone_until"], start + 2 * 60_000, "the last run was the third occurrence");
-    assert_eq!(query(&s, "audit").len(), 3, "one run per occurrence");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["recurrence_start"], start, "an RFC 3339 time is taken as well as milliseconds");
+    let after_first = wait_job(&s, &id, |j| j["recurrence_runs"] == 1 && j["status"] == "Waiting");
+    let next = after_first["postpone_until"].as_i64().unwrap();
+    assert!(
+        next > chrono_ms() && next <= chrono_ms() + 60_000,
+        "next: the first occurrence after now: {after_first:#}"
+    );
+    assert_eq!((after_first["statecode"].as_u64(), after_first["statuscode"].as_u64()), (Some(1), Some(10)));
+    assert_eq!(query(&s, "audit").len(), 1, "one run for ten missed occurrences");
+
+    // Resume runs it now, then it goes on after now: the series is not replayed.
+    s.post(&format!("/api/v1/jobs/{id}/resume"), &json!({})).expect(200);
+    let after_second = wait_job(&s, &id, |j| j["recurrence_runs"] == 2 && j["status"] == "Waiting");
+    assert!(after_second["postpone_until"].as_i64().unwrap() > chrono_ms());
+    let shown = s.run(&["jobs", "resume", &id[..13], "--json"]).ok().json();
+    assert_eq!((shown["status"].as_str(), shown["statuscode"].as_u64()), (Some("WaitingForResources"), Some(0)));
+    let done = wait_job(&s, &id, |j| j["status"] == "Succeeded");
+    assert_eq!(done["recurrence_runs"], 3, "COUNT=3: three runs, then it completes");
+    assert_eq!(query(&s, "audit").len(), 3);
+    // Retrying a used-up series would run it a fourth time: refused.
+    let refused = s.post(&format!("/api/v1/jobs/{id}/retry"), &json!({}));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(metric(&s, "plughost_jobs_succeeded_total"), 3, "each successful occurrence is a success");
+    assert_eq!(metric(&s, "plughost_jobs_retried_total"), 0, "waiting for the next occurrence is not a retry");
 
     // A daily job starting tomorrow waits, Suspended/Waiting, until then.
     let later =
         s.run(&["jobs", "create", "--step", "tick", "--recurrence", "FREQ=DAILY;BYHOUR=2", "--json"]).ok().json();
-    assert_eq!(later["status"], "Waiting");
+    assert_eq!((later["status"].as_str(), later["statecode"].as_u64()), (Some("Waiting"), Some(1)));
     assert!(later["postpone_until"].as_i64().unwrap() > chrono_ms());
+    // A job for a step that does not exist is not found (404), not a server error.
+    let missing = s.post("/api/v1/jobs", &json!({"step": "no-such-step"}));
+    assert_eq!((missing.status, missing.code()), (404, "not_found"), "{}", missing.body);
+    // Times are RFC 3339 or milliseconds everywhere.
+    let postponed =
+        s.post("/api/v1/jobs", &json!({"step": "tick", "postpone_until": "2099-01-01T00:00:00Z"})).expect(201);
+    assert_eq!(postponed["postpone_until"], 4_070_908_800_000i64);
+    let bad_time = s.post("/api/v1/jobs", &json!({"step": "tick", "postpone_until": "next tuesday"}));
+    assert_eq!(bad_time.status, 400);
+    assert!(s.get("/api/v1/jobs?since=2020-01-01T00:00:00Z").expect(200).as_array().unwrap().len() >= 3);
+}
+
+#[test]
+fn removing_a_step_fails_its_queued_jobs_at_once_and_a_pause_survives_a_restart() {
+    let mut s = server();
+    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    register(&s, artifacts::PROBE, "probe", &[]);
+    let doomed = add_step(
+        &s,
+        json!({"plugin": "probe", "name": "doomed", "message": "Create", "entity": "account", "stage": "post-operation", "mode": "asynchronous", "configuration": "audit"}),
+    );
+    s.run(&["service", "pause"]).ok();
+    create(&s, "A");
+    let queued = wait_jobs(&s, |j| j.len() == 2);
+    assert!(queued.iter().all(|j| j["status"] == "WaitingForResources"));
+    s.run(&["steps", "remove", "doomed"]).ok();
+    // In the transaction that removed the step: no worker is needed for it.
+    let jobs = s.get("/api/v1/jobs").expect(200);
+    let orphan = jobs.as_array().unwrap().iter().find(|j| j["step_id"] == doomed["id"]).unwrap();
+    assert_eq!(
+        (orphan["status"].as_str(), orphan["error_code"].as_str()),
+        (Some("Failed"), Some("plugin_not_registered"))
+    );
+    assert!(orphan["message"].as_str().unwrap().contains("step 'doomed'"), "{orphan}");
+
+    // Paused, the service stays paused across a restart until resumed.
+    assert_eq!(s.terminate(), Some(0));
+    let cli = s.kill();
+    let s = TestServer::start_in(super::BIN, cli, &[]);
+    let status = s.run(&["service", "status", "--json"]).ok().json();
+    assert_eq!(status["paused"], true, "{status}");
+    std::thread::sleep(Duration::from_millis(300));
+    let follow_up = |s: &TestServer| {
+        s.get("/api/v1/jobs")
+            .expect(200)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["step_id"] != doomed["id"])
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(follow_up(&s)["status"], "WaitingForResources", "a paused service runs nothing");
+    s.run(&["service", "resume"]).ok();
+    wait_jobs(&s, |j| j.iter().any(|j| j["status"] == "Succeeded"));
+    assert_eq!(query(&s, "task").len(), 1);
+}
+
+/// A server with the hostile plug-in and one asynchronous step per configuration,
+/// each run by `jobs create`.
+fn hostile_server(env: &[(&str, &str)], modes: &[&str]) -> TestServer {
+    let s = server_with(env);
+    register(&s, artifacts::HOSTILE, "hostile", &[]);
+    for mode in modes {
+        add_step(
+            &s,
+            json!({"plugin": "hostile", "name": mode, "message": "acme_Work", "stage": "post-operation", "mode": "asynchronous", "configuration": mode}),
+        );
+    }
+    s
+}
+
+fn create_job(s: &TestServer, step: &str) -> String {
+    s.post("/api/v1/jobs", &json!({"step": step})).expect(201)["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_job_may_run_longer_than_its_lease_and_completes_once() {
+    let s = hostile_server(&[("PLUGHOST_LEASE_MS", "1000"), ("PLUGHOST_WORKERS", "1")], &["spin:2500", "spin:400"]);
+    let long = create_job(&s, "spin:2500");
+    let done = wait_job(&s, &long, |j| j["status"] == "Succeeded");
+    assert!(done["duration_us"].as_u64().unwrap() >= 2_500_000, "{done}");
+    // Eight jobs of 0.4 s leased at once by one worker: 3.2 s behind a 1 s lease.
+    let ids: Vec<String> = (0..8).map(|_| create_job(&s, "spin:400")).collect();
+    for id in &ids {
+        wait_job(&s, id, |j| j["status"] == "Succeeded");
+    }
+    assert_eq!(metric(&s, "plughost_jobs_stale_total"), 0, "no run was lost to an expired lease");
+    assert_eq!(metric(&s, "plughost_invocations_total"), 9, "each job ran exactly once");
+    assert!(metric(&s, "plughost_job_leases_renewed_total") > 0, "the heartbeat renewed leases");
+    // A lease too short for the heartbeat is refused.
+    let config = s.cli.write("short.toml", "[workers]\nlease_ms = 200\n");
+    let bad = s.cli.run(&["status", "--config-file", &config]).expect_code(1);
+    assert!(bad.stderr.contains("workers.lease_ms = 200 is shorter than the minimum"), "{}", bad.stderr);
+}
+
+#[test]
+fn no_leased_job_waits_behind_a_slow_one_while_a_worker_is_idle() {
+    let s = hostile_server(&[("PLUGHOST_WORKERS", "2")], &["spin:5000", "ok"]);
+    s.run(&["service", "pause"]).ok();
+    let slow = create_job(&s, "spin:5000");
+    let quick: Vec<String> = (0..3).map(|_| create_job(&s, "ok")).collect();
+    s.run(&["service", "resume"]).ok();
+    for id in &quick {
+        wait_job(&s, id, |j| j["status"] == "Succeeded");
+    }
+    assert_eq!(job(&s, &slow)["status"], "InProgress", "the quick jobs did not wait for the slow one");
+    wait_job(&s, &slow, |j| j["status"] == "Succeeded");
+}
+
+#[test]
+fn a_leased_job_canceled_before_it_starts_does_not_run() {
+    let s = hostile_server(&[("PLUGHOST_WORKERS", "1")], &["spin:1500", "ok"]);
+    s.run(&["service", "pause"]).ok();
+    let slow = create_job(&s, "spin:1500");
+    let behind = create_job(&s, "ok");
+    s.run(&["service", "resume"]).ok();
+    // Both are leased (InProgress); the one worker runs the slow one first.
+    wait_job(&s, &behind, |j| j["status"] == "InProgress");
+    assert_eq!(job(&s, &slow)["status"], "InProgress");
+    assert_eq!(s.post(&format!("/api/v1/jobs/{behind}/cancel"), &json!({})).expect(200)["status"], "Canceling");
+    let canceled = wait_job(&s, &behind, |j| j["status"] == "Canceled");
+    wait_job(&s, &slow, |j| j["status"] == "Succeeded");
+    assert_eq!((canceled["fuel_used"].as_u64(), canceled["trace"].as_str()), (Some(0), Some("")), "{canceled}");
+    assert_eq!(metric(&s, "plughost_invocations_total"), 1, "only the slow job ran");
 }
 
 #[test]
@@ -357,6 +534,11 @@ fn canceling_or_pausing_a_running_job_discards_its_effects() {
     assert_eq!(s.post(&format!("/api/v1/jobs/{id}/resume"), &json!({})).expect(200)["status"], "WaitingForResources");
     wait_jobs(&s, |j| j.iter().any(|j| j["id"] == id.as_str() && j["status"] == "Succeeded"));
     assert_eq!(query(&s, "audit").len(), 1, "resumed, it ran once");
+    let counted: Vec<u64> = ["succeeded", "failed", "retried", "canceled"]
+        .iter()
+        .map(|m| metric(&s, &format!("plughost_jobs_{m}_total")))
+        .collect();
+    assert_eq!(counted, vec![1, 0, 0, 1], "a pause is no retry, a cancel no failure");
 }
 
 #[test]

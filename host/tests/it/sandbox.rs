@@ -178,3 +178,77 @@ fn a_step_may_reuse_an_instance_and_loses_it_on_failure() {
     assert!(rt.invoke_reusing(reuse, &probe, &fail, &Limits::default(), Arc::new(NoData)).outcome.is_err());
     assert_eq!(count(&mut cache, 3), 1);
 }
+
+#[test]
+fn a_plugin_blocked_in_wasi_stops_at_its_timeout() {
+    let rt = Arc::new(runtime());
+    let plugin = load(&rt, artifacts::HOSTILE);
+    // Ten minutes of sleep against a 300 ms budget: the wait ends at the deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (r, p) = (rt.clone(), plugin.clone());
+    std::thread::spawn(move || {
+        let inv = r.invoke(&p, &hostile("sleep:600000"), &limits(&["timeout=300ms"]), Arc::new(NoData));
+        let _ = tx.send(inv);
+    });
+    let inv = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the sleeping plug-in was not stopped");
+    let failure = inv.failure().expect("a plug-in stopped at its deadline fails");
+    assert_eq!(failure.code, ErrorCode::Timeout, "{}", failure.message);
+    // A short sleep within the budget is fine.
+    let ok = rt.invoke(&plugin, &hostile("sleep:20"), &limits(&["timeout=5s"]), Arc::new(NoData));
+    assert!(ok.outcome.is_ok(), "{:?}", ok.outcome);
+}
+
+#[test]
+fn failures_are_named_by_their_cause_without_backtraces() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::HOSTILE);
+    // WASI p2 exits with success or failure: exit(3) is seen as exit(1).
+    for (code, seen) in [(0, 0), (3, 1)] {
+        let inv = rt.invoke(&plugin, &hostile(&format!("exit:{code}")), &Limits::default(), Arc::new(NoData));
+        let failure = inv.failure().unwrap();
+        assert_eq!(failure.code, ErrorCode::PluginExited, "exit({code}): {}", failure.message);
+        assert!(failure.message.contains(&format!("exit({seen})")), "{}", failure.message);
+    }
+    let trapped = rt.invoke(&plugin, &hostile("trap"), &Limits::default(), Arc::new(NoData));
+    let failure = trapped.failure().unwrap();
+    assert_eq!(failure.code, ErrorCode::Trap);
+    assert!(!failure.message.contains("backtrace") && !failure.message.contains("0x"), "{}", failure.message);
+    assert!(trapped.trace.contains("[plughost] trap") && trapped.trace.contains("backtrace"), "{}", trapped.trace);
+    // More than the host copies in one result: a limit, not a trap.
+    let huge = rt.invoke(&plugin, &hostile("huge-output"), &limits(&["input=1MiB", "output=1MiB"]), Arc::new(NoData));
+    assert_eq!(huge.failure().unwrap().code, ErrorCode::TransferLimit, "{:?}", huge.failure());
+}
+
+#[test]
+fn a_component_whose_memory_starts_above_the_host_maximum_is_refused() {
+    use plughost::runtime::{ComponentError, Runtime, RuntimeConfig};
+    let bytes = plughost_test_support::wasm(artifacts::HUGE_MEMORY);
+    for pooling in [true, false] {
+        let small =
+            Runtime::new(RuntimeConfig { pooling, max_memory_bytes: 64 << 20, ..Default::default() }, None).unwrap();
+        let err = small.validate(&bytes).map(|_| ()).unwrap_err();
+        assert!(matches!(err, ComponentError::ExceedsHostLimits(_)), "pooling {pooling}: {err}");
+        assert_eq!(err.code(), "exceeds_host_limits");
+        assert!(err.to_string().contains("runtime.max_memory_bytes"), "{err}");
+    }
+    let roomy = Runtime::new(RuntimeConfig { pooling: false, ..Default::default() }, None).unwrap();
+    assert!(roomy.validate(&bytes).is_ok(), "a host with room for it takes it");
+}
+
+#[test]
+fn a_full_instance_pool_delays_an_invocation_instead_of_failing_it() {
+    use plughost::runtime::{Runtime, RuntimeConfig};
+    let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances: 2, ..Default::default() }, None).unwrap());
+    let plugin = load(&rt, artifacts::HOSTILE);
+    // Three slow invocations for two instances: whichever comes third waits for a slot.
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (rt, plugin) = (rt.clone(), plugin.clone());
+            std::thread::spawn(move || rt.invoke(&plugin, &hostile("sleep:500"), &Limits::default(), Arc::new(NoData)))
+        })
+        .collect();
+    for r in runs {
+        let inv = r.join().unwrap();
+        assert!(inv.outcome.is_ok(), "{:?}", inv.outcome);
+    }
+}

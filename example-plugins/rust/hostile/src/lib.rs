@@ -17,6 +17,10 @@
 //! | `call-storm` | calls the organization service forever |
 //! | `bad-output` | returns a guid value that is not a GUID |
 //! | `stdio` | prints one line to stdout and one to stderr, then succeeds |
+//! | `sleep:MS` | sleeps MS milliseconds in WASI (`std::thread::sleep`), then succeeds |
+//! | `spin:MS` | spins on the clock for MS milliseconds, then succeeds (a slow job) |
+//! | `exit:N` | calls `std::process::exit(N)` |
+//! | `big-writes:KIB` | creates `blob` records of KIB KiB until a write fails, then fails with its message |
 
 use std::hint::black_box;
 use std::io::Write;
@@ -27,7 +31,35 @@ struct Hostile;
 
 impl Plugin for Hostile {
     fn execute(ctx: &mut Context) -> Result<(), PluginError> {
-        match ctx.configuration().unwrap_or("ok") {
+        let config = ctx.configuration().unwrap_or("ok").to_owned();
+        if let Some((mode, arg)) = config.split_once(':') {
+            let n: u64 =
+                arg.parse().map_err(|_| PluginError::permanent(format!("hostile: bad number in '{config}'")))?;
+            match mode {
+                "sleep" => std::thread::sleep(std::time::Duration::from_millis(n)),
+                "spin" => {
+                    let until = std::time::Instant::now() + std::time::Duration::from_millis(n);
+                    while std::time::Instant::now() < until {
+                        black_box(0);
+                    }
+                }
+                "exit" => std::process::exit(n as i32),
+                "big-writes" => {
+                    let body = "x".repeat((n as usize) << 10);
+                    for i in 0.. {
+                        let mut blob = Entity::new("blob");
+                        blob.set("body", body.clone());
+                        if let Err(e) = service::create(&blob) {
+                            return Err(PluginError::permanent(format!("hostile: write {i} failed: {e:?}")));
+                        }
+                    }
+                }
+                other => return Err(PluginError::permanent(format!("hostile: unknown mode '{other}'"))),
+            }
+            ctx.set_output("message", ParameterValue::Value(Value::Text("ok".into())));
+            return Ok(());
+        }
+        match config.as_str() {
             "ok" => {}
             "fail" => return Err(PluginError::permanent("hostile: failing on purpose")),
             "retry" => return Err(PluginError::retryable("hostile: try again later")),
