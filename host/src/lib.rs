@@ -5,8 +5,12 @@
 //! [`registry`] (assemblies, plug-ins, steps), [`memdata`] (an in-memory data set
 //! for local tests), and the `plughost` command line in `main.rs` and `cli/`.
 
+pub mod admin;
+pub mod baselines;
 pub mod bulk;
+pub mod clock;
 mod codec;
+pub mod codes;
 pub mod config;
 pub mod jobs;
 pub mod memdata;
@@ -14,6 +18,7 @@ pub mod metadata;
 pub mod model;
 pub mod pipeline;
 pub mod query;
+pub mod records;
 pub mod recurrence;
 pub mod registry;
 pub mod runtime;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use uuid::Uuid;
 
+use crate::clock::now_ms;
 use crate::jobs::SystemJob;
 use crate::metadata::EntityDefinition;
 use crate::model::{
@@ -25,7 +26,7 @@ use crate::model::{
     Parameters, Query, Stage, Value,
 };
 use crate::query;
-use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord, now_ms};
+use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord};
 use crate::runtime::{
     CallContext, ErrorCode, Failure, InstanceCache, Invocation, Limits, LoadedPlugin, OrganizationService, Reuse,
     Runtime, ServiceError,

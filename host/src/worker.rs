@@ -43,7 +43,8 @@ const LEASE_AHEAD_US: u64 = 100_000;
 pub struct WorkerConfig {
     /// Worker threads (default: the number of cores).
     pub workers: usize,
-    /// Jobs leased at once by one worker.
+    /// Jobs leased at once, per worker of the pool (the pool leases for all its
+    /// workers at once, fewer when jobs run slowly).
     pub batch: usize,
     /// How long a lease lasts; a job whose worker died is recovered after it. The
     /// pool's heartbeat renews the leases it holds every third of this, so a job may
@@ -113,7 +114,7 @@ impl WorkerConfig {
             return Ok(None);
         }
         let pattern = self.deletion_service_recurrence.as_str();
-        crate::recurrence::validate(pattern, crate::registry::now_ms())
+        crate::recurrence::validate(pattern, crate::clock::now_ms())
             .map_err(|e| format!("workers.deletion_service_recurrence '{pattern}': {e}"))?;
         Ok(Some(pattern))
     }
@@ -180,6 +181,8 @@ struct Local {
     waiting: VecDeque<SystemJob>,
     /// A worker is leasing now: the others wait for its jobs instead of leasing too.
     leasing: bool,
+    /// The last lease got fewer jobs than it asked for: lease again only when empty.
+    drained: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -279,14 +282,16 @@ impl Shared {
     }
 
     /// How many jobs to lease: about what the pool starts within [`LEASE_AHEAD_US`].
+    /// At most `batch` per worker of the pool.
     fn batch_size(&self) -> usize {
+        let workers = self.config.workers.max(1);
+        let most = self.config.batch.saturating_mul(workers);
         let avg = self.avg_run_us.load(Ordering::Relaxed);
         if avg == 0 {
-            return self.config.batch;
+            return most;
         }
-        let workers = self.config.workers.max(1) as u64;
-        let n = LEASE_AHEAD_US.saturating_mul(workers) / avg;
-        usize::try_from(n).unwrap_or(usize::MAX).clamp(1, self.config.batch)
+        let n = LEASE_AHEAD_US.saturating_mul(workers as u64) / avg;
+        usize::try_from(n).unwrap_or(usize::MAX).clamp(1, most)
     }
 
     /// Puts leased jobs that were not started back in the queue.
@@ -404,57 +409,65 @@ impl Worker {
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// The next leased job to run: from the pool's queue, else leased now by this
-    /// worker (while another worker leases, this one waits for its jobs).
+    /// The next leased job to run, from the pool's queue. The worker that finds the
+    /// queue low (half a batch left) leases the next batch while the others go on
+    /// with what is left, so a lease's commit rarely leaves a worker idle; one that
+    /// finds it empty while another leases waits for those jobs.
     fn next_job(&mut self, poll: Duration) -> Option<SystemJob> {
         let shared = self.shared.clone();
         let mut local = lock(&shared.local);
         loop {
-            if let Some(job) = local.waiting.pop_front() {
-                return Some(job);
-            }
             if shared.stopping() || shared.paused() {
                 return None;
             }
+            let batch = shared.batch_size();
+            // Lease ahead when the queue runs low, unless the last lease found the
+            // backlog drained (then only when the queue is empty).
+            let low = local.waiting.len() <= batch && (!local.drained || local.waiting.is_empty());
+            if !local.leasing && low {
+                local.leasing = true;
+                drop(local);
+                // The finished jobs' completions share the lease's commit.
+                self.flush();
+                let leased = shared.queue.lease(&shared.host, batch, shared.config.lease());
+                self.settle(true);
+                local = lock(&shared.local);
+                local.leasing = false;
+                shared.changed.notify_all();
+                match leased {
+                    Ok(jobs) => {
+                        local.drained = jobs.len() < batch;
+                        shared.stats.leased.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                        if shared.stopping() || shared.paused() {
+                            drop(local);
+                            shared.release(jobs.iter().map(|j| (j.id, j.fencing_token)).collect());
+                            return None;
+                        }
+                        local.waiting.extend(jobs);
+                        if local.waiting.is_empty() {
+                            drop(local);
+                            shared.queue.wait_for_work(poll);
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        drop(local);
+                        tracing::error!("leasing jobs failed: {e}");
+                        std::thread::sleep(poll);
+                        return None;
+                    }
+                }
+            }
+            if let Some(job) = local.waiting.pop_front() {
+                return Some(job);
+            }
             if local.leasing {
-                // Hand over what this worker finished before waiting.
+                // Hand over what this worker finished, then wait for the jobs being leased.
                 drop(local);
                 self.flush();
                 local = lock(&shared.local);
                 if local.leasing && local.waiting.is_empty() {
                     local = shared.changed.wait_timeout(local, poll).unwrap_or_else(|p| p.into_inner()).0;
-                }
-                continue;
-            }
-            local.leasing = true;
-            drop(local);
-            // The finished jobs' completions share the lease's commit.
-            self.flush();
-            let leased = shared.queue.lease(&shared.host, shared.batch_size(), shared.config.lease());
-            self.settle(true);
-            local = lock(&shared.local);
-            local.leasing = false;
-            shared.changed.notify_all();
-            match leased {
-                Ok(jobs) if !jobs.is_empty() => {
-                    shared.stats.leased.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                    if shared.stopping() || shared.paused() {
-                        drop(local);
-                        shared.release(jobs.iter().map(|j| (j.id, j.fencing_token)).collect());
-                        return None;
-                    }
-                    local.waiting.extend(jobs);
-                }
-                Ok(_) => {
-                    drop(local);
-                    shared.queue.wait_for_work(poll);
-                    return None;
-                }
-                Err(e) => {
-                    drop(local);
-                    tracing::error!("leasing jobs failed: {e}");
-                    std::thread::sleep(poll);
-                    return None;
                 }
             }
         }
@@ -502,7 +515,7 @@ impl Worker {
     /// Where the deletion service cuts off: jobs completed before this are deleted.
     fn purge_before(&self) -> Option<i64> {
         let retention = i64::try_from(self.shared.config.completed_job_retention_secs.saturating_mul(1000)).ok()?;
-        (retention > 0).then(|| crate::registry::now_ms().saturating_sub(retention))
+        (retention > 0).then(|| crate::clock::now_ms().saturating_sub(retention))
     }
 
     /// Hands the pending completions to the writer as one operation, without waiting.

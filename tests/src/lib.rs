@@ -9,6 +9,34 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
 
+/// A component in another language, built by its example's script on first use.
+#[derive(Debug)]
+pub struct OtherLanguage {
+    pub script: &'static str,
+    pub out: &'static str,
+    pub sources: &'static [&'static str],
+    /// What the build needs, for the error message.
+    pub needs: &'static str,
+}
+
+impl OtherLanguage {
+    /// Builds the component unless it is newer than its sources, and returns its
+    /// path. One build at a time across test processes (a lock file beside it).
+    pub fn build(&self) -> &'static str {
+        let lock_path = format!("{}.lock", self.out);
+        let lock = std::fs::File::create(&lock_path).unwrap_or_else(|e| panic!("create {lock_path}: {e}"));
+        lock.lock().unwrap_or_else(|e| panic!("lock {lock_path}: {e}"));
+        let modified = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let fresh = modified(self.out)
+            .is_some_and(|built| self.sources.iter().all(|s| modified(s).is_some_and(|m| m <= built)));
+        if !fresh {
+            let status = Command::new(self.script).arg(self.out).status().expect("run an example's build.sh");
+            assert!(status.success(), "building {} failed (it needs {})", self.script, self.needs);
+        }
+        self.out
+    }
+}
+
 /// Reads a built guest component.
 pub fn wasm(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"))

@@ -5,18 +5,15 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use plughost::admin::{Admin, JobFilter, PluginDetails, ServiceAction, ServiceStatus, UnregisteredPlugin};
 use plughost::config::Config;
 use plughost::jobs::SystemJob;
 use plughost::metadata::EntityDefinition;
 use plughost::model::{Entity, EntityCollection};
 use plughost::pipeline::{BulkDelete, Caller, NewJob, Pipeline, Request, Response};
-use plughost::registry::{self, AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
-use plughost::runtime::Runtime;
-use plughost::server::{
-    DefineBody, ErrorBody, IdBody, ImportQuery, JobFilter, MessageBody, PluginDetails, PostponeBody, ServerInfo,
-    ServiceStatus, UnregisteredPlugin,
-};
-use plughost::store::{CommitError, Committer, JobAction, JobQueue, Store, StoreError};
+use plughost::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
+use plughost::server::{DefineBody, ErrorBody, IdBody, ImportQuery, MessageBody, PostponeBody, ServerInfo};
+use plughost::store::{Committer, JobAction, JobQueue, Store, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -50,51 +47,33 @@ pub(crate) trait Backend {
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError>;
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError>;
     fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError>;
-    /// The asynchronous service's status, after `action` ("pause" or "resume") if given.
-    fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError>;
+    /// The asynchronous service's status, after `action` if given.
+    fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError>;
 }
 
-fn commit_error(e: CommitError) -> CliError {
-    match e {
-        CommitError::Refused(s) | CommitError::Store(s) => s.into(),
-        other => CliError::new("store_error", other.to_string()),
-    }
-}
-
-/// Works on the store in this process.
+/// Works on the store in this process, through the library's admin layer (built
+/// on first use: reading the store needs no plug-in runtime).
 pub(crate) struct Local {
     store: Arc<Store>,
     data_dir: std::path::PathBuf,
     config: Config,
-    runtime: OnceLock<Arc<Runtime>>,
-    pipeline: OnceLock<Arc<Pipeline>>,
+    admin: OnceLock<Admin>,
 }
 
 impl Local {
     pub(crate) fn new(store: Arc<Store>, data_dir: &Path, config: Config) -> Local {
-        Local { store, data_dir: data_dir.to_owned(), config, runtime: OnceLock::new(), pipeline: OnceLock::new() }
+        Local { store, data_dir: data_dir.to_owned(), config, admin: OnceLock::new() }
     }
 
-    fn runtime(&self) -> Result<Arc<Runtime>, CliError> {
-        if let Some(r) = self.runtime.get() {
-            return Ok(r.clone());
+    fn admin(&self) -> Result<&Admin, CliError> {
+        if let Some(a) = self.admin.get() {
+            return Ok(a);
         }
-        let rt = super::cli_runtime(&self.config, &self.data_dir, Some(self.store.clone()))?;
-        Ok(self.runtime.get_or_init(|| Arc::new(rt)).clone())
-    }
-
-    fn pipeline(&self) -> Result<Arc<Pipeline>, CliError> {
-        if let Some(p) = self.pipeline.get() {
-            return Ok(p.clone());
-        }
+        let runtime = Arc::new(super::cli_runtime(&self.config, &self.data_dir, Some(self.store.clone()))?);
         let committer = Committer::start(self.store.clone(), self.config.group_commit_max_batch);
-        let p = Pipeline::new(self.store.clone(), self.runtime()?, committer, self.config.limits)?;
-        Ok(self.pipeline.get_or_init(|| p).clone())
-    }
-
-    /// The job queue, through this process's writer.
-    fn queue(&self) -> Result<JobQueue, CliError> {
-        Ok(JobQueue::new(self.store.clone(), self.pipeline()?.committer().clone()))
+        let pipeline = Pipeline::new(self.store.clone(), runtime, committer.clone(), self.config.limits)?;
+        let queue = JobQueue::new(self.store.clone(), committer);
+        Ok(self.admin.get_or_init(|| Admin::new(pipeline, queue)))
     }
 }
 
@@ -106,13 +85,7 @@ impl Backend for Local {
         description: Option<String>,
         steps: Vec<StepSpec>,
     ) -> Result<Registration, CliError> {
-        let runtime = self.runtime()?;
-        let reg = registry::register(&self.store, &runtime, bytes, name, description, steps)?;
-        // Compile now, so the first event does not pay for it.
-        if let Err(e) = runtime.load(&reg.assembly.hash, || Ok(bytes.to_vec())) {
-            tracing::warn!("registered, but compiling for the cache failed: {e:#}");
-        }
-        Ok(reg)
+        Ok(self.admin()?.register(bytes, name, description, steps)?)
     }
 
     fn plugins(&self) -> Result<Vec<PluginRecord>, CliError> {
@@ -120,12 +93,7 @@ impl Backend for Local {
     }
 
     fn plugin(&self, name: &str) -> Result<PluginDetails, CliError> {
-        let plugin = self.store.plugin(name)?.ok_or_else(|| {
-            CliError::new("not_found", format!("no plug-in named '{name}': see `plughost plugins list`"))
-        })?;
-        let assembly = self.store.assembly(&plugin.assembly)?;
-        let steps = self.store.steps()?.into_iter().filter(|s| s.plugin == name).collect();
-        Ok(PluginDetails { plugin, assembly, steps })
+        Ok(self.admin()?.plugin(name)?)
     }
 
     fn steps(&self) -> Result<Vec<StepRecord>, CliError> {
@@ -137,31 +105,23 @@ impl Backend for Local {
     }
 
     fn add_step(&self, spec: StepSpec) -> Result<StepRecord, CliError> {
-        let record = spec.into_record(self.config.runtime.max_memory_bytes)?;
-        self.store.add_step(&record)?;
-        Ok(record)
+        Ok(self.admin()?.add_step(spec)?)
     }
 
     fn remove_step(&self, key: &str) -> Result<StepRecord, CliError> {
-        let step = self.store.resolve_step(key)?;
-        Ok(self.store.remove_step(step.id)?)
+        Ok(self.admin()?.remove_step(key)?)
     }
 
     fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError> {
-        let step = self.store.resolve_step(key)?;
-        Ok(self.store.set_step_enabled(step.id, enabled)?)
+        Ok(self.admin()?.set_step_enabled(key, enabled)?)
     }
 
     fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError> {
-        let (plugin, removed_steps) = self.store.unregister_plugin(name, with_steps)?;
-        Ok(UnregisteredPlugin { plugin, removed_steps })
+        Ok(self.admin()?.unregister_plugin(name, with_steps)?)
     }
 
     fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError> {
-        let record = self.store.resolve_assembly(key)?;
-        let removed = self.store.unregister_assembly(&record.hash)?;
-        self.runtime()?.evict(&removed.hash);
-        Ok(removed)
+        Ok(self.admin()?.unregister_assembly(key)?)
     }
 
     fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError> {
@@ -169,50 +129,36 @@ impl Backend for Local {
     }
 
     fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError> {
-        Ok(self.store.define_entity(&def)?)
+        Ok(self.admin()?.define_entity(&def)?)
     }
 
     fn execute(&self, request: Request) -> Result<Response, CliError> {
-        Ok(self.pipeline()?.execute(request, &Caller::default())?)
+        Ok(self.admin()?.execute(request, &Caller::default())?)
     }
 
     fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError> {
-        let job = self.pipeline()?.new_bulk_delete(spec)?;
-        self.queue()?.create(job).map_err(commit_error)
+        Ok(self.admin()?.bulk_delete(spec)?)
     }
 
     fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError> {
-        let format = query.format.as_deref().unwrap_or("csv").parse().map_err(|m| CliError::new("invalid", m))?;
-        let (job, rows) = self.pipeline()?.new_import(&query.entity, format, file, query.name.clone())?;
-        self.queue()?.create_with_rows(job, rows).map_err(commit_error)
+        Ok(self.admin()?.bulk_import(&query.entity, query.format.as_deref(), file, query.name.clone())?)
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
-        let query = filter.query().map_err(|e| CliError::new(e.code, e.message))?;
-        Ok(self.store.list_jobs(&query)?)
+        Ok(self.store.list_jobs(&filter.query()?)?)
     }
 
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
-        self.queue()?.manage(id, action).map_err(commit_error)
+        Ok(self.admin()?.manage_job(id, action)?)
     }
 
     fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError> {
-        let job = self.pipeline()?.new_job(spec)?;
-        self.queue()?.create(job).map_err(commit_error)
+        Ok(self.admin()?.create_job(spec)?)
     }
 
-    /// Without a server, pausing or resuming sets what the next `plughost serve` starts with.
-    fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
-        match action {
-            None => {}
-            Some("pause") => self.store.set_service_paused(true)?,
-            Some("resume") => self.store.set_service_paused(false)?,
-            Some(other) => {
-                return Err(CliError::new("invalid", format!("unknown service action '{other}': use pause or resume")));
-            }
-        }
-        let paused = self.store.service_paused()?;
-        Ok(ServiceStatus { running: false, paused, workers: 0, counts: self.store.job_counts()? })
+    /// Without a server, pausing or resuming sets how the next `plughost serve` starts.
+    fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError> {
+        Ok(self.admin()?.service(action)?)
     }
 }
 
@@ -453,11 +399,13 @@ impl Backend for Remote {
         self.post("/jobs", &spec)
     }
 
-    fn service(&self, action: Option<&str>) -> Result<ServiceStatus, CliError> {
-        match action {
-            Some(a) => self.answer(self.auth(self.agent.post(self.url(&format!("/service/{a}")))).send_empty()),
-            None => self.get("/service"),
-        }
+    fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError> {
+        let name = match action {
+            None => return self.get("/service"),
+            Some(ServiceAction::Pause) => "pause",
+            Some(ServiceAction::Resume) => "resume",
+        };
+        self.answer(self.auth(self.agent.post(self.url(&format!("/service/{name}")))).send_empty())
     }
 }
 

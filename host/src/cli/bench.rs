@@ -251,7 +251,8 @@ impl QueueBench {
             });
             n as f64 / t.elapsed().as_secs_f64()
         };
-        let baseline = timed(&|| pipeline.runtime().baseline_calls(&plugin, &context, per_thread));
+        let baseline =
+            timed(&|| plughost::baselines::bare_wasmtime_calls(pipeline.runtime(), &plugin, &context, per_thread));
         // 2. plughost's invocation (limits, trace log, conversions, classification), no store.
         let limits = plughost::runtime::Limits::default();
         let invoke = timed(&|| {
@@ -277,7 +278,13 @@ impl QueueBench {
                 .map_err(|e| fail(&e))?;
             queued += n;
         }
-        let queue = JobQueue::new(store.clone(), committer);
+        let stats = committer.stats();
+        let counted = || {
+            use std::sync::atomic::Ordering::Relaxed;
+            (stats.commits.load(Relaxed), stats.operations.load(Relaxed), stats.commit_us.load(Relaxed))
+        };
+        let before = counted();
+        let queue = JobQueue::new(store.clone(), committer.clone());
         let started = Instant::now();
         let workers = WorkerPool::start(
             pipeline.clone(),
@@ -297,8 +304,15 @@ impl QueueBench {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let drained = self.jobs as f64 / started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed().as_secs_f64();
+        let drained = self.jobs as f64 / elapsed;
+        let after = counted();
+        let (commits, operations, commit_us) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
         workers.shutdown(Duration::from_secs(5));
+        // 4. The raw redb loop: the least durable work per job on this disk, same batch.
+        let raw_dir = tempfile::tempdir_in(tmp.path()).map_err(|e| fail(&e))?;
+        let raw = plughost::baselines::raw_redb_queue(raw_dir.path(), self.jobs, self.batch * self.workers, 256)
+            .map_err(|e| fail(&e))?;
 
         let json = serde_json::json!({
             "command": "plughost bench queue",
@@ -311,6 +325,11 @@ impl QueueBench {
             "queue_jobs_per_second": drained,
             "invoke_vs_baseline": invoke / baseline,
             "queue_vs_baseline": drained / baseline,
+            "raw_redb_jobs_per_second": raw,
+            "queue_vs_raw_redb": drained / raw,
+            "drain_commits": commits,
+            "drain_operations_per_commit": operations as f64 / commits.max(1) as f64,
+            "drain_commit_share": commit_us as f64 / 1e6 / elapsed,
         });
         g.print(&json, || {
             table(vec![
@@ -326,7 +345,13 @@ impl QueueBench {
                     format!("{drained:.0}"),
                     format!("{:.2}", drained / baseline),
                 ],
-            ])
+                vec!["raw redb queue loop (no plug-in, no plughost)".into(), format!("{raw:.0}"), format!("{:.2}", raw / baseline)],
+            ]) + &format!(
+                "drain: {:.2}x the raw redb loop; {commits} commits of {:.1} operations, {:.0}% of the time in commits\n",
+                drained / raw,
+                operations as f64 / commits.max(1) as f64,
+                100.0 * commit_us as f64 / 1e6 / elapsed
+            )
         })?;
         Ok(ExitCode::SUCCESS)
     }

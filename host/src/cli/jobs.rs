@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
+use plughost::admin::JobFilter;
 use plughost::jobs::{JobStatus, JobView, SystemJob};
 use plughost::model::{ParameterValue, time_from_text};
 use plughost::pipeline::NewJob;
-use plughost::server::JobFilter;
 use plughost::store::JobAction;
 
 use super::backend::Backend;
@@ -172,6 +172,15 @@ impl Jobs {
                     );
                     if let Some(r) = &job.regarding {
                         out.push_str(&format!("regarding {} {}\n", r.logical_name, r.id));
+                    }
+                    if let Some(pattern) = &job.recurrence_pattern {
+                        out.push_str(&format!("recurs    {pattern} ({} runs so far)\n", job.recurrence_runs));
+                    }
+                    if let Some(t) = job.postpone_until {
+                        out.push_str(&format!("not before {}\n", plughost::model::Value::DateTime(t)));
+                    }
+                    if job.lease_expirations > 0 {
+                        out.push_str(&format!("leases    expired {} times\n", job.lease_expirations));
                     }
                     match (&job.error_code, &job.message) {
                         (Some(c), Some(m)) => out.push_str(&format!("error     [{c}] {m}\n")),

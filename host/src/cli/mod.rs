@@ -203,6 +203,17 @@ impl From<plughost::pipeline::PipelineError> for CliError {
     }
 }
 
+impl From<plughost::admin::AdminError> for CliError {
+    fn from(e: plughost::admin::AdminError) -> Self {
+        use plughost::admin::AdminError;
+        match e {
+            AdminError::Store(s) => s.into(),
+            AdminError::Registry(r) => r.into(),
+            other => CliError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
 impl From<plughost::registry::RegistryError> for CliError {
     fn from(e: plughost::registry::RegistryError) -> Self {
         if let plughost::registry::RegistryError::Store(s) = e {

@@ -18,8 +18,8 @@ impl Service {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         let action = match self {
             Service::Status => None,
-            Service::Pause => Some("pause"),
-            Service::Resume => Some("resume"),
+            Service::Pause => Some(plughost::admin::ServiceAction::Pause),
+            Service::Resume => Some(plughost::admin::ServiceAction::Resume),
         };
         let status = g.backend()?.service(action)?;
         g.print(&status, || {

@@ -380,9 +380,8 @@ impl Runtime {
     /// The benchmark baseline: `iterations` bare instantiate-and-call cycles of the
     /// same component with the same engine, the context converted once, and none of
     /// plughost's per-invocation work (limits, trace log, outcome classification,
-    /// output conversion). Returns how many calls succeeded.
-    #[doc(hidden)]
-    pub fn baseline_calls(&self, plugin: &LoadedPlugin, context: &ExecutionContext, iterations: usize) -> usize {
+    /// output conversion). Returns how many calls succeeded. For [`crate::baselines`].
+    pub(crate) fn baseline_calls(&self, plugin: &LoadedPlugin, context: &ExecutionContext, iterations: usize) -> usize {
         let wit_context = bindings::context_to_wit(context);
         let caller = CallContext {
             depth: 1,

@@ -47,6 +47,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::PluginError,
+        ErrorCode::PluginRetryable,
+        ErrorCode::Trap,
+        ErrorCode::StackOverflow,
+        ErrorCode::OutOfFuel,
+        ErrorCode::MemoryLimit,
+        ErrorCode::Timeout,
+        ErrorCode::InvalidOutput,
+        ErrorCode::OutputTooLarge,
+        ErrorCode::InputTooLarge,
+        ErrorCode::HostCallLimit,
+        ErrorCode::TraceLimit,
+        ErrorCode::InstantiationFailed,
+        ErrorCode::PluginExited,
+        ErrorCode::TransferLimit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::PluginError => "plugin_error",

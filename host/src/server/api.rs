@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::jobs::{JobQuery, JobStatus, JobView, SystemJob};
+use crate::admin::{Admin, AdminError, JobFilter, PluginDetails, ServiceAction, ServiceStatus, UnregisteredPlugin};
+use crate::jobs::{JobView, SystemJob};
 use crate::metadata::{AttributeType, EntityDefinition};
 use crate::model::{Entity, EntityReference, Parameters, Value, parse_guid};
 use crate::pipeline::{Caller, Request, Response};
-use crate::registry::{self, StepSpec};
-use crate::store::{JobAction, QueueCounts};
+use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
+use crate::store::JobAction;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -160,16 +161,24 @@ fn guid_param(s: &str) -> ApiResult<Uuid> {
     parse_guid(s).map_err(ApiError::bad_request)
 }
 
+/// Runs an administrative operation on a blocking thread.
+async fn admin<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
+) -> ApiResult<T> {
+    let admin = state.admin.clone();
+    blocking(move || Ok(op(&admin)?)).await
+}
+
 async fn run(state: &AppState, request: Request, caller: Caller) -> ApiResult<Response> {
-    let pipeline = state.pipeline.clone();
-    blocking(move || Ok(pipeline.execute(request, &caller)?)).await
+    admin(state, move |a| a.execute(request, &caller)).await
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "runtime": state.runtime().stats(),
+        "runtime": state.admin.pipeline().runtime().stats(),
     }))
 }
 
@@ -339,68 +348,33 @@ async fn register(
     State(state): State<AppState>,
     Params(q): Params<RegisterQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<(StatusCode, Json<Registration>)> {
     let bytes = raw_body(body)?;
     let steps: Vec<StepSpec> = match &q.steps {
         Some(json) => serde_json::from_str(json).map_err(|e| ApiError::bad_request(format!("steps: {e}")))?,
         None => Vec::new(),
     };
-    let s = state.clone();
-    let reg = blocking(move || {
-        let reg = registry::register(s.store(), s.runtime(), &bytes, &q.name, q.description, steps)?;
-        // Compile now, so the first event does not pay for it.
-        if let Err(e) = s.runtime().load(&reg.assembly.hash, || Ok(bytes.to_vec())) {
-            tracing::warn!("registered, but compiling failed: {e:#}");
-        }
-        s.pipeline.reload_steps()?;
-        Ok(reg)
-    })
-    .await?;
+    let reg = admin(&state, move |a| a.register(&bytes, &q.name, q.description, steps)).await?;
     Ok((StatusCode::CREATED, Json(reg)))
 }
 
-async fn assemblies(State(state): State<AppState>) -> ApiResult<Json<Vec<registry::AssemblyRecord>>> {
-    let s = state.clone();
-    Ok(Json(blocking(move || Ok(s.store().assemblies()?)).await?))
+async fn assemblies(State(state): State<AppState>) -> ApiResult<Json<Vec<AssemblyRecord>>> {
+    admin(&state, |a| a.assemblies()).await.map(Json)
 }
 
 async fn unregister_assembly(
     State(state): State<AppState>,
     Path(hash): Path<String>,
-) -> ApiResult<Json<registry::AssemblyRecord>> {
-    let s = state.clone();
-    blocking(move || {
-        let record = s.store().resolve_assembly(&hash)?;
-        let removed = s.store().unregister_assembly(&record.hash)?;
-        s.runtime().evict(&removed.hash);
-        Ok(Json(removed))
-    })
-    .await
+) -> ApiResult<Json<AssemblyRecord>> {
+    admin(&state, move |a| a.unregister_assembly(&hash)).await.map(Json)
 }
 
-async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<registry::PluginRecord>>> {
-    let s = state.clone();
-    Ok(Json(blocking(move || Ok(s.store().plugins()?)).await?))
-}
-
-/// A plug-in with its assembly and steps.
-#[derive(Serialize, Deserialize)]
-pub struct PluginDetails {
-    pub plugin: registry::PluginRecord,
-    pub assembly: Option<registry::AssemblyRecord>,
-    pub steps: Vec<registry::StepRecord>,
+async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginRecord>>> {
+    admin(&state, |a| a.plugins()).await.map(Json)
 }
 
 async fn plugin(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<PluginDetails>> {
-    let s = state.clone();
-    blocking(move || {
-        let plugin =
-            s.store().plugin(&name)?.ok_or_else(|| ApiError::not_found(format!("no plug-in named '{name}'")))?;
-        let assembly = s.store().assembly(&plugin.assembly)?;
-        let steps = s.store().steps()?.into_iter().filter(|st| st.plugin == name).collect();
-        Ok(Json(PluginDetails { plugin, assembly, steps }))
-    })
-    .await
+    admin(&state, move |a| a.plugin(&name)).await.map(Json)
 }
 
 #[derive(Deserialize)]
@@ -409,87 +383,47 @@ struct UnregisterPluginQuery {
     with_steps: bool,
 }
 
-/// What unregistering a plug-in removed.
-#[derive(Serialize, Deserialize)]
-pub struct UnregisteredPlugin {
-    pub plugin: registry::PluginRecord,
-    pub removed_steps: Vec<registry::StepRecord>,
-}
-
 async fn unregister_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Params(q): Params<UnregisterPluginQuery>,
 ) -> ApiResult<Json<UnregisteredPlugin>> {
-    let s = state.clone();
-    blocking(move || {
-        let (plugin, removed_steps) = s.store().unregister_plugin(&name, q.with_steps)?;
-        s.pipeline.reload_steps()?;
-        Ok(Json(UnregisteredPlugin { plugin, removed_steps }))
-    })
-    .await
+    admin(&state, move |a| a.unregister_plugin(&name, q.with_steps)).await.map(Json)
 }
 
-async fn steps(State(state): State<AppState>) -> ApiResult<Json<Vec<registry::StepRecord>>> {
-    let s = state.clone();
-    Ok(Json(blocking(move || Ok(s.store().steps()?)).await?))
+async fn steps(State(state): State<AppState>) -> ApiResult<Json<Vec<StepRecord>>> {
+    admin(&state, |a| a.steps()).await.map(Json)
 }
 
 async fn add_step(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<registry::StepRecord>)> {
+) -> ApiResult<(StatusCode, Json<StepRecord>)> {
     let spec: StepSpec = json_body(body)?;
-    let s = state.clone();
-    let record = blocking(move || {
-        let record = spec.into_record(s.runtime().config().max_memory_bytes)?;
-        s.store().add_step(&record)?;
-        s.pipeline.reload_steps()?;
-        Ok(record)
-    })
-    .await?;
+    let record = admin(&state, move |a| a.add_step(spec)).await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
-async fn step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
-    let s = state.clone();
-    blocking(move || Ok(Json(s.store().resolve_step(&key)?))).await
+async fn step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
+    admin(&state, move |a| a.step(&key)).await.map(Json)
 }
 
-async fn remove_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
-    let s = state.clone();
-    blocking(move || {
-        let step = s.store().resolve_step(&key)?;
-        let removed = s.store().remove_step(step.id)?;
-        s.pipeline.reload_steps()?;
-        Ok(Json(removed))
-    })
-    .await
+async fn remove_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
+    admin(&state, move |a| a.remove_step(&key)).await.map(Json)
 }
 
-async fn set_enabled(state: AppState, key: String, enabled: bool) -> ApiResult<Json<registry::StepRecord>> {
-    blocking(move || {
-        let step = state.store().resolve_step(&key)?;
-        let step = state.store().set_step_enabled(step.id, enabled)?;
-        state.pipeline.reload_steps()?;
-        Ok(Json(step))
-    })
-    .await
+async fn enable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
+    admin(&state, move |a| a.set_step_enabled(&key, true)).await.map(Json)
 }
 
-async fn enable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
-    set_enabled(state, key, true).await
-}
-
-async fn disable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<registry::StepRecord>> {
-    set_enabled(state, key, false).await
+async fn disable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
+    admin(&state, move |a| a.set_step_enabled(&key, false)).await.map(Json)
 }
 
 // ---- metadata ----
 
 async fn definitions(State(state): State<AppState>) -> ApiResult<Json<Vec<EntityDefinition>>> {
-    let s = state.clone();
-    Ok(Json(blocking(move || Ok(s.store().definitions()?)).await?))
+    admin(&state, |a| a.definitions()).await.map(Json)
 }
 
 /// The body of `PUT /metadata/entities/{name}`: attributes to add.
@@ -505,8 +439,7 @@ async fn define_entity(
 ) -> ApiResult<Json<EntityDefinition>> {
     let body: DefineBody = json_body(body)?;
     let def = EntityDefinition { name, attributes: body.attributes };
-    let s = state.clone();
-    blocking(move || Ok(Json(s.store().define_entity(&def)?))).await
+    admin(&state, move |a| a.define_entity(&def)).await.map(Json)
 }
 
 /// Query parameters whose errors are JSON, like every other error of the API.
@@ -524,53 +457,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 }
 
 // ---- jobs ----
-
-/// The query of `GET /jobs`: filters and paging, every one optional.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JobFilter {
-    /// Status name or number.
-    pub status: Option<String>,
-    /// Step id.
-    pub step: Option<String>,
-    pub entity: Option<String>,
-    pub token: Option<String>,
-    /// Created at or after / before (RFC 3339 or UTC ms).
-    pub since: Option<String>,
-    pub until: Option<String>,
-    /// Ids starting with these hex digits.
-    pub id_prefix: Option<String>,
-    /// The last id of the previous page.
-    pub after: Option<String>,
-    /// `oldest` (default) or `newest` first.
-    pub order: Option<String>,
-    pub limit: Option<usize>,
-}
-
-impl JobFilter {
-    pub fn query(&self) -> ApiResult<JobQuery> {
-        let newest_first = match self.order.as_deref() {
-            None | Some("oldest") => false,
-            Some("newest") => true,
-            Some(other) => return Err(ApiError::bad_request(format!("order '{other}': use oldest or newest"))),
-        };
-        let query = JobQuery {
-            status: self.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::bad_request)?,
-            step: self.step.as_deref().map(guid_param).transpose()?,
-            entity: self.entity.clone(),
-            token: self.token.clone(),
-            since: self.since.as_deref().map(|t| filter_time("since", t)).transpose()?,
-            until: self.until.as_deref().map(|t| filter_time("until", t)).transpose()?,
-            id_prefix: self.id_prefix.clone(),
-            after: self.after.as_deref().map(guid_param).transpose()?,
-            newest_first,
-            limit: self.limit,
-        };
-        query.page_size().map_err(ApiError::bad_request)?;
-        query.id_range().map_err(ApiError::bad_request)?;
-        Ok(query)
-    }
-}
 
 /// Jobs as the API shows them: with Dataverse's state and status numbers.
 struct Jobs<T>(T);
@@ -593,14 +479,14 @@ impl IntoResponse for Jobs<Vec<SystemJob>> {
     }
 }
 
-fn filter_time(name: &str, text: &str) -> ApiResult<i64> {
-    crate::model::time_from_text(text).map_err(|m| ApiError::bad_request(format!("{name}: {m}")))
-}
-
 async fn jobs(State(state): State<AppState>, Params(filter): Params<JobFilter>) -> ApiResult<Jobs<Vec<SystemJob>>> {
     let query = filter.query()?;
-    let s = state.clone();
-    blocking(move || Ok(Jobs(s.store().list_jobs(&query)?))).await
+    admin(&state, move |a| a.jobs(&query)).await.map(Jobs)
+}
+
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Jobs<SystemJob>> {
+    let id = guid_param(&id)?;
+    admin(&state, move |a| a.job(id)).await.map(Jobs)
 }
 
 async fn create_job(
@@ -608,13 +494,7 @@ async fn create_job(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let spec: crate::pipeline::NewJob = json_body(body)?;
-    let s = state.clone();
-    let job = blocking(move || {
-        let job = s.pipeline.new_job(spec)?;
-        s.queue.create(job).map_err(commit_error)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Jobs(job)))
+    Ok((StatusCode::CREATED, Jobs(admin(&state, move |a| a.create_job(spec)).await?)))
 }
 
 async fn bulk_delete(
@@ -622,12 +502,7 @@ async fn bulk_delete(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let spec: crate::pipeline::BulkDelete = json_body(body)?;
-    let job = blocking(move || {
-        let job = state.pipeline.new_bulk_delete(spec)?;
-        state.queue.create(job).map_err(commit_error)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Jobs(job)))
+    Ok((StatusCode::CREATED, Jobs(admin(&state, move |a| a.bulk_delete(spec)).await?)))
 }
 
 /// The query of `POST /bulk/import`; the body is the file.
@@ -648,20 +523,8 @@ async fn bulk_import(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let bytes = raw_body(body)?;
-    let format = q.format.as_deref().unwrap_or("csv").parse().map_err(ApiError::bad_request)?;
-    let job = blocking(move || {
-        let (job, rows) = state.pipeline.new_import(&q.entity, format, &bytes, q.name)?;
-        state.queue.create_with_rows(job, rows).map_err(commit_error)
-    })
-    .await?;
+    let job = admin(&state, move |a| a.bulk_import(&q.entity, q.format.as_deref(), &bytes, q.name)).await?;
     Ok((StatusCode::CREATED, Jobs(job)))
-}
-
-fn commit_error(e: crate::store::CommitError) -> ApiError {
-    match e {
-        crate::store::CommitError::Refused(s) | crate::store::CommitError::Store(s) => s.into(),
-        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", other.to_string()),
-    }
 }
 
 /// The body of `POST /jobs/{id}/postpone`.
@@ -684,61 +547,35 @@ async fn job_action(
         None
     };
     let action = JobAction::parse(&action, until).map_err(ApiError::not_found)?;
-    let queue = state.queue.clone();
-    blocking(move || queue.manage(id, action).map(Jobs).map_err(commit_error)).await
+    admin(&state, move |a| a.manage_job(id, action)).await.map(Jobs)
 }
 
 async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id = guid_param(&id)?;
-    let queue = state.queue.clone();
-    blocking(move || queue.manage(id, JobAction::Delete).map_err(commit_error)).await?;
+    admin(&state, move |a| a.manage_job(id, JobAction::Delete)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The asynchronous service's state.
-#[derive(Serialize, Deserialize)]
-pub struct ServiceStatus {
-    pub running: bool,
-    pub paused: bool,
-    pub workers: usize,
-    pub counts: QueueCounts,
-}
-
-fn service_status(state: &AppState) -> ApiResult<ServiceStatus> {
-    Ok(ServiceStatus {
-        running: state.workers.is_some(),
-        paused: state.workers.as_ref().is_some_and(|w| w.is_paused()),
-        workers: if state.workers.is_some() { state.config.workers.workers } else { 0 },
-        counts: state.queue.counts()?,
-    })
-}
-
 async fn service(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>> {
-    blocking(move || service_status(&state).map(Json)).await
+    admin(&state, |a| a.service(None)).await.map(Json)
 }
 
 async fn service_action(State(state): State<AppState>, Path(action): Path<String>) -> ApiResult<Json<ServiceStatus>> {
-    let workers = state.workers.clone().ok_or_else(|| {
-        ApiError::new(StatusCode::CONFLICT, "no_workers", "this server runs no workers (workers.workers = 0)")
-    })?;
-    blocking(move || {
-        match action.as_str() {
-            "pause" => workers.pause()?,
-            "resume" => workers.resume()?,
-            other => {
-                return Err(ApiError::not_found(format!("unknown service action '{other}': use pause or resume")));
-            }
-        }
-        service_status(&state).map(Json)
-    })
-    .await
+    let action: ServiceAction = action.parse().map_err(ApiError::not_found)?;
+    if state.admin.workers().is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_workers",
+            "this server runs no workers (workers.workers = 0)",
+        ));
+    }
+    admin(&state, move |a| a.service(Some(action))).await.map(Json)
 }
 
 /// Prometheus text exposition.
 async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     use std::sync::atomic::Ordering::Relaxed;
-    let s = state.clone();
-    let counts = blocking(move || Ok(s.queue.counts()?)).await?;
+    let counts = admin(&state, |a| a.counts()).await?;
     let mut out = String::new();
     out.push_str("# HELP plughost_jobs System jobs by status.\n# TYPE plughost_jobs gauge\n");
     for (name, code, n) in &counts.by_status {
@@ -746,7 +583,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     }
     let (gauge, counter) = ("gauge", "counter");
     let mut rows = vec![("plughost_jobs_runnable", gauge, "Jobs ready to run now.", counts.runnable)];
-    if let Some(w) = &state.workers {
+    if let Some(w) = state.admin.workers() {
         let st = &w.stats;
         rows.extend([
             ("plughost_jobs_succeeded_total", counter, "Job runs that succeeded.", st.succeeded.load(Relaxed)),
@@ -770,8 +607,8 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
             ("plughost_job_run_microseconds_total", counter, "Time jobs spent running.", st.run_us.load(Relaxed)),
         ]);
     }
-    let cs = state.pipeline.committer().stats();
-    let rt = state.runtime().stats();
+    let cs = state.admin.pipeline().committer().stats();
+    let rt = state.admin.pipeline().runtime().stats();
     rows.extend([
         ("plughost_group_commits_total", counter, "Durable write transactions.", cs.commits.load(Relaxed)),
         (
@@ -793,11 +630,4 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Jobs<SystemJob>> {
-    let id = guid_param(&id)?;
-    let s = state.clone();
-    blocking(move || s.store().job(id)?.map(Jobs).ok_or_else(|| ApiError::not_found(format!("no system job {id}"))))
-        .await
 }

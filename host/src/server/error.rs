@@ -94,6 +94,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::admin::AdminError> for ApiError {
+    fn from(e: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError;
+        match e {
+            AdminError::Pipeline(p) => p.into(),
+            AdminError::Registry(r) => r.into(),
+            AdminError::Store(s) => s.into(),
+            AdminError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string()),
+            AdminError::Invalid { code, message } => ApiError::new(StatusCode::BAD_REQUEST, code, message),
+            AdminError::Unavailable { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {

@@ -14,12 +14,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::api::{
-    DefineBody, IdBody, ImportQuery, JobFilter, MessageBody, PluginDetails, PostponeBody, ServiceStatus,
-    UnregisteredPlugin, app,
-};
+pub use self::api::{DefineBody, IdBody, ImportQuery, MessageBody, PostponeBody, app};
 pub use self::error::{ApiError, ErrorBody, ErrorDetail};
 pub use self::listen::HttpConfig;
+use crate::admin::Admin;
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
 use crate::runtime::{ArtifactIndex, Runtime};
@@ -29,22 +27,10 @@ use crate::worker::WorkerPool;
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub pipeline: Arc<Pipeline>,
-    pub queue: JobQueue,
-    /// The worker pool; `None` when this server runs no workers (`workers.workers = 0`).
-    pub workers: Option<Arc<WorkerPool>>,
+    /// The operations every handler calls.
+    pub admin: Arc<Admin>,
     pub admin_token: Arc<str>,
     pub config: Arc<Config>,
-}
-
-impl AppState {
-    pub fn store(&self) -> &Arc<Store> {
-        self.pipeline.store()
-    }
-
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        self.pipeline.runtime()
-    }
 }
 
 /// What a running server tells the CLI about itself (`<data dir>/server.json`).
@@ -99,7 +85,11 @@ pub async fn serve(
         .then(|| WorkerPool::start(pipeline.clone(), queue.clone(), config.workers.clone()));
     let grace = std::time::Duration::from_millis(config.workers.shutdown_grace_ms);
     let http = config.http.clone();
-    let state = AppState { pipeline, queue, workers: workers.clone(), admin_token, config: Arc::new(config) };
+    let mut admin = Admin::new(pipeline, queue);
+    if let Some(w) = &workers {
+        admin = admin.with_workers(w.clone(), config.workers.workers);
+    }
+    let state = AppState { admin: Arc::new(admin), admin_token, config: Arc::new(config) };
     listen::serve(listener, app(state), &http, shutdown_signal(), grace).await;
     if let Some(w) = workers {
         // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.

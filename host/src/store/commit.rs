@@ -165,7 +165,7 @@ impl Committer {
     }
 
     /// Queues a change set; the receiver gets the outcome once durable.
-    pub fn submit(&self, changes: ChangeSet) -> oneshot::Receiver<Result<Receipt, CommitError>> {
+    pub(crate) fn submit(&self, changes: ChangeSet) -> oneshot::Receiver<Result<Receipt, CommitError>> {
         self.submit_op(move |txn| apply(txn, &changes))
     }
 
@@ -190,11 +190,6 @@ impl Committer {
             self.notify();
         }
         result
-    }
-
-    /// Commits `changes` and waits for the durable outcome.
-    pub async fn commit(&self, changes: ChangeSet) -> Result<Receipt, CommitError> {
-        self.submit(changes).await.unwrap_or(Err(CommitError::Stopped))
     }
 }
 
@@ -260,7 +255,7 @@ pub(super) fn apply_in(
     changes: &ChangeSet,
 ) -> Result<Receipt, CommitError> {
     apply_records(txn, changes)?;
-    Ok(Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::registry::now_ms())? })
+    Ok(Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::clock::now_ms())? })
 }
 
 /// Writes the change set's records, after checking every version against the

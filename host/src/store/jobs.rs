@@ -324,7 +324,7 @@ pub(super) fn upgrade_step_records(txn: &WriteTransaction) -> Result<u64> {
     for entry in steps.iter().map_err(err)? {
         let (k, v) = entry.map_err(err)?;
         let old: super::legacy::StepV3 = codec::decode(v.value())?;
-        rewritten.push((k.value(), codec::encode(&crate::registry::StepRecord::from(old))?));
+        rewritten.push((k.value(), codec::encode(&crate::records::StepRecord::from(old))?));
     }
     for (k, bytes) in &rewritten {
         steps.insert(*k, bytes.as_slice()).map_err(err)?;

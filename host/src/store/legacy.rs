@@ -90,7 +90,7 @@ pub(super) struct StepV3 {
     rank: i32,
     filtering_attributes: Vec<String>,
     configuration: Option<String>,
-    images: Vec<crate::registry::ImageSpec>,
+    images: Vec<crate::records::ImageSpec>,
     limits: LimitsV3,
     enabled: bool,
     delete_job_on_success: bool,
@@ -111,10 +111,10 @@ struct LimitsV3 {
     output_bytes: Option<u64>,
 }
 
-impl From<StepV3> for crate::registry::StepRecord {
+impl From<StepV3> for crate::records::StepRecord {
     fn from(s: StepV3) -> Self {
         let l = s.limits;
-        crate::registry::StepRecord {
+        crate::records::StepRecord {
             id: s.id,
             name: s.name,
             plugin: s.plugin,
@@ -147,7 +147,7 @@ impl From<StepV3> for crate::registry::StepRecord {
 
 /// A step as schema 3 stored it, for the migration's tests.
 #[cfg(test)]
-pub(super) fn step_v3(s: &crate::registry::StepRecord) -> StepV3 {
+pub(super) fn step_v3(s: &crate::records::StepRecord) -> StepV3 {
     let l = &s.limits;
     StepV3 {
         id: s.id,

@@ -10,6 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+pub(crate) mod baseline;
 mod commit;
 mod data;
 mod jobs;
@@ -28,7 +29,7 @@ pub use queue::{
 
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
-use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord};
+use crate::records::{AssemblyRecord, PluginRecord, Registration, StepRecord};
 use crate::runtime::ArtifactIndex;
 
 /// The layout of the tables below. Bump it with a migration when they change
@@ -344,7 +345,7 @@ impl Store {
             codec::decode::<StepRecord>(removed.value())?
         };
         let what = format!("step '{}' ({})", step.name, step.id);
-        jobs::orphan_step_jobs(&txn, step.id, &what, crate::registry::now_ms())?;
+        jobs::orphan_step_jobs(&txn, step.id, &what, crate::clock::now_ms())?;
         txn.commit()?;
         Ok(step)
     }
@@ -388,7 +389,7 @@ impl Store {
             for s in &steps {
                 let what =
                     format!("plug-in '{name}' (assembly {}) with its step '{}'", plugin.assembly.short(), s.name);
-                jobs::orphan_step_jobs(&txn, s.id, &what, crate::registry::now_ms())?;
+                jobs::orphan_step_jobs(&txn, s.id, &what, crate::clock::now_ms())?;
             }
             (plugin, steps)
         };

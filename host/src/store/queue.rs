@@ -17,8 +17,8 @@ use uuid::Uuid;
 use super::commit::apply_in;
 use super::jobs::{self, Renewal, Tables, load, put_job, with_tables};
 use super::{ChangeSet, CommitError, Committer, Store, StoreError};
+use crate::clock::now_ms;
 use crate::jobs::{JobResult, JobState, JobStatus, RetryPolicy, RunOutcome, RunReport, SystemJob};
-use crate::registry::now_ms;
 
 /// What a worker reports about a job it ran.
 #[derive(Clone, Debug)]

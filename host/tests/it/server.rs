@@ -345,7 +345,7 @@ fn assert_pre_operation_step(
 fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
     assert_pre_operation_step(
         &server(),
-        artifacts::CREDIT_CHECK_PY,
+        artifacts::CREDIT_CHECK_PY.build(),
         "5000",
         json!({"name": "Contoso", "creditlimit": {"money": "1200.00"}}),
         ("description", "credit checked (max 5000) in Python"),
@@ -358,7 +358,7 @@ fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
 fn a_javascript_plugin_runs_in_the_pipeline_like_a_rust_one() {
     assert_pre_operation_step(
         &server(),
-        artifacts::NAME_NORMALIZER_JS,
+        artifacts::NAME_NORMALIZER_JS.build(),
         "20",
         json!({"name": "  contoso   LTD "}),
         ("name", "Contoso Ltd"),

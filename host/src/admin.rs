@@ -1,0 +1,385 @@
+//! The administrative operations, written once: registration, unregistration (with
+//! eviction of compiled code), steps, entity definitions, data requests, system
+//! jobs, bulk jobs and the asynchronous service. The HTTP handlers and the CLI's
+//! local backend call these and only translate between their transport and them;
+//! remote workers, authentication and the dashboard will too.
+//!
+//! **Invariants:** every change to registrations reloads the pipeline's step index
+//! before it returns, so the next request sees it; unregistering an assembly drops
+//! its compiled code from memory and disk; every operation blocks (call it from a
+//! thread that may block).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::bulk::ImportFormat;
+use crate::jobs::{JobQuery, JobStatus, SystemJob};
+use crate::metadata::EntityDefinition;
+use crate::pipeline::{BulkDelete, Caller, NewJob, Pipeline, PipelineError, Request, Response};
+use crate::registry::{self, AssemblyRecord, PluginRecord, Registration, RegistryError, StepRecord, StepSpec};
+use crate::runtime::Runtime;
+use crate::store::{CommitError, JobAction, JobQueue, QueueCounts, Store, StoreError};
+use crate::worker::WorkerPool;
+
+/// What went wrong in an administrative operation; each kind keeps its own code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store's writer stopped (the process is shutting down).
+    #[error("the store's writer has stopped")]
+    Stopped,
+    /// A request the operation cannot take, with its own code.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// The operation needs something this process does not run.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+}
+
+impl AdminError {
+    /// The stable code of the API and the CLI.
+    pub fn code(&self) -> &str {
+        match self {
+            AdminError::Pipeline(e) => e.code(),
+            AdminError::Registry(e) => e.code(),
+            AdminError::Store(e) => e.code(),
+            AdminError::Stopped => "store_error",
+            AdminError::Invalid { code, .. } | AdminError::Unavailable { code, .. } => code,
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> AdminError {
+        AdminError::Invalid { code: "invalid", message: message.into() }
+    }
+
+    fn not_found(message: impl Into<String>) -> AdminError {
+        AdminError::Store(StoreError::NotFound(message.into()))
+    }
+}
+
+impl From<CommitError> for AdminError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Refused(s) | CommitError::Store(s) => AdminError::Store(s),
+            CommitError::Stopped => AdminError::Stopped,
+            other => AdminError::Store(StoreError::Db(other.to_string())),
+        }
+    }
+}
+
+type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+/// A plug-in with its assembly and steps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PluginDetails {
+    pub plugin: PluginRecord,
+    pub assembly: Option<AssemblyRecord>,
+    pub steps: Vec<StepRecord>,
+}
+
+/// What unregistering a plug-in removed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnregisteredPlugin {
+    pub plugin: PluginRecord,
+    pub removed_steps: Vec<StepRecord>,
+}
+
+/// The asynchronous service's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Whether this process runs a worker pool.
+    pub running: bool,
+    /// Paused (persisted: a restart keeps it paused until resumed).
+    pub paused: bool,
+    pub workers: usize,
+    pub counts: QueueCounts,
+}
+
+/// What a user may do to the asynchronous service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceAction {
+    Pause,
+    Resume,
+}
+
+impl std::str::FromStr for ServiceAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "pause" => Ok(ServiceAction::Pause),
+            "resume" => Ok(ServiceAction::Resume),
+            other => Err(format!("unknown service action '{other}': use pause or resume")),
+        }
+    }
+}
+
+/// The query of `GET /jobs` and of `plughost jobs list`: filters and paging as
+/// text, every one optional; [`JobFilter::query`] checks them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobFilter {
+    /// Status name or number.
+    pub status: Option<String>,
+    /// Step id.
+    pub step: Option<String>,
+    pub entity: Option<String>,
+    pub token: Option<String>,
+    /// Created at or after / before (RFC 3339 or UTC ms).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Ids starting with these hex digits.
+    pub id_prefix: Option<String>,
+    /// The last id of the previous page.
+    pub after: Option<String>,
+    /// `oldest` (default) or `newest` first.
+    pub order: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl JobFilter {
+    /// The query, or which part of the filter is wrong.
+    pub fn query(&self) -> Result<JobQuery> {
+        let invalid = AdminError::invalid;
+        let newest_first = match self.order.as_deref() {
+            None | Some("oldest") => false,
+            Some("newest") => true,
+            Some(other) => return Err(invalid(format!("order '{other}': use oldest or newest"))),
+        };
+        let time = |name: &str, t: &Option<String>| {
+            t.as_deref()
+                .map(|t| crate::model::time_from_text(t).map_err(|m| invalid(format!("{name}: {m}"))))
+                .transpose()
+        };
+        let guid = |t: &Option<String>| {
+            t.as_deref().map(|t| crate::model::parse_guid(t).map_err(AdminError::invalid)).transpose()
+        };
+        let query = JobQuery {
+            status: self.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(invalid)?,
+            step: guid(&self.step)?,
+            entity: self.entity.clone(),
+            token: self.token.clone(),
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            id_prefix: self.id_prefix.clone(),
+            after: guid(&self.after)?,
+            newest_first,
+            limit: self.limit,
+        };
+        query.page_size().map_err(invalid)?;
+        query.id_range().map_err(invalid)?;
+        Ok(query)
+    }
+}
+
+/// The administrative operations of one host.
+pub struct Admin {
+    pipeline: Arc<Pipeline>,
+    queue: JobQueue,
+    /// The worker pool, when this process runs one.
+    workers: Option<Arc<WorkerPool>>,
+    /// Workers the pool runs (for status).
+    worker_threads: usize,
+}
+
+impl Admin {
+    pub fn new(pipeline: Arc<Pipeline>, queue: JobQueue) -> Admin {
+        Admin { pipeline, queue, workers: None, worker_threads: 0 }
+    }
+
+    /// With the worker pool this process runs.
+    pub fn with_workers(mut self, workers: Arc<WorkerPool>, threads: usize) -> Admin {
+        self.workers = Some(workers);
+        self.worker_threads = threads;
+        self
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    pub fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+
+    pub fn workers(&self) -> Option<&Arc<WorkerPool>> {
+        self.workers.as_ref()
+    }
+
+    fn store(&self) -> &Arc<Store> {
+        self.pipeline.store()
+    }
+
+    fn runtime(&self) -> &Arc<Runtime> {
+        self.pipeline.runtime()
+    }
+
+    fn reloaded<T>(&self, value: T) -> Result<T> {
+        self.pipeline.reload_steps()?;
+        Ok(value)
+    }
+
+    // ---- registry ----
+
+    /// Validates, compiles and stores a component, points plug-in `name` at it and
+    /// adds `steps`, in one transaction; compiles it now so the first event does not.
+    pub fn register(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        description: Option<String>,
+        steps: Vec<StepSpec>,
+    ) -> Result<Registration> {
+        let reg = registry::register(self.store(), self.runtime(), bytes, name, description, steps)?;
+        if let Err(e) = self.runtime().load(&reg.assembly.hash, || Ok(bytes.to_vec())) {
+            tracing::warn!("registered, but compiling for the cache failed: {e:#}");
+        }
+        self.reloaded(reg)
+    }
+
+    pub fn assemblies(&self) -> Result<Vec<AssemblyRecord>> {
+        Ok(self.store().assemblies()?)
+    }
+
+    /// Removes an assembly no plug-in uses (by hash or a unique prefix) and its compiled code.
+    pub fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord> {
+        let record = self.store().resolve_assembly(key)?;
+        let removed = self.store().unregister_assembly(&record.hash)?;
+        self.runtime().evict(&removed.hash);
+        Ok(removed)
+    }
+
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        Ok(self.store().plugins()?)
+    }
+
+    pub fn plugin(&self, name: &str) -> Result<PluginDetails> {
+        let plugin = self
+            .store()
+            .plugin(name)?
+            .ok_or_else(|| AdminError::not_found(format!("no plug-in named '{name}': see `plughost plugins list`")))?;
+        let assembly = self.store().assembly(&plugin.assembly)?;
+        let steps = self.store().steps()?.into_iter().filter(|s| s.plugin == name).collect();
+        Ok(PluginDetails { plugin, assembly, steps })
+    }
+
+    /// Removes a plug-in (and, `with_steps`, its steps, failing their queued jobs).
+    pub fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin> {
+        let (plugin, removed_steps) = self.store().unregister_plugin(name, with_steps)?;
+        self.reloaded(UnregisteredPlugin { plugin, removed_steps })
+    }
+
+    pub fn steps(&self) -> Result<Vec<StepRecord>> {
+        Ok(self.store().steps()?)
+    }
+
+    /// A step by id, unique id prefix or name.
+    pub fn step(&self, key: &str) -> Result<StepRecord> {
+        Ok(self.store().resolve_step(key)?)
+    }
+
+    pub fn add_step(&self, spec: StepSpec) -> Result<StepRecord> {
+        let record = spec.into_record(self.runtime().config().max_memory_bytes)?;
+        self.store().add_step(&record)?;
+        self.reloaded(record)
+    }
+
+    /// Removes a step and fails its queued jobs in the same transaction.
+    pub fn remove_step(&self, key: &str) -> Result<StepRecord> {
+        let step = self.store().resolve_step(key)?;
+        let removed = self.store().remove_step(step.id)?;
+        self.reloaded(removed)
+    }
+
+    pub fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord> {
+        let step = self.store().resolve_step(key)?;
+        let step = self.store().set_step_enabled(step.id, enabled)?;
+        self.reloaded(step)
+    }
+
+    // ---- metadata and data ----
+
+    pub fn definitions(&self) -> Result<Vec<EntityDefinition>> {
+        Ok(self.store().definitions()?)
+    }
+
+    pub fn define_entity(&self, def: &EntityDefinition) -> Result<EntityDefinition> {
+        Ok(self.store().define_entity(def)?)
+    }
+
+    /// Runs a data request through the pipeline.
+    pub fn execute(&self, request: Request, caller: &Caller) -> Result<Response> {
+        Ok(self.pipeline.execute(request, caller)?)
+    }
+
+    // ---- system jobs ----
+
+    pub fn jobs(&self, query: &JobQuery) -> Result<Vec<SystemJob>> {
+        Ok(self.store().list_jobs(query)?)
+    }
+
+    pub fn job(&self, id: Uuid) -> Result<SystemJob> {
+        self.store().job(id)?.ok_or_else(|| AdminError::not_found(format!("no system job {id}")))
+    }
+
+    /// A user's action on a job; `None` after a delete.
+    pub fn manage_job(&self, id: Uuid, action: JobAction) -> Result<Option<SystemJob>> {
+        Ok(self.queue.manage(id, action)?)
+    }
+
+    /// Creates a job for an asynchronous step directly: once, later, or on a recurrence.
+    pub fn create_job(&self, spec: NewJob) -> Result<SystemJob> {
+        let job = self.pipeline.new_job(spec)?;
+        Ok(self.queue.create(job)?)
+    }
+
+    pub fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob> {
+        let job = self.pipeline.new_bulk_delete(spec)?;
+        Ok(self.queue.create(job)?)
+    }
+
+    /// Queues an import of `file` (parsed whole first: a malformed file queues nothing).
+    pub fn bulk_import(
+        &self,
+        entity: &str,
+        format: Option<&str>,
+        file: &[u8],
+        name: Option<String>,
+    ) -> Result<SystemJob> {
+        let format: ImportFormat = format.unwrap_or("csv").parse().map_err(AdminError::invalid)?;
+        let (job, rows) = self.pipeline.new_import(entity, format, file, name)?;
+        Ok(self.queue.create_with_rows(job, rows)?)
+    }
+
+    /// The asynchronous service's state, after `action` if given. Without a worker
+    /// pool in this process, pausing or resuming sets how the next one starts.
+    pub fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus> {
+        match (action, &self.workers) {
+            (None, _) => {}
+            (Some(ServiceAction::Pause), Some(w)) => w.pause()?,
+            (Some(ServiceAction::Resume), Some(w)) => w.resume()?,
+            (Some(a), None) => self.store().set_service_paused(a == ServiceAction::Pause)?,
+        }
+        Ok(ServiceStatus {
+            running: self.workers.is_some(),
+            paused: match &self.workers {
+                Some(w) => w.is_paused(),
+                None => self.store().service_paused()?,
+            },
+            workers: self.worker_threads,
+            counts: self.queue.counts()?,
+        })
+    }
+
+    pub fn counts(&self) -> Result<QueueCounts> {
+        Ok(self.queue.counts()?)
+    }
+}
