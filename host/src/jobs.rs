@@ -188,7 +188,10 @@ pub struct SystemJob {
     pub assembly: Option<AssemblyHash>,
     /// The record the event was about (regardingobjectid).
     pub regarding: Option<EntityReference>,
-    /// The serialized execution context the plug-in will receive.
+    /// The execution context the plug-in will receive. Stored in a table of its own,
+    /// written once (`job_contexts`), never in the job's record, which every
+    /// transition rewrites: so it is skipped here, and [`JobView`] shows it.
+    #[serde(skip)]
     pub context: ExecutionContext,
     /// The worker holding the job, its lease expiry (UTC ms) and the fencing token.
     pub host_id: Option<String>,
@@ -296,12 +299,13 @@ impl SystemJob {
     }
 }
 
-/// Dataverse-style state and status numbers beside a job, for the API's JSON and
-/// `--json` output (the stored record has only the status).
+/// A job as the API's JSON and `--json` output show it: the record, its context,
+/// and Dataverse's state and status numbers (the stored record has only the status).
 #[derive(Clone, Debug, Serialize)]
 pub struct JobView<'a> {
     #[serde(flatten)]
     pub job: &'a SystemJob,
+    pub context: &'a ExecutionContext,
     /// State name (Ready, Suspended, Locked, Completed).
     pub state: JobState,
     pub statecode: u32,
@@ -310,7 +314,13 @@ pub struct JobView<'a> {
 
 impl<'a> JobView<'a> {
     pub fn of(job: &'a SystemJob) -> JobView<'a> {
-        JobView { job, state: job.state(), statecode: job.state().code(), statuscode: job.status.code() }
+        JobView {
+            job,
+            context: &job.context,
+            state: job.state(),
+            statecode: job.state().code(),
+            statuscode: job.status.code(),
+        }
     }
 }
 

@@ -74,7 +74,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            batch: 256,
+            batch: 512,
             lease_ms: 5 * 60 * 1000,
             max_lease_expirations: crate::store::DEFAULT_MAX_LEASE_EXPIRATIONS,
             poll_ms: 500,

@@ -96,6 +96,9 @@ pub struct CommitStats {
     pub operations: AtomicU64,
     /// Time spent making batches durable (redb commit: page writes and fsync).
     pub commit_us: AtomicU64,
+    /// Time spent applying operations, from beginning a transaction to committing it
+    /// (with `commit_us`: how busy the writer is).
+    pub apply_us: AtomicU64,
 }
 
 /// Lets workers sleep until a commit queues new jobs.
@@ -210,6 +213,7 @@ fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: &CommitSt
 
 /// Runs every operation in one transaction, commits once, then answers each.
 fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
+    let began = Instant::now();
     let txn = match store.db.begin_write() {
         Ok(t) => t,
         Err(e) => {
@@ -225,6 +229,7 @@ fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
         fatal |= d.fatal;
         done.push(d);
     }
+    stats.apply_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
     let outcome = if fatal {
         drop(txn);
         Some("a storage error stopped the batch; nothing in it was committed".to_owned())

@@ -172,13 +172,8 @@ pub(crate) fn put_job(t: &mut Tables<'_>, old: Option<&SystemJob>, new: Option<&
             if old.is_none() {
                 t.contexts.insert(n.id.as_u128(), codec::encode(&n.context)?.as_slice()).map_err(err)?;
             }
-            // A job loaded from the table has no context already: encode it as it is.
-            let empty = crate::model::ExecutionContext::empty();
-            let record = if n.context == empty {
-                codec::encode(n)?
-            } else {
-                codec::encode(&SystemJob { context: empty, ..n.clone() })?
-            };
+            // The record never holds the context (`SystemJob::context` is skipped).
+            let record = codec::encode(n)?;
             t.jobs.insert(n.id.as_u128(), record.as_slice()).map_err(err)?;
             t.deltas[slot(n.status)] += 1;
         }
@@ -282,11 +277,9 @@ pub(crate) fn ensure_deletion_service(
     }
 }
 
-/// Rewrites job records of schemas 1 to 3 in the current layout, a chunk at a time.
-/// Schemas 1 and 2 lack `output` and what follows it; schema 3 lacks the two
-/// counters at the end (`lease_expirations`, `recurrence_runs`), which in the codec
-/// are one zero byte each when zero: they are appended, and the result is decoded
-/// as a check.
+/// Rewrites job records of schemas 1 to 3 in the current layout, a chunk at a time:
+/// schemas 1 and 2 lack `output`, schema 3 has it; all three hold the (empty)
+/// context in the record and lack the counters.
 pub(super) fn upgrade_job_records(txn: &WriteTransaction, from: u32) -> Result<u64> {
     const CHUNK: usize = 10_000;
     let mut jobs = txn.open_table(super::JOBS).map_err(err)?;
@@ -295,23 +288,27 @@ pub(super) fn upgrade_job_records(txn: &WriteTransaction, from: u32) -> Result<u
         let mut chunk = Vec::with_capacity(CHUNK);
         for entry in jobs.range(start..).map_err(err)?.take(CHUNK) {
             let (k, v) = entry.map_err(err)?;
-            let bytes = if from >= 3 {
-                let mut bytes = v.value().to_vec();
-                bytes.extend_from_slice(&[0, 0]);
-                codec::decode::<SystemJob>(&bytes)?;
-                bytes
+            let job = if from >= 3 {
+                SystemJob::from(codec::decode::<super::legacy::JobV3>(v.value())?)
             } else {
-                let old: super::legacy::JobV2 = codec::decode(v.value())?;
-                codec::encode(&SystemJob::from(old))?
+                SystemJob::from(codec::decode::<super::legacy::JobV2>(v.value())?)
             };
-            chunk.push((k.value(), bytes));
+            // The earliest stores kept the context only in the record: keep it.
+            let context = (job.context != crate::model::ExecutionContext::empty()).then(|| job.context.clone());
+            chunk.push((k.value(), codec::encode(&job)?, context));
         }
-        for (k, bytes) in &chunk {
+        let mut contexts = txn.open_table(JOB_CONTEXTS).map_err(err)?;
+        for (k, bytes, context) in &chunk {
             jobs.insert(*k, bytes.as_slice()).map_err(err)?;
+            if let Some(c) = context
+                && contexts.get(*k).map_err(err)?.is_none()
+            {
+                contexts.insert(*k, codec::encode(c)?.as_slice()).map_err(err)?;
+            }
         }
         n += chunk.len() as u64;
         match chunk.last() {
-            Some((k, _)) if chunk.len() == CHUNK && *k < u128::MAX => start = k + 1,
+            Some((k, _, _)) if chunk.len() == CHUNK && *k < u128::MAX => start = k + 1,
             _ => return Ok(n),
         }
     }
@@ -578,15 +575,18 @@ mod tests {
             })
             .unwrap();
             // What a schema-1 store looked like: no completion-time index, and job
-            // records without `output` and the counters after it (empty and zero,
-            // one byte each).
+            // records in the old layout (context inside, no output, no counters).
             txn.delete_table(COMPLETED).unwrap();
             let mut jobs = txn.open_table(JOBS).unwrap();
-            let current: Vec<(u128, Vec<u8>)> =
-                jobs.iter().unwrap().map(|e| e.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
-            for (k, bytes) in current {
-                assert_eq!(bytes[bytes.len() - 3..], [0, 0, 0], "empty output, zero counters: a byte each");
-                jobs.insert(k, &bytes[..bytes.len() - 3]).unwrap();
+            let current: Vec<(u128, SystemJob)> = jobs
+                .iter()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|(k, v)| (k.value(), codec::decode(v.value()).unwrap()))
+                .collect();
+            for (k, job) in current {
+                let old = codec::encode(&super::super::legacy::JobV2::from(&job)).unwrap();
+                jobs.insert(k, old.as_slice()).unwrap();
             }
             drop(jobs);
             let mut meta = txn.open_table(META).unwrap();
@@ -634,8 +634,9 @@ mod tests {
             })
             .unwrap();
             let mut jobs = txn.open_table(JOBS).unwrap();
-            let bytes = jobs.get(job_id.as_u128()).unwrap().unwrap().value().to_vec();
-            jobs.insert(job_id.as_u128(), &bytes[..bytes.len() - 2]).unwrap();
+            let job: SystemJob = codec::decode(jobs.get(job_id.as_u128()).unwrap().unwrap().value()).unwrap();
+            let v3 = super::super::legacy::JobV3 { v2: super::super::legacy::JobV2::from(&job), output: job.output };
+            jobs.insert(job_id.as_u128(), codec::encode(&v3).unwrap().as_slice()).unwrap();
             drop(jobs);
             let v3 = codec::encode(&super::super::legacy::step_v3(&step)).unwrap();
             txn.open_table(super::super::STEPS).unwrap().insert(step.id.as_u128(), v3.as_slice()).unwrap();

@@ -7,8 +7,9 @@ use uuid::Uuid;
 use crate::jobs::{JobStatus, OperationType, SystemJob};
 use crate::model::{AssemblyHash, EntityReference, ExecutionContext, Parameters};
 
-/// A job record of schemas 1 and 2: the current one without `output`.
+/// A job record of schemas 1 and 2: with its context, without `output` and the counters.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 pub(super) struct JobV2 {
     id: Uuid,
     sequence: u64,
@@ -37,6 +38,58 @@ pub(super) struct JobV2 {
     trace: String,
     fuel_used: u64,
     duration_us: u64,
+}
+
+/// A job record of schema 3: schema 2's and `output` (bincode lays a nested struct
+/// out as its fields, in order).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct JobV3 {
+    pub(super) v2: JobV2,
+    pub(super) output: Parameters,
+}
+
+impl From<JobV3> for SystemJob {
+    fn from(j: JobV3) -> SystemJob {
+        SystemJob { output: j.output, ..SystemJob::from(j.v2) }
+    }
+}
+
+/// A job in schema 2's layout, for the migration's tests.
+#[cfg(test)]
+impl From<&SystemJob> for JobV2 {
+    fn from(j: &SystemJob) -> JobV2 {
+        let j = j.clone();
+        JobV2 {
+            id: j.id,
+            sequence: j.sequence,
+            name: j.name,
+            operation_type: j.operation_type,
+            status: j.status,
+            created_on: j.created_on,
+            started_on: j.started_on,
+            completed_on: j.completed_on,
+            postpone_until: j.postpone_until,
+            dependency_token: j.dependency_token,
+            recurrence_pattern: j.recurrence_pattern,
+            recurrence_start: j.recurrence_start,
+            correlation_id: j.correlation_id,
+            depth: j.depth,
+            step_id: j.step_id,
+            assembly: j.assembly,
+            regarding: j.regarding,
+            context: j.context,
+            host_id: j.host_id,
+            lease_expiry: j.lease_expiry,
+            fencing_token: j.fencing_token,
+            retry_count: j.retry_count,
+            error_code: j.error_code,
+            message: j.message,
+            trace: j.trace,
+            fuel_used: j.fuel_used,
+            duration_us: j.duration_us,
+        }
+    }
 }
 
 impl From<JobV2> for SystemJob {

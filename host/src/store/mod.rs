@@ -34,7 +34,8 @@ use crate::runtime::ArtifactIndex;
 
 /// The layout of the tables below. Bump it with a migration when they change
 /// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output` and `bulk_rows`,
-/// 4 the jobs' lease-expiration and recurrence-run counters and the steps' write limit.
+/// 4 job records without their context (it has its own table) and with lease-expiration and
+/// recurrence-run counters, and the steps' write limit.
 pub const SCHEMA_VERSION: u32 = 4;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
