@@ -105,29 +105,18 @@ impl OrganizationService for MemoryData {
 
     fn retrieve_multiple(&self, _: &CallContext, q: Query) -> Result<EntityCollection, ServiceError> {
         query::validate(&q).map_err(ServiceError::Invalid)?;
+        let start = query::PageStart::of(&q).map_err(ServiceError::Invalid)?;
         let inner = self.inner();
+        // Records are kept in id order: a query without an order pages by id.
         let mut found: Vec<Entity> = inner
             .records
             .values()
             .filter(|e| e.logical_name == q.entity_name && query::matches(e, &q.criteria))
+            .filter(|e| start.after().is_none_or(|a| e.id.is_some_and(|id| id > a)))
             .cloned()
             .collect();
         query::sort(&mut found, &q.orders);
-        if let Some(top) = q.top {
-            found.truncate(top as usize);
-        }
-        // Paging: the cookie is the offset of the next page.
-        let offset = match &q.paging_cookie {
-            Some(c) => c
-                .parse::<usize>()
-                .map_err(|_| ServiceError::Invalid(format!("paging cookie '{c}' is not one this data set gave")))?,
-            None => 0,
-        };
-        let size = q.page_size.unwrap_or(query::MAX_PAGE_SIZE) as usize;
-        let end = offset.saturating_add(size).min(found.len());
-        let more = end < found.len();
-        let entities = found.drain(offset.min(end)..end).map(|e| query::project(e, &q.columns)).collect();
-        Ok(EntityCollection { entities, more_records: more, paging_cookie: more.then(|| end.to_string()) })
+        Ok(query::cut_page(&q, found, start))
     }
 
     fn execute(&self, _: &CallContext, message: String, _: Parameters) -> Result<Parameters, ServiceError> {

@@ -11,6 +11,57 @@ pub const MAX_PAGE_SIZE: u32 = 5000;
 /// Most values an `in` condition may list.
 pub const MAX_IN_VALUES: usize = 1000;
 
+/// Where a page of a query starts, as its paging cookie says. A query without an
+/// order pages by id (cookie `id:<last id>`, a cursor: stable while records are
+/// added); one with an order pages by offset (cookie `offset:<n>`). Every data set
+/// (the store's pipeline, the in-memory one of `plughost test`) uses this format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageStart {
+    First,
+    After(uuid::Uuid),
+    Offset(usize),
+}
+
+impl PageStart {
+    /// Reads `query`'s cookie; a cookie of the other kind, or garbage, is refused.
+    pub fn of(query: &Query) -> Result<PageStart, String> {
+        let Some(c) = &query.paging_cookie else { return Ok(PageStart::First) };
+        let bad = || format!("paging cookie '{c}' does not belong to this query");
+        match (query.orders.is_empty(), c.strip_prefix("id:"), c.strip_prefix("offset:")) {
+            (true, Some(id), _) => uuid::Uuid::parse_str(id).map(PageStart::After).map_err(|_| bad()),
+            (false, _, Some(n)) => n.parse().map(PageStart::Offset).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The id a page by id starts after.
+    pub fn after(self) -> Option<uuid::Uuid> {
+        match self {
+            PageStart::After(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Cuts the page `start` begins out of `found` (the matching records in the query's
+/// order; when paging by id, only those after the cursor) and makes the next cookie.
+pub fn cut_page(query: &Query, mut found: Vec<Entity>, start: PageStart) -> crate::model::EntityCollection {
+    let page = query.page_size.unwrap_or(MAX_PAGE_SIZE) as usize;
+    found.truncate(query.top.map_or(usize::MAX, |t| t as usize));
+    let first = match start {
+        PageStart::Offset(n) => n.min(found.len()),
+        _ => 0,
+    };
+    let end = first.saturating_add(page).min(found.len());
+    let more = end < found.len();
+    let entities: Vec<Entity> = found.drain(first..end).map(|e| project(e, &query.columns)).collect();
+    let cookie = more.then(|| match (query.orders.is_empty(), entities.last().and_then(|e| e.id)) {
+        (true, Some(last)) => format!("id:{last}"),
+        _ => format!("offset:{end}"),
+    });
+    crate::model::EntityCollection { entities, more_records: more, paging_cookie: cookie }
+}
+
 /// Checks a query's shape before running it: operators get the number of values they need.
 pub fn validate(query: &Query) -> Result<(), String> {
     crate::model::check_name(&query.entity_name)?;

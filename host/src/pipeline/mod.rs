@@ -1,0 +1,294 @@
+//! The event execution pipeline: runs a data request through its steps —
+//! PreValidation (10), PreOperation (20), the core operation or MainOperation (30),
+//! PostOperation (40) — and queues a system job for each matching async step.
+//!
+//! A request runs against a read snapshot plus a private write buffer (the
+//! overlay); plug-ins' calls back into the organization service re-enter the
+//! pipeline one level deeper through the same overlay. When every step has
+//! succeeded, the overlay and the new jobs go to the group-commit writer as one
+//! change set, so a request's data change and its system jobs commit together or
+//! not at all. A conflicting concurrent change re-runs the request.
+//!
+//! **Invariant:** nothing a failed request did is stored; no job is queued for a
+//! change that did not commit.
+
+mod jobs;
+mod overlay;
+mod read;
+mod scope;
+mod service;
+mod steps;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use uuid::Uuid;
+
+use crate::jobs::SystemJob;
+use crate::model::{Entity, EntityCollection, EntityReference, Parameters, Query};
+use crate::runtime::{Failure, Limits, Runtime, ServiceError};
+use crate::store::{ChangeSet, CommitError, Committer, Store, StoreError};
+
+pub use self::jobs::{BulkDelete, JobRun, NewJob};
+use self::scope::Scope;
+use self::steps::{StepIndex, invoke_step};
+
+/// Deepest a chain of plug-in calls may go (Dataverse's limit).
+pub const MAX_DEPTH: u32 = 8;
+/// How often a request is re-run after a concurrent change to a record it read.
+const MAX_ATTEMPTS: usize = 5;
+
+/// A data request.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Create {
+        record: Entity,
+    },
+    Update {
+        record: Entity,
+    },
+    Delete {
+        target: EntityReference,
+    },
+    Retrieve {
+        target: EntityReference,
+        columns: Vec<String>,
+    },
+    RetrieveMultiple {
+        query: Query,
+    },
+    /// A custom message (custom API), optionally bound to a record.
+    Custom {
+        message: String,
+        target: Option<EntityReference>,
+        parameters: Parameters,
+    },
+}
+
+impl Request {
+    pub fn message(&self) -> &str {
+        match self {
+            Request::Create { .. } => "Create",
+            Request::Update { .. } => "Update",
+            Request::Delete { .. } => "Delete",
+            Request::Retrieve { .. } => "Retrieve",
+            Request::RetrieveMultiple { .. } => "RetrieveMultiple",
+            Request::Custom { message, .. } => message,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    Created(Uuid),
+    Updated,
+    Deleted,
+    Retrieved(Entity),
+    Collection(EntityCollection),
+    Custom(Parameters),
+}
+
+/// Who makes a request.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub user_id: Uuid,
+    /// Joins this request to an existing correlation (a new one otherwise).
+    pub correlation_id: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error("{step} failed: {failure}")]
+    Plugin { step: String, step_id: Uuid, failure: Failure },
+    #[error("{0}")]
+    DepthExceeded(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    UnknownEntity(String),
+    #[error("{0}")]
+    UnknownMessage(String),
+    #[error("the request kept conflicting with concurrent changes to {0}; try again")]
+    Conflict(String),
+    #[error("{0}")]
+    WriteLimit(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PipelineError {
+    /// A stable code for the API and the CLI.
+    pub fn code(&self) -> &str {
+        match self {
+            PipelineError::Plugin { failure, .. } => failure.code.as_str(),
+            PipelineError::DepthExceeded(_) => "infinite_loop",
+            PipelineError::NotFound(_) => "not_found",
+            PipelineError::AlreadyExists(_) => "already_exists",
+            PipelineError::Invalid(_) => "invalid",
+            PipelineError::UnknownEntity(_) => "unknown_entity",
+            PipelineError::UnknownMessage(_) => "unknown_message",
+            PipelineError::Conflict(_) => "conflict",
+            PipelineError::WriteLimit(_) => "write_limit",
+            PipelineError::Store(e) => e.code(),
+        }
+    }
+
+    fn to_service_error(&self) -> ServiceError {
+        let m = self.to_string();
+        match self {
+            PipelineError::Plugin { .. } => ServiceError::Rejected(m),
+            PipelineError::DepthExceeded(_) => ServiceError::DepthExceeded(m),
+            PipelineError::NotFound(_) | PipelineError::UnknownEntity(_) | PipelineError::UnknownMessage(_) => {
+                ServiceError::NotFound(m)
+            }
+            PipelineError::AlreadyExists(_) => ServiceError::AlreadyExists(m),
+            PipelineError::Invalid(_) => ServiceError::Invalid(m),
+            PipelineError::WriteLimit(_) => ServiceError::Limit(m),
+            PipelineError::Conflict(_) | PipelineError::Store(_) => ServiceError::Failed(m),
+        }
+    }
+}
+
+type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+pub struct Pipeline {
+    store: Arc<Store>,
+    runtime: Arc<Runtime>,
+    committer: Committer,
+    defaults: Limits,
+    steps: RwLock<Arc<StepIndex>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<Store>,
+        runtime: Arc<Runtime>,
+        committer: Committer,
+        defaults: Limits,
+    ) -> Result<Arc<Pipeline>> {
+        let steps = RwLock::new(Arc::new(StepIndex::load(&store)?));
+        Ok(Arc::new(Pipeline { store, runtime, committer, defaults, steps }))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Re-reads the registry; call after plug-ins or steps change.
+    pub fn reload_steps(&self) -> Result<()> {
+        let index = Arc::new(StepIndex::load(&self.store)?);
+        *self.steps.write().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(())
+    }
+
+    /// Runs `request` through the pipeline and commits its effects durably.
+    /// Blocks: call from a thread that may block (plug-ins run on it).
+    pub fn execute(self: &Arc<Self>, request: Request, caller: &Caller) -> Result<Response> {
+        let correlation_id = caller.correlation_id.unwrap_or_else(Uuid::new_v4);
+        let mut conflict = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let scope = Scope::new(
+                self.clone(),
+                self.store.snapshot()?,
+                correlation_id,
+                caller.user_id,
+                self.defaults.write_bytes,
+            );
+            let response =
+                scope.run(request.clone(), 1, BTreeMap::new()).map(|(r, _)| r).map_err(|e| scope.root_cause(e))?;
+            let changes = scope.into_changes();
+            if changes.is_empty() {
+                return Ok(response);
+            }
+            match self.committer.commit_blocking(changes) {
+                Ok(_) => return Ok(response),
+                Err(CommitError::Conflict { entity, id }) => conflict = format!("{entity} {id}"),
+                Err(CommitError::Store(e) | CommitError::Refused(e)) => return Err(e.into()),
+                Err(CommitError::Stopped) => return Err(StoreError::Db("the store's writer has stopped".into()).into()),
+            }
+        }
+        Err(PipelineError::Conflict(conflict))
+    }
+
+    /// Runs a plug-in execution job: the plug-in's writes are buffered (and run
+    /// through the pipeline at depth + 1) and returned as the job's effects, to be
+    /// committed with its completion. Blocks.
+    pub fn run_job(self: &Arc<Self>, job: &SystemJob) -> JobRun {
+        let steps = self.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let orphan = |what: String| {
+            JobRun::failed("plugin_not_registered", format!("{what} was unregistered while this job was queued"))
+        };
+        let Some(step_id) = job.step_id else { return orphan("the job's step".into()) };
+        let Some(step) = steps.by_id.get(&step_id) else {
+            return orphan(format!("step '{}' ({step_id})", job.name));
+        };
+        let Some(hash) = steps.assemblies.get(&step.plugin).copied() else {
+            let queued = job.assembly.map(|h| format!(", assembly {} at queue time", h.short())).unwrap_or_default();
+            return orphan(format!("plug-in '{}'{queued}", step.plugin));
+        };
+        let store = self.store.clone();
+        let plugin = match self.runtime.load(&hash, || {
+            store.assembly_bytes(&hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                return JobRun::failed(
+                    "plugin_not_registered",
+                    format!("assembly {} cannot be loaded: {e:#}", hash.short()),
+                );
+            }
+        };
+        let snapshot = match self.store.snapshot() {
+            Ok(s) => s,
+            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        };
+        let limits = self.defaults.with(&step.limits);
+        let scope =
+            Scope::new(self.clone(), snapshot, job.correlation_id, job.context.initiating_user_id, limits.write_bytes);
+        let mut context = job.context.clone();
+        context.operation_id = Some(job.id);
+        let invocation = invoke_step(&self.runtime, step, &plugin, &context, &limits, scope.clone());
+        let mut run = JobRun {
+            result: crate::store::JobResult::Succeeded,
+            effects: ChangeSet::default(),
+            trace: invocation.trace,
+            fuel_used: invocation.fuel_used,
+            duration_us: invocation.duration_us,
+            delete_on_success: step.delete_job_on_success,
+            output: Parameters::new(),
+            message: None,
+        };
+        match invocation.outcome {
+            Ok(result) => {
+                run.effects = scope.into_changes();
+                run.output = result.output_parameters;
+            }
+            // A plug-in that failed after a write broke the limit failed because of it.
+            Err(f) if scope.write_limit_hit().is_some() => {
+                let hit = scope.write_limit_hit().unwrap_or_default();
+                run.result = crate::store::JobResult::Failed {
+                    code: "write_limit".into(),
+                    message: format!("{hit}; then the plug-in failed: {}", f.message),
+                }
+            }
+            Err(f) if f.code.is_retryable() => {
+                run.result = crate::store::JobResult::Retry { code: f.code.to_string(), message: f.message }
+            }
+            Err(f) => run.result = crate::store::JobResult::Failed { code: f.code.to_string(), message: f.message },
+        }
+        run
+    }
+}

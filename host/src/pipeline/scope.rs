@@ -1,0 +1,526 @@
+//! One request in flight (`Scope`): its snapshot, write buffer and jobs; the stage
+//! runner that takes a message through its steps and core operation.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use uuid::Uuid;
+
+use crate::clock::now_ms;
+use crate::jobs::SystemJob;
+use crate::metadata::EntityDefinition;
+use crate::model::{Entity, EntityCollection, ExecutionContext, ExecutionResult, Mode, ParameterValue, Stage, Value};
+use crate::query;
+use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord};
+use crate::runtime::{CallContext, ErrorCode, Failure, OrganizationService, ServiceError};
+use crate::store::{ChangeSet, RecordChange, Snapshot, StoredRecord};
+
+use super::jobs::unknown_entity;
+use super::overlay::{Overlay, Slot, record_bytes};
+use super::{MAX_DEPTH, Pipeline, PipelineError, Request, Response, Result, StepIndex, invoke_step};
+
+/// One request in flight: its snapshot, its write buffer and its jobs. It is the
+/// organization service the request's plug-ins call.
+pub(super) struct Scope {
+    pub(super) me: Weak<Scope>,
+    pub(super) pipeline: Arc<Pipeline>,
+    pub(super) steps: Arc<StepIndex>,
+    pub(super) snapshot: Snapshot,
+    pub(super) overlay: Mutex<Overlay>,
+    pub(super) correlation_id: Uuid,
+    pub(super) user_id: Uuid,
+    /// Set when a call went deeper than [`MAX_DEPTH`], to name the root cause.
+    pub(super) depth_exceeded: Mutex<Option<String>>,
+    /// The most bytes the write buffer may hold now: the request's limit, tightened
+    /// while a step runs to what it found plus that step's write limit.
+    pub(super) write_caps: Mutex<Vec<u64>>,
+    /// Set when a write broke the limit, to name the root cause.
+    pub(super) write_exceeded: Mutex<Option<String>>,
+}
+
+impl Scope {
+    pub(super) fn new(
+        pipeline: Arc<Pipeline>,
+        snapshot: Snapshot,
+        correlation_id: Uuid,
+        user_id: Uuid,
+        write_bytes: u64,
+    ) -> Arc<Scope> {
+        let steps = pipeline.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Arc::new_cyclic(|me| Scope {
+            me: me.clone(),
+            pipeline,
+            steps,
+            snapshot,
+            overlay: Mutex::new(Overlay::default()),
+            correlation_id,
+            user_id,
+            depth_exceeded: Mutex::new(None),
+            write_caps: Mutex::new(vec![write_bytes]),
+            write_exceeded: Mutex::new(None),
+        })
+    }
+
+    pub(super) fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn caps(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.write_caps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What broke the write limit, if a write did.
+    pub(super) fn write_limit_hit(&self) -> Option<String> {
+        self.write_exceeded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A failure caused by an infinite loop or a broken write limit shows up as a
+    /// plug-in failing on the error it got: report the cause.
+    pub(super) fn root_cause(&self, e: PipelineError) -> PipelineError {
+        if let PipelineError::Plugin { .. } = &e {
+            if let Some(depth) = self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return PipelineError::DepthExceeded(format!("{depth}; then {e}"));
+            }
+            if let Some(hit) = self.write_limit_hit() {
+                return PipelineError::WriteLimit(format!("{hit}; then {e}"));
+            }
+        }
+        e
+    }
+
+    /// Runs `request` at `depth`; if it fails, the overlay is as it was before.
+    pub(super) fn attempt_at(&self, request: Request, depth: u32) -> Result<Response> {
+        let savepoint = self.overlay().savepoint();
+        let result = self.run(request, depth, BTreeMap::new());
+        self.overlay().close(savepoint, result.is_err());
+        result.map(|(response, _)| response)
+    }
+
+    /// Runs one top-level request of a batch (a bulk job's row), naming the root
+    /// cause of a failure as a request would.
+    pub(super) fn attempt(&self, request: Request) -> Result<Response> {
+        self.attempt_at(request, 1).map_err(|e| self.root_cause(e))
+    }
+
+    pub(super) fn into_changes(self: Arc<Self>) -> ChangeSet {
+        let overlay = std::mem::take(&mut *self.overlay());
+        let records = overlay
+            .records
+            .into_iter()
+            .filter(|(_, slot)| match (slot.base, &slot.state) {
+                (None, None) => false,
+                (Some(v), Some(s)) => s.version != v,
+                _ => true,
+            })
+            .map(|((entity, id), slot)| RecordChange { entity, id, expected_version: slot.base, new: slot.state })
+            .collect();
+        ChangeSet { records, jobs: overlay.jobs }
+    }
+
+    /// The current state of a record: the overlay's, else the snapshot's.
+    pub(super) fn read(&self, entity: &str, id: Uuid) -> Result<Option<StoredRecord>> {
+        if let Some(slot) = self.overlay().records.get(&(entity.to_owned(), id)) {
+            return Ok(slot.state.clone());
+        }
+        Ok(self.snapshot.record(entity, id)?)
+    }
+
+    /// Buffers a record's new state; refuses a write that would take the buffer past
+    /// the write limit (`write_limit`).
+    pub(super) fn write(&self, entity: &str, id: Uuid, state: Option<StoredRecord>) -> Result<()> {
+        let key = (entity.to_owned(), id);
+        let base = match self.overlay().records.contains_key(&key) {
+            true => None,
+            false => Some(self.snapshot.record(entity, id)?.map(|r| r.version)),
+        };
+        let cap = self.caps().last().copied().unwrap_or(u64::MAX);
+        let new_bytes = record_bytes(state.as_ref());
+        let mut o = self.overlay();
+        let old_bytes = o.records.get(&key).map_or(0, |s| record_bytes(s.state.as_ref()));
+        let total = (o.bytes + new_bytes).saturating_sub(old_bytes);
+        if new_bytes > old_bytes && total > cap {
+            let m = format!(
+                "writing {entity} {id} (about {new_bytes} bytes) would take the request's pending writes to about {total} bytes, past the write limit of {cap} bytes"
+            );
+            drop(o);
+            self.write_exceeded.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(m.clone());
+            return Err(PipelineError::WriteLimit(m));
+        }
+        if o.open_savepoints > 0 {
+            let previous = o.records.get(&key).cloned();
+            o.journal.push((key.clone(), previous));
+        }
+        match o.records.get_mut(&key) {
+            Some(slot) => slot.state = state,
+            None => {
+                o.records.insert(key, Slot { base: base.flatten(), state });
+            }
+        }
+        o.bytes = total;
+        Ok(())
+    }
+
+    pub(super) fn definition(&self, entity: &str) -> Result<EntityDefinition> {
+        self.snapshot.definition(entity)?.ok_or_else(|| unknown_entity(entity))
+    }
+
+    /// Runs one message at `depth`; returns the response and the shared variables.
+    pub(super) fn run(
+        &self,
+        request: Request,
+        depth: u32,
+        shared: BTreeMap<String, Value>,
+    ) -> Result<(Response, BTreeMap<String, Value>)> {
+        if depth > MAX_DEPTH {
+            let m = format!(
+                "{} would run at depth {depth}, deeper than the maximum of {MAX_DEPTH}: plug-ins are calling each other in an infinite loop",
+                request.message()
+            );
+            self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(m.clone());
+            return Err(PipelineError::DepthExceeded(m));
+        }
+        let message = request.message().to_owned();
+        let mut ctx = ExecutionContext {
+            message_name: message.clone(),
+            depth,
+            correlation_id: self.correlation_id,
+            initiating_user_id: self.user_id,
+            user_id: self.user_id,
+            operation_created_on: now_ms(),
+            shared_variables: shared,
+            ..ExecutionContext::default()
+        };
+        // Inputs, the primary entity, and the record as it was (for pre-images and filters).
+        let mut pre_state: Option<Entity> = None;
+        // The primary entity's definition, read once for the whole message.
+        let definition = match &request {
+            Request::Create { record } | Request::Update { record } => Some(self.definition(&record.logical_name)?),
+            Request::Delete { target } | Request::Retrieve { target, .. } => {
+                Some(self.definition(&target.logical_name)?)
+            }
+            Request::RetrieveMultiple { query } => Some(self.definition(&query.entity_name)?),
+            Request::Custom { .. } => None,
+        };
+        match &request {
+            Request::Create { record } => {
+                ctx.primary_entity_name = record.logical_name.clone();
+                ctx.primary_entity_id = record.id;
+                ctx.input_parameters.insert("Target".into(), ParameterValue::Entity(record.clone()));
+            }
+            Request::Update { record } => {
+                let id = record.id.ok_or_else(|| PipelineError::Invalid("an update needs the record's id".into()))?;
+                let current =
+                    self.read(&record.logical_name, id)?.ok_or_else(|| not_found(&record.logical_name, id))?;
+                pre_state = Some(current.to_entity(&record.logical_name, id));
+                ctx.primary_entity_name = record.logical_name.clone();
+                ctx.primary_entity_id = Some(id);
+                ctx.input_parameters.insert("Target".into(), ParameterValue::Entity(record.clone()));
+            }
+            Request::Delete { target } | Request::Retrieve { target, .. } => {
+                let current = self
+                    .read(&target.logical_name, target.id)?
+                    .ok_or_else(|| not_found(&target.logical_name, target.id))?;
+                pre_state = Some(current.to_entity(&target.logical_name, target.id));
+                ctx.primary_entity_name = target.logical_name.clone();
+                ctx.primary_entity_id = Some(target.id);
+                ctx.input_parameters.insert("Target".into(), ParameterValue::Reference(target.clone()));
+                if let Request::Retrieve { columns, .. } = &request {
+                    ctx.input_parameters
+                        .insert("ColumnSet".into(), ParameterValue::Value(Value::Text(columns.join(","))));
+                }
+            }
+            Request::RetrieveMultiple { query } => {
+                ctx.primary_entity_name = query.entity_name.clone();
+                ctx.input_parameters.insert("Query".into(), ParameterValue::Query(query.clone()));
+            }
+            Request::Custom { target, parameters, .. } => {
+                if let Some(t) = target {
+                    ctx.primary_entity_name = t.logical_name.clone();
+                    ctx.primary_entity_id = Some(t.id);
+                    ctx.input_parameters.insert("Target".into(), ParameterValue::Reference(t.clone()));
+                }
+                ctx.input_parameters.extend(parameters.clone());
+            }
+        }
+        let entity = ctx.primary_entity_name.clone();
+        let fires = |s: &StepRecord| update_filter_fires(s, &request, pre_state.as_ref());
+
+        for stage in [Stage::PreValidation, Stage::PreOperation] {
+            let steps: Vec<StepRecord> = self
+                .steps
+                .matching(&message, &entity, stage, Mode::Synchronous)
+                .filter(|s| fires(s))
+                .cloned()
+                .collect();
+            for step in &steps {
+                self.run_step(step, &mut ctx, stage, pre_state.as_ref(), None)?;
+            }
+        }
+
+        let post_state = self.core_operation(&request, definition.as_ref(), &mut ctx)?;
+
+        let post_steps: Vec<StepRecord> = self
+            .steps
+            .matching(&message, &entity, Stage::PostOperation, Mode::Synchronous)
+            .filter(|s| fires(s))
+            .cloned()
+            .collect();
+        for step in &post_steps {
+            self.run_step(step, &mut ctx, Stage::PostOperation, pre_state.as_ref(), post_state.as_ref())?;
+        }
+        let async_steps: Vec<StepRecord> = self
+            .steps
+            .matching(&message, &entity, Stage::PostOperation, Mode::Asynchronous)
+            .filter(|s| fires(s))
+            .cloned()
+            .collect();
+        for step in &async_steps {
+            self.queue_job(step, &ctx, pre_state.as_ref(), post_state.as_ref());
+        }
+        Ok((response(&request, &ctx), ctx.shared_variables))
+    }
+
+    /// The core operation (or stage 30 for custom messages); returns the record after it.
+    pub(super) fn core_operation(
+        &self,
+        request: &Request,
+        definition: Option<&EntityDefinition>,
+        ctx: &mut ExecutionContext,
+    ) -> Result<Option<Entity>> {
+        let check = |target: &mut Entity| {
+            definition.expect("data messages have a definition").check_record(target).map_err(PipelineError::Invalid)
+        };
+        let target_entity = |ctx: &ExecutionContext| -> Result<Entity> {
+            match ctx.input_parameters.get("Target") {
+                Some(ParameterValue::Entity(e)) => Ok(e.clone()),
+                _ => Err(PipelineError::Invalid("the Target parameter must be a record".into())),
+            }
+        };
+        let now = now_ms();
+        match request {
+            Request::Create { record } => {
+                let mut target = target_entity(ctx)?;
+                if target.logical_name != record.logical_name {
+                    return Err(PipelineError::Invalid("a plug-in changed the Target's entity".into()));
+                }
+                check(&mut target)?;
+                // Sequential ids, as Dataverse gives: new records land at the end of the
+                // table instead of dirtying a random page each.
+                let id = target.id.unwrap_or_else(Uuid::now_v7);
+                if self.read(&target.logical_name, id)?.is_some() {
+                    return Err(PipelineError::AlreadyExists(format!(
+                        "{} with id {id} already exists",
+                        target.logical_name
+                    )));
+                }
+                let stored =
+                    StoredRecord { version: 1, created_on: now, modified_on: now, attributes: target.attributes };
+                let after = stored.to_entity(&target.logical_name, id);
+                self.write(&target.logical_name, id, Some(stored))?;
+                ctx.primary_entity_id = Some(id);
+                ctx.output_parameters.insert("id".into(), ParameterValue::Value(Value::Guid(id)));
+                Ok(Some(after))
+            }
+            Request::Update { record } => {
+                let mut target = target_entity(ctx)?;
+                let id = record.id.expect("checked before");
+                if target.logical_name != record.logical_name || target.id.is_some_and(|t| t != id) {
+                    return Err(PipelineError::Invalid("a plug-in changed which record the Target is".into()));
+                }
+                check(&mut target)?;
+                let mut stored =
+                    self.read(&target.logical_name, id)?.ok_or_else(|| not_found(&target.logical_name, id))?;
+                stored.attributes.extend(target.attributes);
+                stored.version += 1;
+                stored.modified_on = now;
+                let after = stored.to_entity(&target.logical_name, id);
+                self.write(&target.logical_name, id, Some(stored))?;
+                Ok(Some(after))
+            }
+            Request::Delete { target } => {
+                self.write(&target.logical_name, target.id, None)?;
+                Ok(None)
+            }
+            Request::Retrieve { target, columns } => {
+                let stored = self
+                    .read(&target.logical_name, target.id)?
+                    .ok_or_else(|| not_found(&target.logical_name, target.id))?;
+                let entity = query::project(stored.to_entity(&target.logical_name, target.id), columns);
+                ctx.output_parameters.insert("BusinessEntity".into(), ParameterValue::Entity(entity.clone()));
+                Ok(Some(entity))
+            }
+            Request::RetrieveMultiple { .. } => {
+                let q = match ctx.input_parameters.get("Query") {
+                    Some(ParameterValue::Query(q)) => q.clone(),
+                    _ => return Err(PipelineError::Invalid("the Query parameter must be a query".into())),
+                };
+                let collection = self.retrieve_multiple(&q)?;
+                ctx.output_parameters
+                    .insert("BusinessEntityCollection".into(), ParameterValue::Entities(collection.entities));
+                ctx.output_parameters
+                    .insert("MoreRecords".into(), ParameterValue::Value(Value::Boolean(collection.more_records)));
+                if let Some(cookie) = collection.paging_cookie {
+                    ctx.output_parameters.insert("PagingCookie".into(), ParameterValue::Value(Value::Text(cookie)));
+                }
+                Ok(None)
+            }
+            Request::Custom { message, .. } => {
+                let steps: Vec<StepRecord> = self
+                    .steps
+                    .matching(message, &ctx.primary_entity_name, Stage::MainOperation, Mode::Synchronous)
+                    .cloned()
+                    .collect();
+                if steps.is_empty() || CORE_MESSAGES.contains(&message.as_str()) {
+                    return Err(PipelineError::UnknownMessage(format!(
+                        "no plug-in implements message '{message}': register a main-operation (30) step for it"
+                    )));
+                }
+                for step in &steps {
+                    self.run_step(step, ctx, Stage::MainOperation, None, None)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Scope {
+    /// Runs one synchronous step and folds its result into the context.
+    pub(super) fn run_step(
+        &self,
+        step: &StepRecord,
+        ctx: &mut ExecutionContext,
+        stage: Stage,
+        pre: Option<&Entity>,
+        post: Option<&Entity>,
+    ) -> Result<()> {
+        let step_ctx = self.step_context(step, ctx, stage, pre, post);
+        let failed = |failure: Failure| PipelineError::Plugin { step: step.name.clone(), step_id: step.id, failure };
+        let Some(hash) = self.steps.assemblies.get(&step.plugin) else {
+            return Err(failed(Failure::new(
+                ErrorCode::InstantiationFailed,
+                format!("plug-in '{}' is not registered", step.plugin),
+            )));
+        };
+        let store = self.pipeline.store.clone();
+        let hash = *hash;
+        let plugin = self
+            .pipeline
+            .runtime
+            .load(&hash, || {
+                store.assembly_bytes(&hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
+            })
+            .map_err(|e| failed(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))))?;
+        let me: Arc<dyn OrganizationService> = self.me.upgrade().expect("a scope outlives its invocations");
+        let limits = self.pipeline.defaults.with(&step.limits);
+        // While the step runs, its writes may add at most its own write limit.
+        let cap = {
+            let buffered = self.overlay().bytes;
+            let mut caps = self.caps();
+            let outer = caps.last().copied().unwrap_or(u64::MAX);
+            caps.push(outer.min(buffered.saturating_add(limits.write_bytes)));
+            caps.len()
+        };
+        let invocation = invoke_step(&self.pipeline.runtime, step, &plugin, &step_ctx, &limits, me);
+        self.caps().truncate(cap - 1);
+        tracing::debug!(step = %step.name, correlation_id = %ctx.correlation_id, fuel = invocation.fuel_used, "step ran");
+        let result: ExecutionResult = invocation.outcome.map_err(failed)?;
+        // A pre-stage plug-in changes the request through its input parameters.
+        if matches!(stage, Stage::PreValidation | Stage::PreOperation | Stage::MainOperation) {
+            ctx.input_parameters.extend(result.input_parameters);
+        }
+        ctx.output_parameters.extend(result.output_parameters);
+        ctx.shared_variables.extend(result.shared_variables);
+        Ok(())
+    }
+
+    pub(super) fn step_context(
+        &self,
+        step: &StepRecord,
+        ctx: &ExecutionContext,
+        stage: Stage,
+        pre: Option<&Entity>,
+        post: Option<&Entity>,
+    ) -> ExecutionContext {
+        let mut c = ctx.clone();
+        c.stage = stage;
+        c.mode = step.mode;
+        c.step_id = Some(step.id);
+        c.configuration = step.configuration.clone();
+        for image in &step.images {
+            let (source, images) = match image.kind {
+                ImageKind::Pre => (pre, &mut c.pre_entity_images),
+                ImageKind::Post => (post, &mut c.post_entity_images),
+            };
+            if let Some(e) = source {
+                images.insert(image.alias.clone(), query::project(e.clone(), &image.attributes));
+            }
+        }
+        c
+    }
+
+    pub(super) fn queue_job(
+        &self,
+        step: &StepRecord,
+        ctx: &ExecutionContext,
+        pre: Option<&Entity>,
+        post: Option<&Entity>,
+    ) {
+        let context = self.step_context(step, ctx, Stage::PostOperation, pre, post);
+        let mut job =
+            SystemJob::plugin_execution(&step.name, step.id, self.steps.assemblies.get(&step.plugin).copied(), context);
+        if step.ordered_per_record
+            && let Some(r) = &job.regarding
+        {
+            job.dependency_token = Some(format!("{}:{}", r.logical_name, r.id));
+        }
+        self.overlay().jobs.push(job);
+    }
+
+    /// Runs a nested request for a plug-in; on failure, undoes what it wrote.
+    pub(super) fn nested(&self, caller: &CallContext, request: Request) -> std::result::Result<Response, ServiceError> {
+        self.attempt_at(request, caller.depth + 1).map_err(|e| e.to_service_error())
+    }
+}
+
+pub(super) fn not_found(entity: &str, id: Uuid) -> PipelineError {
+    PipelineError::NotFound(format!("{entity} with id {id} does not exist"))
+}
+
+/// An Update step with filtering attributes fires only when one of them changes.
+pub(super) fn update_filter_fires(step: &StepRecord, request: &Request, before: Option<&Entity>) -> bool {
+    let Request::Update { record } = request else { return true };
+    if step.filtering_attributes.is_empty() {
+        return true;
+    }
+    step.filtering_attributes.iter().any(|a| match record.attributes.get(a) {
+        Some(new) => before.and_then(|b| b.attributes.get(a)).is_none_or(|old| old != new),
+        None => false,
+    })
+}
+
+pub(super) fn response(request: &Request, ctx: &ExecutionContext) -> Response {
+    let out = &ctx.output_parameters;
+    match request {
+        Request::Create { .. } => Response::Created(ctx.primary_entity_id.expect("a created record has an id")),
+        Request::Update { .. } => Response::Updated,
+        Request::Delete { .. } => Response::Deleted,
+        Request::Retrieve { .. } => match out.get("BusinessEntity") {
+            Some(ParameterValue::Entity(e)) => Response::Retrieved(e.clone()),
+            _ => Response::Retrieved(Entity::default()),
+        },
+        Request::RetrieveMultiple { .. } => {
+            let entities = match out.get("BusinessEntityCollection") {
+                Some(ParameterValue::Entities(es)) => es.clone(),
+                _ => Vec::new(),
+            };
+            let more_records = matches!(out.get("MoreRecords"), Some(ParameterValue::Value(Value::Boolean(true))));
+            let paging_cookie = match out.get("PagingCookie") {
+                Some(ParameterValue::Value(Value::Text(c))) => Some(c.clone()),
+                _ => None,
+            };
+            Response::Collection(EntityCollection { entities, more_records, paging_cookie })
+        }
+        Request::Custom { .. } => Response::Custom(out.clone()),
+    }
+}

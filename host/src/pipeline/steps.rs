@@ -1,0 +1,90 @@
+//! The step index (enabled steps by message, rebuilt when the registry changes) and
+//! invoking a step's plug-in, in a kept instance when the step allows reuse.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::model::{AssemblyHash, ExecutionContext, Mode, Stage};
+use crate::registry::StepRecord;
+use crate::runtime::{InstanceCache, Invocation, Limits, LoadedPlugin, OrganizationService, Reuse, Runtime};
+use crate::store::Store;
+
+use super::Result;
+
+/// The enabled steps, by message, with each plug-in's assembly: rebuilt when the
+/// registry changes.
+#[derive(Default)]
+pub(super) struct StepIndex {
+    pub(super) by_message: HashMap<String, Vec<StepRecord>>,
+    /// Every step, enabled or not: what queued jobs refer to.
+    pub(super) by_id: HashMap<Uuid, StepRecord>,
+    pub(super) assemblies: HashMap<String, AssemblyHash>,
+}
+
+impl StepIndex {
+    pub(super) fn load(store: &Store) -> Result<StepIndex> {
+        let mut index = StepIndex::default();
+        for p in store.plugins()? {
+            index.assemblies.insert(p.name, p.assembly);
+        }
+        for s in store.steps()? {
+            index.by_id.insert(s.id, s.clone());
+            if s.enabled {
+                index.by_message.entry(s.message.clone()).or_default().push(s);
+            }
+        }
+        for steps in index.by_message.values_mut() {
+            steps.sort_by_key(|s| (s.stage, s.rank, s.created_at));
+        }
+        Ok(index)
+    }
+
+    /// Steps for (message, entity, stage, mode), in rank order.
+    pub(super) fn matching<'a>(
+        &'a self,
+        message: &str,
+        entity: &'a str,
+        stage: Stage,
+        mode: Mode,
+    ) -> impl Iterator<Item = &'a StepRecord> + 'a {
+        self.by_message
+            .get(message)
+            .into_iter()
+            .flatten()
+            .filter(move |s| s.stage == stage && s.mode == mode && s.entity.as_deref().is_none_or(|e| e == entity))
+    }
+}
+
+thread_local! {
+    /// Instances kept for steps that opt in to reuse, per thread: an instance is
+    /// never shared between threads, and nested invocations take their own.
+    static KEPT: std::cell::RefCell<InstanceCache> = std::cell::RefCell::new(InstanceCache::default());
+}
+
+/// Invokes a step's plug-in, in a kept instance when the step allows reuse.
+pub(super) fn invoke_step(
+    runtime: &Runtime,
+    step: &StepRecord,
+    plugin: &LoadedPlugin,
+    context: &ExecutionContext,
+    limits: &Limits,
+    service: Arc<dyn OrganizationService>,
+) -> Invocation {
+    if step.instance_reuse <= 1 {
+        return runtime.invoke(plugin, context, limits, service);
+    }
+    // Take the cache out while the plug-in runs, so a nested invocation on this
+    // thread finds an empty one instead of a borrowed one.
+    let mut cache = KEPT.with(|k| std::mem::take(&mut *k.borrow_mut()));
+    let invocation = runtime.invoke_reusing(
+        Reuse { cache: &mut cache, key: step.id, max_uses: step.instance_reuse },
+        plugin,
+        context,
+        limits,
+        service,
+    );
+    KEPT.with(|k| *k.borrow_mut() = cache);
+    invocation
+}
