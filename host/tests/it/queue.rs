@@ -470,9 +470,9 @@ fn no_leased_job_waits_behind_a_slow_one_while_a_worker_is_idle() {
 
 #[test]
 fn a_leased_job_canceled_before_it_starts_does_not_run() {
-    let s = hostile_server(&[("PLUGHOST_WORKERS", "1")], &["spin:1500", "ok"]);
+    let s = hostile_server(&[("PLUGHOST_WORKERS", "1")], &["spin:3000", "ok"]);
     s.run(&["service", "pause"]).ok();
-    let slow = create_job(&s, "spin:1500");
+    let slow = create_job(&s, "spin:3000");
     let behind = create_job(&s, "ok");
     s.run(&["service", "resume"]).ok();
     // Both are leased (InProgress); the one worker runs the slow one first.
