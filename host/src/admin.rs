@@ -230,7 +230,8 @@ impl Admin {
     // ---- registry ----
 
     /// Validates, compiles and stores a component, points plug-in `name` at it and
-    /// adds `steps`, in one transaction; compiles it now so the first event does not.
+    /// adds `steps`, in one transaction; keeps the compiled code so the first event
+    /// does not compile it.
     pub fn register(
         &self,
         bytes: &[u8],
@@ -239,9 +240,6 @@ impl Admin {
         steps: Vec<StepSpec>,
     ) -> Result<Registration> {
         let reg = registry::register(self.store(), self.runtime(), bytes, name, description, steps)?;
-        if let Err(e) = self.runtime().load(&reg.assembly.hash, || Ok(bytes.to_vec())) {
-            tracing::warn!("registered, but compiling for the cache failed: {e:#}");
-        }
         self.reloaded(reg)
     }
 

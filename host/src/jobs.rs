@@ -281,20 +281,24 @@ impl SystemJob {
     /// Whether another occurrence may still run: COUNT not used up and an occurrence
     /// of the pattern after `now` (a job without a recurrence has none).
     pub fn has_occurrences_left(&self, now: i64) -> bool {
-        let (Some(pattern), Some(start)) = (&self.recurrence_pattern, self.recurrence_start) else { return false };
-        let count_left = crate::recurrence::count(pattern).is_ok_and(|c| c.is_none_or(|c| self.recurrence_runs < c));
-        count_left && matches!(crate::recurrence::next_after(pattern, start, now), Ok(Some(_)))
+        matches!(self.next_run_after(now), Ok(Some(_)))
     }
 
     /// A recurring job's next occurrence after its current one: the first of the
     /// pattern after both `now` and the time it was due (missed occurrences are not
     /// run one after another), unless COUNT runs are done.
     fn next_occurrence(&self, now: i64) -> Result<Option<i64>, String> {
+        let due = self.postpone_until.map_or(now, |due| due.max(now));
+        self.next_run_after(self.recurrence_start.map_or(due, |start| due.max(start - 1)))
+    }
+
+    /// The pattern's first occurrence after `after`, unless COUNT runs are done or the
+    /// job has no recurrence.
+    fn next_run_after(&self, after: i64) -> Result<Option<i64>, String> {
         let (Some(pattern), Some(start)) = (&self.recurrence_pattern, self.recurrence_start) else { return Ok(None) };
         if crate::recurrence::count(pattern)?.is_some_and(|count| self.recurrence_runs >= count) {
             return Ok(None);
         }
-        let after = self.postpone_until.map_or(now, |due| due.max(now)).max(start - 1);
         crate::recurrence::next_after(pattern, start, after)
     }
 }
@@ -407,18 +411,15 @@ pub fn after_run(
             new.message = Some("paused while running; its effects were discarded; resume runs it again".into());
             return (new, RunOutcome::Paused);
         }
-        (_, JobResult::Progress) => {
-            new.status = JobStatus::WaitingForResources;
+        (_, result @ (JobResult::Progress | JobResult::Succeeded)) => {
             new.error_code = None;
             new.message = report.message;
             new.output = report.output;
-            return (new, RunOutcome::MoreToDo);
-        }
-        (_, JobResult::Succeeded) => {
+            if result == JobResult::Progress {
+                new.status = JobStatus::WaitingForResources;
+                return (new, RunOutcome::MoreToDo);
+            }
             new.status = JobStatus::Succeeded;
-            new.error_code = None;
-            new.message = report.message;
-            new.output = report.output;
             RunOutcome::Succeeded
         }
         (_, JobResult::Retry { code, message }) if old.retry_count < retry.max_retries => {

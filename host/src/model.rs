@@ -750,6 +750,35 @@ impl fmt::Display for Value {
     }
 }
 
+/// A time given as an RFC 3339 string or as UTC milliseconds, in JSON.
+pub fn time_from_json(v: &serde_json::Value) -> Result<i64, String> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| format!("{n} milliseconds is not a whole number")),
+        serde_json::Value::String(s) => time_from_text(s),
+        other => Err(format!("a time is an RFC 3339 string or UTC milliseconds, got {other}")),
+    }
+}
+
+/// A time given as RFC 3339 text (`2026-01-31T09:30:00Z`) or UTC milliseconds.
+pub fn time_from_text(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}) or UTC milliseconds, e.g. \"2026-01-31T09:30:00Z\""))
+}
+
+/// Deserializes an optional time field given as an RFC 3339 string or UTC
+/// milliseconds (`#[serde(deserialize_with = ...)]`; it serializes as milliseconds).
+pub fn flexible_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => time_from_json(&v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,44 +840,5 @@ mod tests {
         assert_eq!("PostOperation".parse::<Stage>().unwrap(), Stage::PostOperation);
         assert_eq!("pre-validation".parse::<Stage>().unwrap(), Stage::PreValidation);
         assert!("50".parse::<Stage>().is_err());
-    }
-}
-
-/// A time given as an RFC 3339 string or as UTC milliseconds, in JSON.
-pub fn time_from_json(v: &serde_json::Value) -> Result<i64, String> {
-    match v {
-        serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| format!("{n} milliseconds is not a whole number")),
-        serde_json::Value::String(s) => time_from_text(s),
-        other => Err(format!("a time is an RFC 3339 string or UTC milliseconds, got {other}")),
-    }
-}
-
-/// A time given as RFC 3339 text (`2026-01-31T09:30:00Z`) or UTC milliseconds.
-pub fn time_from_text(s: &str) -> Result<i64, String> {
-    if let Ok(ms) = s.trim().parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(s.trim())
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}) or UTC milliseconds, e.g. \"2026-01-31T09:30:00Z\""))
-}
-
-/// Serde for an optional time field that accepts an RFC 3339 string or UTC
-/// milliseconds, and writes milliseconds.
-pub mod flexible_time {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(ms) => s.serialize_some(ms),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        match Option::<serde_json::Value>::deserialize(d)? {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => super::time_from_json(&v).map(Some).map_err(serde::de::Error::custom),
-        }
     }
 }

@@ -185,7 +185,7 @@ impl StepSpec {
     }
 }
 
-/// Validates `bytes`, then stores the assembly, points plug-in `name` at it and
+/// Validates (compiling) `bytes`, then stores the assembly, points plug-in `name` at it and
 /// adds `steps`, all in one transaction. Registering the same bytes again is one
 /// assembly; registering new bytes under an existing name upgrades the plug-in.
 pub fn register(
@@ -198,18 +198,18 @@ pub fn register(
 ) -> Result<Registration, RegistryError> {
     check_plugin_name(name)?;
     let hash = AssemblyHash::of(bytes);
-    let info = match store.assembly(&hash)? {
-        Some(existing) => existing,
+    let (info, compiled) = match store.assembly(&hash)? {
+        Some(existing) => (existing, None),
         None => {
             let (component, info) = runtime.validate(bytes)?;
-            drop(component);
-            AssemblyRecord {
+            let record = AssemblyRecord {
                 hash,
                 size: bytes.len() as u64,
                 wit_version: info.wit_version,
                 imports: info.imports,
                 registered_at: now_ms(),
-            }
+            };
+            (record, Some(component))
         }
     };
     let steps = steps
@@ -221,7 +221,15 @@ pub fn register(
         .collect::<Result<Vec<_>, _>>()?;
     let now = now_ms();
     let plugin = PluginRecord { name: name.to_owned(), assembly: hash, description, created_at: now, updated_at: now };
-    Ok(store.register(info, bytes, plugin, steps)?)
+    let registration = store.register(info, bytes, plugin, steps)?;
+    // Validation compiled it: keep that code (and cache it on disk), so the first
+    // event does not compile it again.
+    if let Some(component) = compiled
+        && let Err(e) = runtime.adopt(&hash, component)
+    {
+        tracing::warn!("registered, but keeping the compiled code failed: {e:#}");
+    }
+    Ok(registration)
 }
 
 #[cfg(test)]

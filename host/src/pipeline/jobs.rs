@@ -114,10 +114,10 @@ pub struct NewJob {
     /// An RRULE (FREQ=MINUTELY..YEARLY, INTERVAL, COUNT, UNTIL, BYDAY, BYMONTHDAY,
     /// BYMONTH, BYHOUR, BYMINUTE) and its start (RFC 3339 or UTC ms; default now).
     pub recurrence_pattern: Option<String>,
-    #[serde(with = "crate::model::flexible_time")]
+    #[serde(deserialize_with = "crate::model::flexible_time")]
     pub recurrence_start: Option<i64>,
     /// Do not start before this time (RFC 3339 or UTC ms).
-    #[serde(with = "crate::model::flexible_time")]
+    #[serde(deserialize_with = "crate::model::flexible_time")]
     pub postpone_until: Option<i64>,
     pub dependency_token: Option<String>,
 }
@@ -184,12 +184,12 @@ pub struct BulkDelete {
     #[serde(default)]
     pub name: Option<String>,
     /// Do not start before this time (RFC 3339 or UTC milliseconds).
-    #[serde(default, with = "crate::model::flexible_time")]
+    #[serde(default, deserialize_with = "crate::model::flexible_time")]
     pub postpone_until: Option<i64>,
     /// Run again on this RRULE (e.g. nightly), from `recurrence_start` (default now).
     #[serde(default)]
     pub recurrence_pattern: Option<String>,
-    #[serde(default, with = "crate::model::flexible_time")]
+    #[serde(default, deserialize_with = "crate::model::flexible_time")]
     pub recurrence_start: Option<i64>,
 }
 

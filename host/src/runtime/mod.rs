@@ -312,13 +312,28 @@ impl Runtime {
                     AssemblyHash::of(&bytes)
                 );
                 let (component, _) = self.validate(&bytes)?;
-                self.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.store_cached(hash, &component) {
-                    tracing::warn!(%hash, "could not write the compile cache: {e:#}");
-                }
-                (component, Origin::Compiled)
+                return self.adopt(hash, component);
             }
         };
+        self.keep(hash, component, origin)
+    }
+
+    /// Takes a component compiled by [`Runtime::validate`] (at registration) as the
+    /// plug-in for `hash`: written to the disk cache and pre-linked, so it is never
+    /// compiled twice.
+    pub fn adopt(&self, hash: &AssemblyHash, component: Component) -> anyhow::Result<Arc<LoadedPlugin>> {
+        if let Some(p) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(hash) {
+            return Ok(p.clone());
+        }
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.store_cached(hash, &component) {
+            tracing::warn!(%hash, "could not write the compile cache: {e:#}");
+        }
+        self.keep(hash, component, Origin::Compiled)
+    }
+
+    /// Pre-links `component` and keeps it in memory for `hash`.
+    fn keep(&self, hash: &AssemblyHash, component: Component, origin: Origin) -> anyhow::Result<Arc<LoadedPlugin>> {
         let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from)?;
         let plugin =
             Arc::new(LoadedPlugin { hash: *hash, origin, pre: PluginPre::new(pre).map_err(anyhow::Error::from)? });

@@ -206,11 +206,17 @@ impl JobQueue {
             let mut queued_jobs = false;
             let outcomes = with_tables(txn, |t| {
                 let mut outcomes = Vec::with_capacity(completions.len());
+                {
+                    // A completed job needs no interrupt any more.
+                    let mut set = interrupts.lock().unwrap_or_else(|p| p.into_inner());
+                    if !set.is_empty() {
+                        for c in &completions {
+                            set.remove(&c.id);
+                        }
+                    }
+                }
                 for c in completions {
                     queued_jobs |= !c.effects.jobs.is_empty();
-                    if !interrupts.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-                        interrupts.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
-                    }
                     match complete_one(txn, t, c, now) {
                         // A storage error abandons the whole group commit.
                         Err(e @ CommitError::Store(_)) => return Err(e),
