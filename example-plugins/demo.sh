@@ -16,12 +16,20 @@ PH="$PWD/target/debug/plughost"
 WASM="$PWD/example-plugins/rust/target/wasm32-wasip2/release"
 
 export PLUGHOST_DATA_DIR="${PLUGHOST_DATA_DIR:-$(mktemp -d)}"
-step "Starting plughost serve (data in $PLUGHOST_DATA_DIR)"
-"$PH" serve --listen 127.0.0.1:0 &
+step "Starting plughost serve with no workers of its own (data in $PLUGHOST_DATA_DIR)"
+PLUGHOST_WORKERS=0 "$PH" serve --listen 127.0.0.1:0 &
 SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+WORKER=
+trap 'kill -TERM $WORKER $SERVER 2>/dev/null || true; wait $WORKER $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -f "$PLUGHOST_DATA_DIR/server.json" ] && break; sleep 0.1; done
 URL=$(sed -E 's/.*"url":"([^"]+)".*/\1/' "$PLUGHOST_DATA_DIR/server.json")
+
+step "Starting the asynchronous service in its own process: plughost worker (it could run on another machine)"
+"$PH" --data-dir "$PLUGHOST_DATA_DIR/worker" worker --server "$URL" \
+  --token-file "$PLUGHOST_DATA_DIR/worker-token" --name demo-worker &
+WORKER=$!
+for _ in $(seq 100); do "$PH" workers list | grep -q demo-worker && break; sleep 0.1; done
+"$PH" workers list
 
 step "Defining the entities"
 "$PH" entities define account --attr name:text --attr accountnumber:text --attr creditlimit:money
@@ -52,7 +60,7 @@ for _ in $(seq 50); do "$PH" jobs show "$IMPORT" | grep -q 'Succeeded' && break;
 step "The accounts as stored"
 "$PH" entities query account --order name
 
-step "The asynchronous service ran the system jobs the async step queued (one per account); the Deletion Service waits for its next hour"
+step "The remote worker ran the system jobs the async step queued (one per account); the Deletion Service waits for its next hour"
 for _ in $(seq 50); do
   "$PH" jobs list --status WaitingForResources --json | grep -q '"id"' || break
   sleep 0.1
@@ -63,7 +71,12 @@ done
 step "The follow-up tasks the async plug-in created, committed with its job's completion"
 "$PH" entities query task
 
-step "Stopping the server (SIGTERM)"
+step "The remote worker that ran them"
+"$PH" workers list
+
+step "Stopping the worker and the server (SIGTERM)"
+kill -TERM $WORKER
+wait $WORKER || true
 kill -TERM $SERVER
 wait $SERVER || true
 trap - EXIT

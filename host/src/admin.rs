@@ -10,18 +10,20 @@
 //! thread that may block).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bulk::ImportFormat;
+use crate::fleet::Fleet;
 use crate::jobs::{JobQuery, JobStatus, SystemJob};
 use crate::metadata::EntityDefinition;
 use crate::pipeline::{BulkDelete, Caller, NewJob, Pipeline, PipelineError, Request, Response};
 use crate::registry::{self, AssemblyRecord, PluginRecord, Registration, RegistryError, StepRecord, StepSpec};
 use crate::runtime::Runtime;
 use crate::store::{CommitError, JobAction, JobQueue, QueueCounts, Store, StoreError};
-use crate::worker::WorkerPool;
+use crate::worker::{WorkerConfig, WorkerPool};
 
 /// What went wrong in an administrative operation; each kind keeps its own code.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,7 @@ impl AdminError {
         AdminError::Invalid { code: "invalid", message: message.into() }
     }
 
-    fn not_found(message: impl Into<String>) -> AdminError {
+    pub(crate) fn not_found(message: impl Into<String>) -> AdminError {
         AdminError::Store(StoreError::NotFound(message.into()))
     }
 }
@@ -95,11 +97,16 @@ pub struct UnregisteredPlugin {
 /// The asynchronous service's state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceStatus {
-    /// Whether this process runs a worker pool.
+    /// Whether jobs are being worked: this process runs a worker pool, or a remote
+    /// worker that is not lost serves it.
     pub running: bool,
     /// Paused (persisted: a restart keeps it paused until resumed).
     pub paused: bool,
+    /// Worker threads of this process's pool.
     pub workers: usize,
+    /// Remote worker processes (`plughost worker`) heard from within a lease.
+    #[serde(default)]
+    pub remote_workers: usize,
     pub counts: QueueCounts,
 }
 
@@ -188,11 +195,34 @@ pub struct Admin {
     workers: Option<Arc<WorkerPool>>,
     /// Workers the pool runs (for status).
     worker_threads: usize,
+    /// Remote workers (`plughost worker`) serving this server.
+    fleet: Fleet,
+    /// Whether the asynchronous service is paused: no worker, in-process or remote,
+    /// leases while it is.
+    paused: AtomicBool,
 }
 
 impl Admin {
-    pub fn new(pipeline: Arc<Pipeline>, queue: JobQueue) -> Admin {
-        Admin { pipeline, queue, workers: None, worker_threads: 0 }
+    /// Reads whether the service was left paused.
+    pub fn new(pipeline: Arc<Pipeline>, queue: JobQueue) -> Result<Admin> {
+        let paused = AtomicBool::new(pipeline.store().service_paused()?);
+        let fleet = Fleet::new(&WorkerConfig::default(), crate::runtime::Limits::default());
+        Ok(Admin { pipeline, queue, workers: None, worker_threads: 0, fleet, paused })
+    }
+
+    /// With the job policy remote workers get (lease, retries, retention).
+    pub fn with_worker_config(mut self, config: &WorkerConfig, limits: crate::runtime::Limits) -> Admin {
+        self.fleet = Fleet::new(config, limits);
+        self
+    }
+
+    pub(crate) fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Whether the asynchronous service is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// With the worker pool this process runs.
@@ -360,18 +390,22 @@ impl Admin {
     /// The asynchronous service's state, after `action` if given. Without a worker
     /// pool in this process, pausing or resuming sets how the next one starts.
     pub fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus> {
-        match (action, &self.workers) {
-            (None, _) => {}
-            (Some(ServiceAction::Pause), Some(w)) => w.pause()?,
-            (Some(ServiceAction::Resume), Some(w)) => w.resume()?,
-            (Some(a), None) => self.store().set_service_paused(a == ServiceAction::Pause)?,
+        if let Some(action) = action {
+            let paused = action == ServiceAction::Pause;
+            self.store().set_service_paused(paused)?;
+            self.paused.store(paused, Ordering::SeqCst);
+            if let Some(w) = &self.workers {
+                w.set_paused(paused);
+            }
+            if !paused {
+                self.queue.notify();
+            }
         }
+        let remote_workers = self.fleet.list().iter().filter(|w| !w.lost).count();
         Ok(ServiceStatus {
-            running: self.workers.is_some(),
-            paused: match &self.workers {
-                Some(w) => w.is_paused(),
-                None => self.store().service_paused()?,
-            },
+            running: self.workers.is_some() || remote_workers > 0,
+            remote_workers,
+            paused: self.is_paused(),
             workers: self.worker_threads,
             counts: self.queue.counts()?,
         })

@@ -19,6 +19,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("trace_limit", "the plug-in wrote more trace than its limit"),
     ("transfer_limit", "the plug-in passed more data to the host in one call or result than the host copies"),
     ("plugin_exited", "the plug-in called exit() instead of returning a result"),
+    ("stopped", "the job was canceled or paused while its plug-in ran, and the host stopped it"),
     (
         "instantiation_failed",
         "the plug-in could not be instantiated (the instance pool stayed full, or it is not registered)",
@@ -36,7 +37,7 @@ pub const CODES: &[(&str, &str)] = &[
         "the action conflicts with the current state (a job's status, a concurrent change, a registration in use)",
     ),
     // System jobs.
-    ("plugin_not_registered", "the job's step or plug-in was unregistered while it was queued"),
+    ("plugin_not_registered", "the job's step or plug-in was unregistered while it was queued or ran"),
     ("lease_expired", "the job's lease expired more often than allowed: its worker died or hung each time"),
     ("invalid_job", "a bulk job's specification could not be read"),
     // Registration.
@@ -48,18 +49,26 @@ pub const CODES: &[(&str, &str)] = &[
     ("wrong_world", "the component does not implement the plug-in world"),
     ("unsupported_import", "the component imports something plug-ins cannot use"),
     ("exceeds_host_limits", "the component needs more memory than the host gives an instance"),
+    // Remote workers.
+    ("protocol_mismatch", "the worker and the server speak different versions of the worker protocol"),
+    ("unknown_worker", "the server does not know the worker (it restarted): the worker says hello again"),
+    ("lease_lost", "a worker read data for a job it no longer holds"),
+    ("worker_failed", "`plughost worker` could not start or reach its server"),
     // The store.
     ("store_locked", "another process has the store open"),
     ("store_corrupt", "the store is damaged or not a plughost store"),
     ("store_too_new", "the store was written by a newer plughost"),
     ("store_error", "the store could not be read or written"),
     // HTTP.
-    ("unauthorized", "an admin route was called without the admin token"),
+    ("unauthorized", "an admin route was called without the admin token, or a worker route without the worker token"),
+    (
+        "forbidden",
+        "the token is valid but not for this route (the worker token on an admin route, or the other way round)",
+    ),
     ("payload_too_large", "the request body is larger than the route's limit"),
     ("bad_body", "the request body was cut short or could not be read"),
     ("body_timeout", "the request body did not arrive within the body timeout"),
     ("bad_json", "the request body is not the JSON the route takes"),
-    ("no_workers", "the server runs no worker pool"),
     ("internal", "a bug in plughost: please report it"),
     // The command line.
     ("bad_config", "the configuration file or an environment variable is not valid"),

@@ -14,6 +14,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
 pub const CONFIG_FILE: &str = "plughost.toml";
 /// The file holding the admin token, created at first start.
 pub const TOKEN_FILE: &str = "admin-token";
+/// The file holding the worker token (remote workers' credential), created at first start.
+pub const WORKER_TOKEN_FILE: &str = "worker-token";
 /// The file a running server writes so the CLI can find it.
 pub const SERVER_FILE: &str = "server.json";
 
@@ -23,6 +25,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The admin bearer token; when unset, one is created in the data directory.
     pub admin_token: Option<String>,
+    /// The worker token (`plughost worker --token`): lease, renew, complete and read
+    /// for leased jobs, download assemblies, nothing else. When unset, one is created
+    /// in the data directory (`worker-token`).
+    pub worker_token: Option<String>,
     /// Largest request body of the data API, in bytes.
     pub max_body_bytes: usize,
     /// Largest component upload, in bytes.
@@ -58,6 +64,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_token: None,
+            worker_token: None,
             max_body_bytes: 8 << 20,
             max_assembly_bytes: crate::runtime::MAX_COMPONENT_BYTES,
             group_commit_max_batch: 1024,
@@ -117,6 +124,9 @@ impl Config {
         if let Some(v) = var("PLUGHOST_ADMIN_TOKEN") {
             self.admin_token = Some(v);
         }
+        if let Some(v) = var("PLUGHOST_WORKER_TOKEN") {
+            self.worker_token = Some(v);
+        }
         Ok(())
     }
 
@@ -131,18 +141,32 @@ impl Config {
 
     /// The admin token: configured, or read from (or created in) the data directory.
     pub fn admin_token(&self, data_dir: &Path) -> Result<String, String> {
-        if let Some(t) = &self.admin_token {
-            return Ok(t.clone());
-        }
-        let path = token_path(data_dir);
-        match std::fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-            _ => {}
-        }
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        write_private(&path, &token).map_err(|e| format!("cannot write the admin token {}: {e}", path.display()))?;
-        Ok(token)
+        token(self.admin_token.as_deref(), &token_path(data_dir), "admin")
     }
+
+    /// The worker token: configured, or read from (or created in) the data directory.
+    /// It must differ from the admin token.
+    pub fn worker_token(&self, data_dir: &Path) -> Result<String, String> {
+        let t = token(self.worker_token.as_deref(), &data_dir.join(WORKER_TOKEN_FILE), "worker")?;
+        if t == self.admin_token(data_dir)? {
+            return Err("the worker token must differ from the admin token".into());
+        }
+        Ok(t)
+    }
+}
+
+/// A configured token, else the one in `path`, else a new random one written there.
+fn token(configured: Option<&str>, path: &Path, what: &str) -> Result<String, String> {
+    if let Some(t) = configured {
+        return Ok(t.to_owned());
+    }
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        _ => {}
+    }
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    write_private(path, &token).map_err(|e| format!("cannot write the {what} token {}: {e}", path.display()))?;
+    Ok(token)
 }
 
 pub fn token_path(data_dir: &Path) -> PathBuf {

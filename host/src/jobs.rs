@@ -329,7 +329,7 @@ impl<'a> JobView<'a> {
 }
 
 /// How a worker's run of a job ended.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobResult {
     Succeeded,
     /// A bulk job finished a batch and has more to do: keep the output (its
@@ -365,7 +365,7 @@ pub struct RetryPolicy {
 }
 
 /// What a completed run did to its job: what the metrics count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunOutcome {
     /// The run succeeded (a recurring job then waits for its next occurrence).
     Succeeded,

@@ -1,6 +1,7 @@
-//! The registration records: assemblies, plug-ins and steps as the store keeps them
-//! and the API shows them. A leaf module: the store and the registry both use it,
-//! neither through the other.
+//! The registration records: assemblies, plug-ins and steps as the registry, the
+//! pipeline and the API see them. A leaf module: the store and the registry both use
+//! it, neither through the other. The store keeps them as its own row types
+//! (`store/rows.rs`), so these may change shape without changing what is on disk.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

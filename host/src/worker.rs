@@ -28,7 +28,53 @@ use uuid::Uuid;
 
 use crate::jobs::{OperationType, RunOutcome, SystemJob};
 use crate::pipeline::{JobRun, Pipeline};
-use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes, Renewal, StoreError};
+use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes, Renewal};
+
+/// The queue a worker pool works: the store's (`JobQueue`, in `plughost serve`) or
+/// the server's over HTTP (`crate::remote`, in `plughost worker`). The pool's rules
+/// are the same for both.
+pub trait WorkQueue: Send + Sync {
+    /// Locks up to `max` runnable jobs for `host`, with their contexts (blocking).
+    fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError>;
+    /// Extends the leases of held jobs; says for each whether it is still held.
+    fn renew(&self, held: Vec<(Uuid, u64)>, lease: Duration) -> Result<Vec<Renewal>, CommitError>;
+    /// Puts leased jobs that were not run back in the queue.
+    fn release(&self, leased: Vec<(Uuid, u64)>) -> Result<usize, CommitError>;
+    /// Hands completions over without waiting; the receiver gets their outcomes, in
+    /// order, once durable.
+    fn complete_all(&self, completions: Vec<JobCompletion>) -> Receiver<Result<Outcomes, CommitError>>;
+    /// Whether a user canceled or paused this leased job (as far as this process
+    /// knows at once; the heartbeat tells the rest); forgets it.
+    fn take_interrupt(&self, id: Uuid) -> bool;
+    /// Wakes idle workers.
+    fn notify(&self);
+    /// Sleeps until new jobs may have been queued, or `timeout`.
+    fn wait_for_work(&self, timeout: Duration);
+}
+
+impl WorkQueue for JobQueue {
+    fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
+        JobQueue::lease(self, host, max, lease)
+    }
+    fn renew(&self, held: Vec<(Uuid, u64)>, lease: Duration) -> Result<Vec<Renewal>, CommitError> {
+        JobQueue::renew(self, held, lease)
+    }
+    fn release(&self, leased: Vec<(Uuid, u64)>) -> Result<usize, CommitError> {
+        JobQueue::release(self, leased)
+    }
+    fn complete_all(&self, completions: Vec<JobCompletion>) -> Receiver<Result<Outcomes, CommitError>> {
+        JobQueue::complete_all(self, completions)
+    }
+    fn take_interrupt(&self, id: Uuid) -> bool {
+        JobQueue::take_interrupt(self, id)
+    }
+    fn notify(&self) {
+        JobQueue::notify(self)
+    }
+    fn wait_for_work(&self, timeout: Duration) {
+        JobQueue::wait_for_work(self, timeout)
+    }
+}
 
 /// The shortest lease allowed: the heartbeat renews every third of the lease, and a
 /// renewal must commit well before the lease ends.
@@ -159,7 +205,7 @@ pub struct WorkerPool {
 /// What the pool's threads share.
 struct Shared {
     pipeline: Arc<Pipeline>,
-    queue: JobQueue,
+    queue: Arc<dyn WorkQueue>,
     config: WorkerConfig,
     host: String,
     stop: AtomicBool,
@@ -170,6 +216,8 @@ struct Shared {
     changed: Condvar,
     /// Jobs started and not yet durably completed: id -> fencing token.
     held: Mutex<HashMap<Uuid, u64>>,
+    /// Jobs running now, with the flag that stops their plug-ins.
+    running: Mutex<HashMap<Uuid, Arc<AtomicBool>>>,
     /// Recent average run time in µs (0 until a job ran): sizes the next lease.
     avg_run_us: AtomicU64,
     /// Worker threads still running (the heartbeat lasts as long as they do).
@@ -190,18 +238,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerPool {
-    /// Starts the workers and the heartbeat. A service paused before a restart
-    /// stays paused.
-    pub fn start(pipeline: Arc<Pipeline>, queue: JobQueue, config: WorkerConfig) -> Arc<WorkerPool> {
-        let paused = pipeline.store().service_paused().unwrap_or_else(|e| {
-            tracing::error!("cannot read whether the service is paused ({e}); starting it");
-            false
-        });
+    /// Starts the workers and the heartbeat, paused if `paused` (a service paused
+    /// before a restart stays paused).
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        queue: Arc<dyn WorkQueue>,
+        config: WorkerConfig,
+        paused: bool,
+    ) -> Arc<WorkerPool> {
         let stats = Arc::new(WorkerStats::default());
         let workers = config.workers.max(1);
         let shared = Arc::new(Shared {
             pipeline,
-            queue: queue.with_max_lease_expirations(config.max_lease_expirations),
+            queue,
             host: config.host_id(),
             config,
             stop: AtomicBool::new(false),
@@ -210,6 +259,7 @@ impl WorkerPool {
             local: Mutex::default(),
             changed: Condvar::new(),
             held: Mutex::default(),
+            running: Mutex::default(),
             avg_run_us: AtomicU64::new(0),
             live: AtomicUsize::new(workers),
         });
@@ -232,20 +282,20 @@ impl WorkerPool {
         Arc::new(WorkerPool { shared, threads: Mutex::new(threads), stats })
     }
 
-    /// Stops leasing new jobs (running ones finish, unstarted ones go back), until
-    /// resumed, across restarts too.
-    pub fn pause(&self) -> Result<(), StoreError> {
-        self.shared.pipeline.store().set_service_paused(true)?;
-        self.shared.paused.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_all();
-        Ok(())
+    /// Pausing stops leasing new jobs (running ones finish, unstarted ones go back)
+    /// until resumed.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::SeqCst);
+        if paused {
+            self.shared.changed.notify_all();
+        } else {
+            self.shared.queue.notify();
+        }
     }
 
-    pub fn resume(&self) -> Result<(), StoreError> {
-        self.shared.pipeline.store().set_service_paused(false)?;
-        self.shared.paused.store(false, Ordering::SeqCst);
-        self.shared.queue.notify();
-        Ok(())
+    /// Leased jobs not started yet, and started ones not yet completed.
+    pub fn held(&self) -> usize {
+        lock(&self.shared.local).waiting.len() + lock(&self.shared.held).len()
     }
 
     pub fn is_paused(&self) -> bool {
@@ -317,6 +367,13 @@ impl Shared {
         let mut last = Instant::now();
         while self.live.load(Ordering::SeqCst) > 0 {
             std::thread::sleep(Duration::from_millis(20).min(every));
+            // A running job a user canceled or paused (as this process learned at once)
+            // stops now rather than at its end.
+            for (id, stop) in lock(&self.running).iter() {
+                if self.queue.take_interrupt(*id) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
             if last.elapsed() < every {
                 continue;
             }
@@ -335,6 +392,7 @@ impl Shared {
             };
             let mut release = Vec::new();
             {
+                let running = lock(&self.running);
                 let mut local = lock(&self.local);
                 for ((id, token), renewal) in held.into_iter().zip(renewals) {
                     match renewal {
@@ -342,6 +400,11 @@ impl Shared {
                             self.stats.renewed.fetch_add(1, Ordering::Relaxed);
                         }
                         Renewal::Lost | Renewal::Interrupted => {
+                            // Running: the heartbeat's answer stops it (a lost job's
+                            // completion would be refused anyway).
+                            if let Some(stop) = running.get(&id) {
+                                stop.store(true, Ordering::Relaxed);
+                            }
                             let before = local.waiting.len();
                             local.waiting.retain(|j| j.id != id);
                             if renewal == Renewal::Interrupted && local.waiting.len() < before {
@@ -479,12 +542,15 @@ impl Worker {
         let span = tracing::info_span!("job", id = %job.id, correlation_id = %job.correlation_id, name = %job.name);
         let _enter = span.enter();
         let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        lock(&shared.running).insert(job.id, stop.clone());
         let (run, purge_before) = match job.operation_type {
-            OperationType::PluginExecution => (shared.pipeline.run_job(&job), None),
+            OperationType::PluginExecution => (shared.pipeline.run_job(&job, stop), None),
             // The deletion service's work happens in the transaction that completes it.
             OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
-            OperationType::BulkDelete | OperationType::BulkImport => (shared.pipeline.run_bulk(&job), None),
+            OperationType::BulkDelete | OperationType::BulkImport => (shared.pipeline.run_bulk(&job, stop), None),
         };
+        lock(&shared.running).remove(&job.id);
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
         let avg = shared.avg_run_us.load(Ordering::Relaxed);
         let avg = if avg == 0 { took } else { (avg.saturating_mul(7).saturating_add(took)) / 8 };

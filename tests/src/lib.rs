@@ -149,9 +149,15 @@ impl TestServer {
 
     /// Starts a server on the data directory of `cli` (e.g. again, after a crash).
     pub fn start_in(bin: &str, cli: TestCommand, env: &[(&str, &str)]) -> TestServer {
+        Self::start_at(bin, cli, env, "127.0.0.1:0")
+    }
+
+    /// Starts a server listening on `listen` (a fixed port, to restart it where its
+    /// remote workers look for it).
+    pub fn start_at(bin: &str, cli: TestCommand, env: &[(&str, &str)], listen: &str) -> TestServer {
         let _ = std::fs::remove_file(cli.data_dir().join("server.json"));
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .env("PLUGHOST_DATA_DIR", cli.data_dir())
             // The deletion service's recurring job would sit in every job list; the
             // tests of it turn it on.
@@ -278,6 +284,104 @@ impl TestServer {
         unsafe {
             libc::kill(self.child.id() as i32, signal);
         }
+    }
+}
+
+/// A free port on 127.0.0.1 (free when asked; a server started on it at once gets it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// A real `plughost worker` child process serving a [`TestServer`], with its own data
+/// directory and compile cache; its stderr goes to `<its data dir>/worker.log`.
+/// Killed with SIGKILL when dropped.
+pub struct TestWorker {
+    child: std::process::Child,
+    pub name: String,
+    pub data_dir: PathBuf,
+}
+
+impl TestWorker {
+    /// Starts `plughost worker --server <url> --worker-token <the server's> --name NAME`
+    /// plus `args`.
+    pub fn start(bin: &str, url: &str, server_data_dir: &Path, name: &str, args: &[&str]) -> TestWorker {
+        let data_dir = server_data_dir.join("workers").join(name);
+        std::fs::create_dir_all(&data_dir).expect("worker data dir");
+        let log = std::fs::File::create(data_dir.join("worker.log")).expect("worker log");
+        let child = Command::new(bin)
+            .args(["--data-dir"])
+            .arg(&data_dir)
+            .args(["--server", url, "worker", "--name", name, "--token-file"])
+            .arg(server_data_dir.join("worker-token"))
+            .args(args)
+            .env_remove("PLUGHOST_ADMIN_TOKEN")
+            .env_remove("PLUGHOST_WORKER_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start plughost worker");
+        TestWorker { child, name: name.to_owned(), data_dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the worker wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("worker.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the worker to exit; its exit code, or `None` if it
+    /// still runs (or died of a signal).
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: the worker stops leasing, finishes or releases its jobs, and exits.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGSTOP: the process freezes (as if cut off from the server).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`TestWorker::freeze`].
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

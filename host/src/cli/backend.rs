@@ -11,6 +11,7 @@ use plughost::jobs::SystemJob;
 use plughost::metadata::EntityDefinition;
 use plughost::model::{Entity, EntityCollection};
 use plughost::pipeline::{BulkDelete, Caller, NewJob, Pipeline, Request, Response};
+use plughost::protocol::WorkerInfo;
 use plughost::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
 use plughost::server::{DefineBody, ErrorBody, IdBody, ImportQuery, MessageBody, PostponeBody, ServerInfo};
 use plughost::store::{Committer, JobAction, JobQueue, Store, StoreError};
@@ -49,6 +50,8 @@ pub(crate) trait Backend {
     fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError>;
     /// The asynchronous service's status, after `action` if given.
     fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError>;
+    /// The remote workers (`plughost worker`) serving the server.
+    fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError>;
 }
 
 /// Works on the store in this process, through the library's admin layer (built
@@ -73,7 +76,8 @@ impl Local {
         let committer = Committer::start(self.store.clone(), self.config.group_commit_max_batch);
         let pipeline = Pipeline::new(self.store.clone(), runtime, committer.clone(), self.config.limits)?;
         let queue = JobQueue::new(self.store.clone(), committer);
-        Ok(self.admin.get_or_init(|| Admin::new(pipeline, queue)))
+        let admin = Admin::new(pipeline, queue)?;
+        Ok(self.admin.get_or_init(|| admin))
     }
 }
 
@@ -159,6 +163,11 @@ impl Backend for Local {
     /// Without a server, pausing or resuming sets how the next `plughost serve` starts.
     fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError> {
         Ok(self.admin()?.service(action)?)
+    }
+
+    /// No server runs for this data directory, so no worker serves it.
+    fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError> {
+        Ok(Vec::new())
     }
 }
 
@@ -406,6 +415,10 @@ impl Backend for Remote {
             Some(ServiceAction::Resume) => "resume",
         };
         self.answer(self.auth(self.agent.post(self.url(&format!("/service/{name}")))).send_empty())
+    }
+
+    fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError> {
+        self.get("/workers")
     }
 }
 

@@ -208,14 +208,68 @@ pub(crate) struct QueueBench {
     /// Where the benchmark's store lives (default: a temporary directory in the current one).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also drain the same jobs with this many `plughost worker` processes over HTTP
+    /// (against `plughost serve` with no workers of its own), in the same run.
+    #[arg(long, default_value_t = 0)]
+    remote_workers: usize,
+}
+
+/// The benchmark step: the hostile plug-in's "ok" mode, asynchronous on Create of `bench`.
+fn bench_step(
+    pipeline: &Arc<plughost::pipeline::Pipeline>,
+    wasm: &[u8],
+    reuse: u32,
+) -> Result<(plughost::registry::Registration, plughost::model::ExecutionContext), CliError> {
+    use plughost::model::{ExecutionContext, Mode, Stage};
+    let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+    let spec = plughost::registry::StepSpec {
+        plugin: "bench".into(),
+        message: "Create".into(),
+        entity: Some("bench".into()),
+        stage: Stage::PostOperation,
+        mode: Mode::Asynchronous,
+        configuration: Some("ok".into()),
+        instance_reuse: reuse,
+        ..Default::default()
+    };
+    let reg = plughost::registry::register(pipeline.store(), pipeline.runtime(), wasm, "bench", None, vec![spec])
+        .map_err(|e| fail(&e))?;
+    pipeline.reload_steps().map_err(|e| fail(&e))?;
+    let context = ExecutionContext {
+        configuration: Some("ok".into()),
+        mode: Mode::Asynchronous,
+        stage: Stage::PostOperation,
+        step_id: Some(reg.steps[0].id),
+        ..Default::default()
+    };
+    Ok((reg, context))
+}
+
+/// Queues `jobs` runs of the benchmark step, 10,000 per commit.
+fn prequeue(
+    pipeline: &plughost::pipeline::Pipeline,
+    reg: &plughost::registry::Registration,
+    context: &plughost::model::ExecutionContext,
+    jobs: usize,
+) -> Result<(), CliError> {
+    let step = &reg.steps[0];
+    let make =
+        |_| plughost::jobs::SystemJob::plugin_execution(&step.name, step.id, Some(reg.assembly.hash), context.clone());
+    let mut queued = 0;
+    while queued < jobs {
+        let n = (jobs - queued).min(10_000);
+        pipeline
+            .committer()
+            .commit_blocking(plughost::store::ChangeSet { records: Vec::new(), jobs: (0..n).map(make).collect() })
+            .map_err(|e| CliError::new("bench", e.to_string()))?;
+        queued += n;
+    }
+    Ok(())
 }
 
 impl QueueBench {
     fn run(self, g: &Global) -> Result<ExitCode, CliError> {
-        use plughost::jobs::SystemJob;
-        use plughost::model::{ExecutionContext, Mode, Stage};
-        use plughost::registry::StepSpec;
-        use plughost::store::{ChangeSet, Committer, JobQueue, Store};
+        use plughost::store::{Committer, JobQueue, Store};
         use plughost::worker::{WorkerConfig, WorkerPool};
 
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
@@ -224,27 +278,7 @@ impl QueueBench {
         let config = plughost::config::Config::default();
         let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
         let store: Arc<Store> = pipeline.store().clone();
-        let spec = StepSpec {
-            plugin: "bench".into(),
-            message: "Create".into(),
-            entity: Some("bench".into()),
-            stage: Stage::PostOperation,
-            mode: Mode::Asynchronous,
-            configuration: Some("ok".into()),
-            instance_reuse: self.reuse,
-            ..Default::default()
-        };
-        let reg = plughost::registry::register(&store, pipeline.runtime(), &wasm, "bench", None, vec![spec])
-            .map_err(|e| fail(&e))?;
-        pipeline.reload_steps().map_err(|e| fail(&e))?;
-        let step = reg.steps[0].clone();
-        let context = ExecutionContext {
-            configuration: Some("ok".into()),
-            mode: Mode::Asynchronous,
-            stage: Stage::PostOperation,
-            step_id: Some(step.id),
-            ..Default::default()
-        };
+        let (reg, context) = bench_step(&pipeline, &wasm, self.reuse)?;
 
         // 1. The bare-wasmtime baseline: same component, same engine, same thread count.
         let plugin = pipeline.runtime().load(&reg.assembly.hash, || Ok(wasm.clone())).map_err(|e| fail(&e))?;
@@ -275,15 +309,7 @@ impl QueueBench {
 
         // 3. The durable queue: pre-queue, then drain with the worker pool.
         let committer: Committer = pipeline.committer().clone();
-        let make = |_| SystemJob::plugin_execution(&step.name, step.id, Some(reg.assembly.hash), context.clone());
-        let mut queued = 0;
-        while queued < self.jobs {
-            let n = (self.jobs - queued).min(10_000);
-            committer
-                .commit_blocking(ChangeSet { records: Vec::new(), jobs: (0..n).map(make).collect() })
-                .map_err(|e| fail(&e))?;
-            queued += n;
-        }
+        prequeue(&pipeline, &reg, &context, self.jobs)?;
         let stats = committer.stats();
         let counted = || {
             use std::sync::atomic::Ordering::Relaxed;
@@ -299,8 +325,9 @@ impl QueueBench {
         let started = Instant::now();
         let workers = WorkerPool::start(
             pipeline.clone(),
-            queue.clone(),
+            Arc::new(queue.clone()),
             WorkerConfig { workers: self.workers, batch: self.batch, poll_ms: 5, ..WorkerConfig::default() },
+            false,
         );
         loop {
             let counts = queue.counts().map_err(|e| fail(&e))?;
@@ -325,6 +352,12 @@ impl QueueBench {
         let raw_dir = tempfile::tempdir_in(tmp.path()).map_err(|e| fail(&e))?;
         let raw = plughost::baselines::raw_redb_queue(raw_dir.path(), self.jobs, self.batch * self.workers, 256)
             .map_err(|e| fail(&e))?;
+        // 5. The same drain by remote worker processes over HTTP.
+        drop((workers, queue, committer, store, pipeline));
+        let remote = match self.remote_workers {
+            0 => None,
+            n => Some(self.remote_drain(&wasm, tmp.path(), n)?),
+        };
 
         let json = serde_json::json!({
             "command": "plughost bench queue",
@@ -343,6 +376,9 @@ impl QueueBench {
             "drain_operations_per_commit": operations as f64 / commits.max(1) as f64,
             "drain_commit_share": commit_us as f64 / 1e6 / elapsed,
             "drain_apply_share": apply_us as f64 / 1e6 / elapsed,
+            "remote_workers": self.remote_workers,
+            "remote_jobs_per_second": remote,
+            "remote_vs_in_process": remote.map(|r| r / drained),
         });
         g.print(&json, || {
             table(vec![
@@ -359,7 +395,11 @@ impl QueueBench {
                     format!("{:.2}", drained / baseline),
                 ],
                 vec!["raw redb queue loop (no plug-in, no plughost)".into(), format!("{raw:.0}"), format!("{:.2}", raw / baseline)],
-            ]) + &format!(
+            ]) + &remote.map_or(String::new(), |r| format!(
+                "remote drain: {} `plughost worker` processes over HTTP: {r:.0} jobs/s, {:.2}x the in-process drain\n",
+                self.remote_workers,
+                r / drained
+            )) + &format!(
                 "drain: {:.2}x the raw redb loop; {commits} commits of {:.1} operations; the writer spent {:.0}% of the time applying operations and {:.0}% committing\n",
                 drained / raw,
                 operations as f64 / commits.max(1) as f64,
@@ -368,6 +408,114 @@ impl QueueBench {
             )
         })?;
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl QueueBench {
+    /// Drains `self.jobs` jobs with `n` `plughost worker` processes against a server
+    /// with no workers of its own; jobs per second from the moment the paused service
+    /// resumes (every worker said hello, the compile cache is warm) until all are done.
+    fn remote_drain(&self, wasm: &[u8], tmp: &std::path::Path, n: usize) -> Result<f64, CliError> {
+        let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+        let dir = tmp.join("remote");
+        std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+        let mut config = plughost::config::Config::default();
+        let hash = {
+            let pipeline = plughost::server::open_host(&config, &dir).map_err(|e| fail(&e))?;
+            let (reg, context) = bench_step(&pipeline, wasm, self.reuse)?;
+            prequeue(&pipeline, &reg, &context, self.jobs)?;
+            reg.assembly.hash
+        };
+        // The workers' compile cache, warmed as a worker's first start would.
+        let cache = dir.join("worker-cache");
+        {
+            let index = plughost::remote::FileArtifacts::new(cache.join("index")).map_err(|e| fail(&e))?;
+            let rc = config.runtime_config(&cache);
+            let runtime = plughost::runtime::Runtime::new(rc, Some(Arc::new(index))).map_err(|e| fail(&e))?;
+            runtime.load(&hash, || Ok(wasm.to_vec())).map_err(|e| fail(&e))?;
+        }
+        config.listen = "127.0.0.1:0".parse().expect("address");
+        config.workers.workers = 0;
+        config.admin_token = Some("bench".into());
+        config.worker_token = Some("bench-worker".into());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::new("runtime", e.to_string()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = rt.spawn(plughost::server::serve(config, dir.clone(), Some(tx)));
+        let addr = rt.block_on(rx).map_err(|_| CliError::new("serve_failed", "the benchmark server did not start"))?;
+        let base = format!("http://{addr}/api/v1");
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let admin = |path: &str| -> Result<serde_json::Value, CliError> {
+            let req = |p: &str| format!("{base}{p}");
+            let mut resp = if path.starts_with("/service/") {
+                agent.post(req(path)).header("Authorization", "Bearer bench").send_empty()
+            } else {
+                agent.get(req(path)).header("Authorization", "Bearer bench").call()
+            }
+            .map_err(|e| fail(&e))?;
+            resp.body_mut().read_json().map_err(|e| fail(&e))
+        };
+        admin("/service/pause")?;
+        let exe = std::env::current_exe().map_err(|e| fail(&e))?;
+        let per_process = (self.workers / n).max(1);
+        let mut children = Vec::new();
+        for i in 0..n {
+            let child = std::process::Command::new(&exe)
+                .args(["--data-dir"])
+                .arg(dir.join(format!("worker-{i}")))
+                .args(["--server", &format!("http://{addr}"), "worker", "--worker-token", "bench-worker"])
+                .args(["--workers", &per_process.to_string(), "--batch", &self.batch.to_string()])
+                .args(["--name", &format!("bench-{i}"), "--cache-dir"])
+                .arg(&cache)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| fail(&e))?;
+            children.push(child);
+        }
+        let stop = |children: &mut Vec<std::process::Child>| {
+            for c in children.iter_mut() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            }
+            for c in children.iter_mut() {
+                let _ = c.wait();
+            }
+        };
+        let waited = Instant::now();
+        while admin("/workers")?.as_array().map_or(0, Vec::len) < n {
+            if waited.elapsed() > Duration::from_secs(60) {
+                stop(&mut children);
+                return Err(CliError::new("bench", "the remote workers did not say hello within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Instant::now();
+        admin("/service/resume")?;
+        let done = |status: &serde_json::Value, name: &str| -> u64 {
+            status["counts"]["by_status"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s[0] == name))
+                .and_then(|s| s[2].as_u64())
+                .unwrap_or(0)
+        };
+        loop {
+            let status = admin("/service")?;
+            let (ok, failed) = (done(&status, "Succeeded"), done(&status, "Failed"));
+            if failed > 0 {
+                stop(&mut children);
+                return Err(CliError::new("bench", format!("{failed} remote benchmark jobs failed")));
+            }
+            if ok as usize >= self.jobs {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rate = self.jobs as f64 / started.elapsed().as_secs_f64();
+        stop(&mut children);
+        server.abort();
+        rt.shutdown_timeout(Duration::from_secs(2));
+        Ok(rate)
     }
 }
 

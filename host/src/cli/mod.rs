@@ -14,6 +14,7 @@ mod status;
 mod steps;
 mod test;
 mod unregister;
+mod worker;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -98,6 +99,11 @@ enum Command {
     /// Measure the service (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Run the asynchronous service in this process for a server elsewhere.
+    Worker(worker::Worker),
+    /// The remote workers serving a server.
+    #[command(subcommand)]
+    Workers(worker::Workers),
 }
 
 impl Cli {
@@ -116,6 +122,8 @@ impl Cli {
             Command::Status(c) => c.run(&g),
             Command::Bench(c) => c.run(&g),
             Command::Service(c) => c.run(&g),
+            Command::Worker(c) => c.run(&g),
+            Command::Workers(c) => c.run(&g),
         }
     }
 }

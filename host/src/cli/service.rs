@@ -24,7 +24,7 @@ impl Service {
         let status = g.backend()?.service(action)?;
         g.print(&status, || {
             let state = match (status.running, status.paused) {
-                (false, _) => "not running (no server, or a server without workers)",
+                (false, _) => "not running (no server, or a server without workers or remote workers)",
                 (true, true) => "paused",
                 (true, false) => "running",
             };
@@ -36,8 +36,9 @@ impl Service {
                 .map(|(s, c, n)| format!("{s} ({c}) {n}"))
                 .collect();
             format!(
-                "service   {state}\nworkers   {}\nrunnable  {}\njobs      {}\n",
+                "service   {state}\nworkers   {} in the server, {} remote\nrunnable  {}\njobs      {}\n",
                 status.workers,
+                status.remote_workers,
                 status.counts.runnable,
                 if counts.is_empty() { "none".into() } else { counts.join(", ") }
             )

@@ -19,14 +19,14 @@ impl Pipeline {
     /// through the pipeline as top-level requests, each in its own savepoint. The
     /// successful ones' effects and the new progress come back, to be committed with
     /// the run's completion. Blocks.
-    pub fn run_bulk(self: &Arc<Self>, job: &SystemJob) -> JobRun {
+    pub fn run_bulk(self: &Arc<Self>, job: &SystemJob, stop: Arc<std::sync::atomic::AtomicBool>) -> JobRun {
         use crate::bulk::{BATCH, BulkSpec, Failure as RowFailure, ImportFormat, Progress, typed_row};
         let started = std::time::Instant::now();
         let spec = match BulkSpec::from_job(job) {
             Ok(s) => s,
             Err(m) => return JobRun::failed("invalid_job", m),
         };
-        let snapshot = match self.store.snapshot() {
+        let snapshot = match self.source.view(Some(job)) {
             Ok(s) => s,
             Err(e) => return JobRun::retry("store_error", e.to_string()),
         };
@@ -36,6 +36,7 @@ impl Pipeline {
             job.correlation_id,
             job.context.initiating_user_id,
             self.defaults.write_bytes,
+            stop,
         );
         let failure = |row: Option<u64>, id: Option<Uuid>, e: &PipelineError| RowFailure {
             row,
@@ -68,7 +69,7 @@ impl Pipeline {
                 found.more_records
             }
             BulkSpec::Import { entity, format, rows } => {
-                let batch = match self.store.bulk_rows(job.id, progress.next_row, BATCH) {
+                let batch = match self.source.bulk_rows(job, progress.next_row, BATCH) {
                     Ok(batch) => batch,
                     Err(e) => return JobRun::retry("store_error", e.to_string()),
                 };
@@ -125,14 +126,14 @@ pub struct NewJob {
 impl Pipeline {
     /// Builds a job for a step from a [`NewJob`]; refuses a bad pattern or step.
     pub fn new_job(&self, spec: NewJob) -> Result<SystemJob> {
-        let step = self.store.resolve_step(&spec.step)?;
+        let step = self.store().resolve_step(&spec.step)?;
         if step.mode != Mode::Asynchronous {
             return Err(PipelineError::Invalid(format!(
                 "step '{}' is synchronous: jobs run asynchronous steps",
                 step.name
             )));
         }
-        let assembly = self.store.plugin(&step.plugin)?.map(|p| p.assembly);
+        let assembly = self.store().plugin(&step.plugin)?.map(|p| p.assembly);
         let context = ExecutionContext {
             message_name: step.message.clone(),
             primary_entity_name: step.entity.clone().unwrap_or_default(),
@@ -153,7 +154,7 @@ impl Pipeline {
     /// A bulk delete job for `spec`, checked against the entity's definition.
     pub fn new_bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob> {
         let q = &spec.query;
-        let def = self.store.snapshot()?.definition(&q.entity_name)?.ok_or_else(|| unknown_entity(&q.entity_name))?;
+        let def = self.store().snapshot()?.definition(&q.entity_name)?.ok_or_else(|| unknown_entity(&q.entity_name))?;
         check_query(q, &def)?;
         let mut job = crate::bulk::BulkSpec::Delete { query: spec.query }.job(spec.name);
         schedule(&mut job, spec.postpone_until, spec.recurrence_pattern, spec.recurrence_start)?;
@@ -168,7 +169,7 @@ impl Pipeline {
         bytes: &[u8],
         name: Option<String>,
     ) -> Result<(SystemJob, Vec<Entity>)> {
-        let def = self.store.snapshot()?.definition(entity)?.ok_or_else(|| unknown_entity(entity))?;
+        let def = self.store().snapshot()?.definition(entity)?.ok_or_else(|| unknown_entity(entity))?;
         let rows = crate::bulk::parse_import(&def, format, bytes).map_err(PipelineError::Invalid)?;
         let spec = crate::bulk::BulkSpec::Import { entity: entity.to_owned(), format, rows: rows.len() as u64 };
         Ok((spec.job(name), rows))

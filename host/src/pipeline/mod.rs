@@ -17,9 +17,11 @@ mod overlay;
 mod read;
 mod scope;
 mod service;
+mod source;
 mod steps;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
@@ -31,6 +33,7 @@ use crate::store::{ChangeSet, CommitError, Committer, Store, StoreError};
 
 pub use self::jobs::{BulkDelete, JobRun, NewJob};
 use self::scope::Scope;
+pub use self::source::{Source, View};
 use self::steps::{StepIndex, invoke_step};
 
 /// Deepest a chain of plug-in calls may go (Dataverse's limit).
@@ -157,11 +160,20 @@ impl PipelineError {
 type Result<T, E = PipelineError> = std::result::Result<T, E>;
 
 pub struct Pipeline {
-    store: Arc<Store>,
+    source: Arc<dyn Source>,
+    /// The store and its writer; `None` on a remote worker, whose jobs' effects go
+    /// back to the server with their completions.
+    local: Option<Local>,
     runtime: Arc<Runtime>,
-    committer: Committer,
     defaults: Limits,
     steps: RwLock<Arc<StepIndex>>,
+    /// Counts registry reloads: remote workers reload theirs when it changes.
+    generation: AtomicU64,
+}
+
+struct Local {
+    store: Arc<Store>,
+    committer: Committer,
 }
 
 impl Pipeline {
@@ -171,27 +183,65 @@ impl Pipeline {
         committer: Committer,
         defaults: Limits,
     ) -> Result<Arc<Pipeline>> {
-        let steps = RwLock::new(Arc::new(StepIndex::load(&store)?));
-        Ok(Arc::new(Pipeline { store, runtime, committer, defaults, steps }))
+        let source: Arc<dyn Source> = store.clone();
+        Self::with_source(source, Some(Local { store, committer }), runtime, defaults)
     }
 
+    /// A pipeline that reads through `source` and commits nothing itself: a remote
+    /// worker's, whose job runs return their effects for the server to commit.
+    pub fn remote(source: Arc<dyn Source>, runtime: Arc<Runtime>, defaults: Limits) -> Result<Arc<Pipeline>> {
+        Self::with_source(source, None, runtime, defaults)
+    }
+
+    fn with_source(
+        source: Arc<dyn Source>,
+        local: Option<Local>,
+        runtime: Arc<Runtime>,
+        defaults: Limits,
+    ) -> Result<Arc<Pipeline>> {
+        let steps = RwLock::new(Arc::new(StepIndex::load(source.as_ref())?));
+        Ok(Arc::new(Pipeline { source, local, runtime, defaults, steps, generation: AtomicU64::new(0) }))
+    }
+
+    fn local(&self) -> &Local {
+        // Only `Pipeline::remote` leaves it out, and a remote worker calls nothing that needs it.
+        self.local.as_ref().expect("the server's and the CLI's pipelines have a store")
+    }
+
+    /// The store (not on a remote worker's pipeline).
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        &self.local().store
+    }
+
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    /// How often the registry was reloaded since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
     }
 
+    /// The store's writer (not on a remote worker's pipeline).
     pub fn committer(&self) -> &Committer {
-        &self.committer
+        &self.local().committer
     }
 
     /// Re-reads the registry; call after plug-ins or steps change.
     pub fn reload_steps(&self) -> Result<()> {
-        let index = Arc::new(StepIndex::load(&self.store)?);
+        let index = Arc::new(StepIndex::load(self.source.as_ref())?);
         *self.steps.write().unwrap_or_else(|p| p.into_inner()) = index;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The assembly each plug-in runs now.
+    pub fn plugin_assemblies(&self) -> Vec<crate::model::AssemblyHash> {
+        self.steps.read().unwrap_or_else(|p| p.into_inner()).assemblies.values().copied().collect()
     }
 
     /// Runs `request` through the pipeline and commits its effects durably.
@@ -199,13 +249,17 @@ impl Pipeline {
     pub fn execute(self: &Arc<Self>, request: Request, caller: &Caller) -> Result<Response> {
         let correlation_id = caller.correlation_id.unwrap_or_else(Uuid::new_v4);
         let mut conflict = String::new();
+        let Some(local) = &self.local else {
+            return Err(PipelineError::Invalid("a remote worker's pipeline runs jobs, not requests".into()));
+        };
         for _ in 0..MAX_ATTEMPTS {
             let scope = Scope::new(
                 self.clone(),
-                self.store.snapshot()?,
+                self.source.view(None)?,
                 correlation_id,
                 caller.user_id,
                 self.defaults.write_bytes,
+                Arc::default(),
             );
             let response =
                 scope.run(request.clone(), 1, BTreeMap::new()).map(|(r, _)| r).map_err(|e| scope.root_cause(e))?;
@@ -213,7 +267,7 @@ impl Pipeline {
             if changes.is_empty() {
                 return Ok(response);
             }
-            match self.committer.commit_blocking(changes) {
+            match local.committer.commit_blocking(changes) {
                 Ok(_) => return Ok(response),
                 Err(CommitError::Conflict { entity, id }) => conflict = format!("{entity} {id}"),
                 Err(CommitError::Store(e) | CommitError::Refused(e)) => return Err(e.into()),
@@ -225,8 +279,9 @@ impl Pipeline {
 
     /// Runs a plug-in execution job: the plug-in's writes are buffered (and run
     /// through the pipeline at depth + 1) and returned as the job's effects, to be
-    /// committed with its completion. Blocks.
-    pub fn run_job(self: &Arc<Self>, job: &SystemJob) -> JobRun {
+    /// committed with its completion. Its plug-ins stop when `stop` is set (the job
+    /// was canceled or paused). Blocks.
+    pub fn run_job(self: &Arc<Self>, job: &SystemJob, stop: Arc<AtomicBool>) -> JobRun {
         let steps = self.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
         let orphan = |what: String| {
             JobRun::failed("plugin_not_registered", format!("{what} was unregistered while this job was queued"))
@@ -239,10 +294,7 @@ impl Pipeline {
             let queued = job.assembly.map(|h| format!(", assembly {} at queue time", h.short())).unwrap_or_default();
             return orphan(format!("plug-in '{}'{queued}", step.plugin));
         };
-        let store = self.store.clone();
-        let plugin = match self.runtime.load(&hash, || {
-            store.assembly_bytes(&hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
-        }) {
+        let plugin = match self.runtime.load(&hash, || self.source.assembly_bytes(&hash)) {
             Ok(p) => p,
             Err(e) => {
                 return JobRun::failed(
@@ -251,13 +303,19 @@ impl Pipeline {
                 );
             }
         };
-        let snapshot = match self.store.snapshot() {
+        let snapshot = match self.source.view(Some(job)) {
             Ok(s) => s,
             Err(e) => return JobRun::retry("store_error", e.to_string()),
         };
         let limits = self.defaults.with(&step.limits);
-        let scope =
-            Scope::new(self.clone(), snapshot, job.correlation_id, job.context.initiating_user_id, limits.write_bytes);
+        let scope = Scope::new(
+            self.clone(),
+            snapshot,
+            job.correlation_id,
+            job.context.initiating_user_id,
+            limits.write_bytes,
+            stop,
+        );
         let mut context = job.context.clone();
         context.operation_id = Some(job.id);
         let invocation = invoke_step(&self.runtime, step, &plugin, &context, &limits, scope.clone());

@@ -35,7 +35,7 @@ impl Scope {
         };
         // Records from the snapshot (unless this request changed them), then the request's own new ones.
         let want = if by_id { page.saturating_add(1).min(limit) } else { usize::MAX };
-        self.snapshot.scan(&q.entity_name, after, |id, rec| {
+        self.snapshot.scan(&q.entity_name, after, &mut |id, rec| {
             found.extend(match overlay.get(&id) {
                 Some(Some(mine)) => keep(id, mine),
                 Some(None) => None,

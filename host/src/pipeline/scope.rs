@@ -2,6 +2,7 @@
 //! runner that takes a message through its steps and core operation.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 
 use uuid::Uuid;
@@ -13,11 +14,11 @@ use crate::model::{Entity, EntityCollection, ExecutionContext, ExecutionResult, 
 use crate::query;
 use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord};
 use crate::runtime::{CallContext, ErrorCode, Failure, OrganizationService, ServiceError};
-use crate::store::{ChangeSet, RecordChange, Snapshot, StoredRecord};
+use crate::store::{ChangeSet, RecordChange, StoredRecord};
 
 use super::jobs::unknown_entity;
 use super::overlay::{Overlay, Slot, record_bytes};
-use super::{MAX_DEPTH, Pipeline, PipelineError, Request, Response, Result, StepIndex, invoke_step};
+use super::{MAX_DEPTH, Pipeline, PipelineError, Request, Response, Result, StepIndex, View, invoke_step};
 
 /// One request in flight: its snapshot, its write buffer and its jobs. It is the
 /// organization service the request's plug-ins call.
@@ -25,7 +26,7 @@ pub(super) struct Scope {
     pub(super) me: Weak<Scope>,
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) steps: Arc<StepIndex>,
-    pub(super) snapshot: Snapshot,
+    pub(super) snapshot: Box<dyn View>,
     pub(super) overlay: Mutex<Overlay>,
     pub(super) correlation_id: Uuid,
     pub(super) user_id: Uuid,
@@ -36,15 +37,18 @@ pub(super) struct Scope {
     pub(super) write_caps: Mutex<Vec<u64>>,
     /// Set when a write broke the limit, to name the root cause.
     pub(super) write_exceeded: Mutex<Option<String>>,
+    /// Set when the job this scope runs was canceled or paused: its plug-ins stop.
+    pub(super) stop: Arc<AtomicBool>,
 }
 
 impl Scope {
     pub(super) fn new(
         pipeline: Arc<Pipeline>,
-        snapshot: Snapshot,
+        snapshot: Box<dyn View>,
         correlation_id: Uuid,
         user_id: Uuid,
         write_bytes: u64,
+        stop: Arc<AtomicBool>,
     ) -> Arc<Scope> {
         let steps = pipeline.steps.read().unwrap_or_else(|p| p.into_inner()).clone();
         Arc::new_cyclic(|me| Scope {
@@ -58,6 +62,7 @@ impl Scope {
             depth_exceeded: Mutex::new(None),
             write_caps: Mutex::new(vec![write_bytes]),
             write_exceeded: Mutex::new(None),
+            stop,
         })
     }
 
@@ -402,14 +407,11 @@ impl Scope {
                 format!("plug-in '{}' is not registered", step.plugin),
             )));
         };
-        let store = self.pipeline.store.clone();
         let hash = *hash;
         let plugin = self
             .pipeline
             .runtime
-            .load(&hash, || {
-                store.assembly_bytes(&hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
-            })
+            .load(&hash, || self.pipeline.source.assembly_bytes(&hash))
             .map_err(|e| failed(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))))?;
         let me: Arc<dyn OrganizationService> = self.me.upgrade().expect("a scope outlives its invocations");
         let limits = self.pipeline.defaults.with(&step.limits);

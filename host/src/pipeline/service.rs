@@ -9,6 +9,10 @@ use crate::runtime::{CallContext, OrganizationService, ServiceError};
 use super::{Request, Response, Scope};
 
 impl OrganizationService for Scope {
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn create(&self, caller: &CallContext, record: Entity) -> std::result::Result<Uuid, ServiceError> {
         match self.nested(caller, Request::Create { record })? {
             Response::Created(id) => Ok(id),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::Source;
 use crate::model::{AssemblyHash, ExecutionContext, Mode, Stage};
 use crate::registry::StepRecord;
 use crate::runtime::{InstanceCache, Invocation, Limits, LoadedPlugin, OrganizationService, Reuse, Runtime};
-use crate::store::Store;
 
 use super::Result;
 
@@ -24,12 +24,13 @@ pub(super) struct StepIndex {
 }
 
 impl StepIndex {
-    pub(super) fn load(store: &Store) -> Result<StepIndex> {
+    pub(super) fn load(source: &dyn Source) -> Result<StepIndex> {
         let mut index = StepIndex::default();
-        for p in store.plugins()? {
+        let (plugins, steps) = source.registry()?;
+        for p in plugins {
             index.assemblies.insert(p.name, p.assembly);
         }
-        for s in store.steps()? {
+        for s in steps {
             index.by_id.insert(s.id, s.clone());
             if s.enabled {
                 index.by_message.entry(s.message.clone()).or_default().push(s);

@@ -78,18 +78,25 @@ impl Limits {
     }
 }
 
-/// A step's own limits; `None` keeps the host default. (No `skip_serializing_if`:
-/// the binary codec needs every field.)
+/// A step's own limits; `None` keeps the host default (and is left out of JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LimitOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_calls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub write_bytes: Option<u64>,
 }
 

@@ -506,7 +506,7 @@ impl Runtime {
             None => {
                 let mut store = Store::new(&self.engine, Sandbox::new(limits, service, caller));
                 store.limiter(|s| s);
-                store.epoch_deadline_trap();
+                store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().on_tick()));
                 (store, None)
             }
         };
@@ -516,7 +516,9 @@ impl Runtime {
                 None,
             );
         }
-        store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1);
+        // Every tick the callback checks whether the work was stopped and counts down the timeout.
+        store.data_mut().ticks_left = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+        store.set_epoch_deadline(1);
         store.set_hostcall_fuel(hostcall_fuel(limits));
 
         let wit_context = bindings::context_to_wit(context);
@@ -649,6 +651,9 @@ fn classify(
                 ErrorCode::MemoryLimit,
                 format!("the plug-in tried to use more than {} bytes of memory", limits.memory_bytes),
             );
+        }
+        Some(Breach::Stopped) => {
+            return Failure::new(ErrorCode::Stopped, "the job was canceled or paused while the plug-in ran: stopped");
         }
         None => {}
     }

@@ -44,10 +44,12 @@ pub enum ErrorCode {
     /// The plug-in passed more data to the host in one call or in its result than
     /// the host copies (wasmtime's hostcall fuel, sized from the payload limits).
     TransferLimit,
+    /// The job the plug-in ran for was canceled or paused, and the host stopped it.
+    Stopped,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::PluginError,
         ErrorCode::PluginRetryable,
         ErrorCode::Trap,
@@ -63,6 +65,7 @@ impl ErrorCode {
         ErrorCode::InstantiationFailed,
         ErrorCode::PluginExited,
         ErrorCode::TransferLimit,
+        ErrorCode::Stopped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::InstantiationFailed => "instantiation_failed",
             ErrorCode::PluginExited => "plugin_exited",
             ErrorCode::TransferLimit => "transfer_limit",
+            ErrorCode::Stopped => "stopped",
         }
     }
 

@@ -28,6 +28,8 @@ pub(crate) enum Breach {
     Trace,
     HostCalls,
     Memory,
+    /// The work was canceled or paused ([`OrganizationService::stopped`]).
+    Stopped,
 }
 
 /// The trace log shared by `tracing.trace`, stdout and stderr, bounded.
@@ -171,6 +173,8 @@ pub(crate) struct Sandbox {
     pub(crate) breach: Option<Breach>,
     /// When the invocation's wall-clock budget ends: WASI's blocking waits end here.
     deadline: Instant,
+    /// Epoch ticks left before the timeout; the epoch callback counts them down.
+    pub(crate) ticks_left: u64,
 }
 
 impl Sandbox {
@@ -196,7 +200,22 @@ impl Sandbox {
             host_calls: 0,
             breach: None,
             deadline: deadline(limits),
+            ticks_left: 0,
         }
+    }
+
+    /// Called at every epoch tick while the guest runs: stops it when its work was
+    /// stopped (canceled or paused), traps it when its time is up.
+    pub(crate) fn on_tick(&mut self) -> wasmtime::UpdateDeadline {
+        if self.service.stopped() {
+            self.breach.get_or_insert(Breach::Stopped);
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        if self.ticks_left <= 1 {
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        self.ticks_left -= 1;
+        wasmtime::UpdateDeadline::Continue(1)
     }
 
     /// Prepares a kept instance's state for its next invocation: a fresh trace log,

@@ -74,6 +74,11 @@ pub trait OrganizationService: Send + Sync {
         message: String,
         parameters: Parameters,
     ) -> Result<Parameters, ServiceError>;
+    /// Whether the work this invocation does for was canceled or paused meanwhile:
+    /// the runtime checks it every epoch tick and stops the plug-in (`stopped`).
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// A service with no data: every call is refused. For plug-ins run without a

@@ -23,7 +23,7 @@ use crate::pipeline::{Caller, Request, Response};
 use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
 use crate::store::JobAction;
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
@@ -51,14 +51,15 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}", get(job).delete(delete_job))
         .route("/jobs/{id}/{action}", post(job_action))
         .route("/service", get(service))
-        .route("/service/{action}", post(service_action));
+        .route("/service/{action}", post(service_action))
+        .route("/workers", get(super::workers::list));
     let admin = limited(admin, state.config.max_body_bytes, "max_body_bytes")
         .merge(uploads)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .nest("/api/v1", data.merge(admin))
+        .nest("/api/v1", data.merge(admin).merge(super::workers::routes(&state)))
         .fallback(|| async { ApiError::not_found("no such route: see the API reference in README.md") })
         .with_state(state)
 }
@@ -70,6 +71,14 @@ async fn require_admin(State(state): State<AppState>, request: HttpRequest, next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), state.worker_token.as_bytes()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the worker token may only call the worker routes (/api/v1/worker/...); this route needs the admin token",
+        )
+        .into_response();
+    }
     if !constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -103,19 +112,19 @@ async fn refuse_oversize(limit: usize, setting: &'static str, request: HttpReque
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Runs blocking work (plug-ins, durable writes) off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
         Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("worker failed: {e}")))
     })
 }
 
 /// A request body, or the error of one too large, too slow or unreadable.
-fn raw_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+pub(super) fn raw_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(cause) = source {
@@ -138,7 +147,7 @@ fn raw_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
 }
 
 /// Parses a JSON body with errors in the API's own shape.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+pub(super) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let bytes = raw_body(body)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not valid: {e}")))
@@ -162,7 +171,7 @@ fn guid_param(s: &str) -> ApiResult<Uuid> {
 }
 
 /// Runs an administrative operation on a blocking thread.
-async fn admin<T: Send + 'static>(
+pub(super) async fn admin<T: Send + 'static>(
     state: &AppState,
     op: impl FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
 ) -> ApiResult<T> {
@@ -562,13 +571,6 @@ async fn service(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>
 
 async fn service_action(State(state): State<AppState>, Path(action): Path<String>) -> ApiResult<Json<ServiceStatus>> {
     let action: ServiceAction = action.parse().map_err(ApiError::not_found)?;
-    if state.admin.workers().is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_workers",
-            "this server runs no workers (workers.workers = 0)",
-        ));
-    }
     admin(&state, move |a| a.service(Some(action))).await.map(Json)
 }
 

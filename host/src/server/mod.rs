@@ -7,6 +7,7 @@
 mod api;
 mod error;
 mod listen;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
 use crate::runtime::{ArtifactIndex, Runtime};
 use crate::store::{Committer, JobQueue, Store};
-use crate::worker::WorkerPool;
+use crate::worker::{WorkQueue, WorkerPool};
 
 /// Everything a handler needs.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
     /// The operations every handler calls.
     pub admin: Arc<Admin>,
     pub admin_token: Arc<str>,
+    /// The credential of remote workers: the worker routes only.
+    pub worker_token: Arc<str>,
     pub config: Arc<Config>,
 }
 
@@ -69,6 +72,7 @@ pub async fn serve(
         .with_max_lease_expirations(config.workers.max_lease_expirations);
     tokio::task::block_in_place(|| queue.ensure_deletion_service(deletion_service.as_deref()))?;
     let admin_token: Arc<str> = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?.into();
+    let worker_token: Arc<str> = config.worker_token(&data_dir).map_err(anyhow::Error::msg)?.into();
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {}: {e} (is another server running? use --listen)", config.listen)
     })?;
@@ -81,15 +85,18 @@ pub async fn serve(
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let workers = (config.workers.workers > 0)
-        .then(|| WorkerPool::start(pipeline.clone(), queue.clone(), config.workers.clone()));
+    let mut admin = tokio::task::block_in_place(|| Admin::new(pipeline.clone(), queue.clone()))?
+        .with_worker_config(&config.workers, config.limits);
+    let workers = (config.workers.workers > 0).then(|| {
+        let queue: Arc<dyn WorkQueue> = Arc::new(queue.clone());
+        WorkerPool::start(pipeline.clone(), queue, config.workers.clone(), admin.is_paused())
+    });
     let grace = std::time::Duration::from_millis(config.workers.shutdown_grace_ms);
     let http = config.http.clone();
-    let mut admin = Admin::new(pipeline, queue);
     if let Some(w) = &workers {
         admin = admin.with_workers(w.clone(), config.workers.workers);
     }
-    let state = AppState { admin: Arc::new(admin), admin_token, config: Arc::new(config) };
+    let state = AppState { admin: Arc::new(admin), admin_token, worker_token, config: Arc::new(config) };
     listen::serve(listener, app(state), &http, shutdown_signal(), grace).await;
     if let Some(w) = workers {
         // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.
@@ -105,7 +112,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -24,7 +24,7 @@ use crate::jobs::SystemJob;
 const QUEUE_BOUND: usize = 4096;
 
 /// One record written by a change set.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RecordChange {
     pub entity: String,
     pub id: Uuid,

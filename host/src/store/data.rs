@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::jobs::fill_context;
-use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, all, get};
+use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, get};
 use crate::codec;
 use crate::jobs::{JobQuery, SystemJob};
 use crate::metadata::EntityDefinition;
@@ -71,7 +71,7 @@ impl Snapshot {
     }
 
     pub fn definition(&self, name: &str) -> Result<Option<EntityDefinition>> {
-        get(&self.txn.open_table(ENTITY_DEFS)?, name)
+        super::get_row(&self.txn.open_table(ENTITY_DEFS)?, name)
     }
 }
 
@@ -82,7 +82,7 @@ impl Store {
 
     pub fn definitions(&self) -> Result<Vec<EntityDefinition>> {
         let txn = self.db.begin_read()?;
-        all(&txn.open_table(ENTITY_DEFS)?)
+        super::all_rows(&txn.open_table(ENTITY_DEFS)?)
     }
 
     /// Defines an entity, or adds attributes to an existing one.
@@ -91,15 +91,23 @@ impl Store {
         let txn = self.db.begin_write()?;
         let merged = {
             let mut table = txn.open_table(ENTITY_DEFS)?;
-            let mut current: EntityDefinition = get(&table, def.name.as_str())?
+            let mut current: EntityDefinition = super::get_row(&table, def.name.as_str())?
                 .unwrap_or_else(|| EntityDefinition { name: def.name.clone(), attributes: BTreeMap::new() });
             current.merge(def).map_err(StoreError::Conflict)?;
             current.validate().map_err(StoreError::Invalid)?;
-            table.insert(def.name.as_str(), codec::encode(&current)?.as_slice())?;
+            table.insert(def.name.as_str(), super::rows::encode(&current)?.as_slice())?;
             current
         };
         txn.commit()?;
         Ok(merged)
+    }
+
+    /// Whether job `id` is locked (leased) with fencing token `token`: what a remote
+    /// worker's reads for the job need.
+    pub fn is_leased_with(&self, id: Uuid, token: u64) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let job: Option<SystemJob> = get(&txn.open_table(JOBS)?, id.as_u128())?;
+        Ok(job.is_some_and(|j| j.state() == crate::jobs::JobState::Locked && j.fencing_token == token))
     }
 
     pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {

@@ -321,7 +321,7 @@ pub(super) fn upgrade_step_records(txn: &WriteTransaction) -> Result<u64> {
     for entry in steps.iter().map_err(err)? {
         let (k, v) = entry.map_err(err)?;
         let old: super::legacy::StepV3 = codec::decode(v.value())?;
-        rewritten.push((k.value(), codec::encode(&crate::records::StepRecord::from(old))?));
+        rewritten.push((k.value(), super::rows::encode(&crate::records::StepRecord::from(old))?));
     }
     for (k, bytes) in &rewritten {
         steps.insert(*k, bytes.as_slice()).map_err(err)?;
@@ -431,7 +431,7 @@ pub(crate) fn release(t: &mut Tables<'_>, old: &SystemJob, now: i64) -> Result<(
 }
 
 /// What renewing one lease found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Renewal {
     /// Still this worker's, running on: the lease now ends later.
     Renewed,
@@ -515,8 +515,9 @@ pub(crate) fn jobs_of_step(t: &Tables<'_>, step: Uuid, max: usize) -> Result<Vec
     Ok(out)
 }
 
-/// Fails the waiting jobs of a step that no longer exists (`plugin_not_registered`).
-/// Running ones are failed when their worker completes them.
+/// Fails the unfinished jobs of a step that no longer exists (`plugin_not_registered`).
+/// Leased and running ones fail too: their lock ends, so their worker's completion is
+/// refused as stale and its heartbeat learns the job is lost (and stops the plug-in).
 pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, now: i64) -> Result<usize> {
     with_tables(txn, |t| orphan_step_jobs_in(t, step, what, now))
 }
@@ -524,14 +525,13 @@ pub(crate) fn orphan_step_jobs(txn: &WriteTransaction, step: Uuid, what: &str, n
 fn orphan_step_jobs_in(t: &mut Tables<'_>, step: Uuid, what: &str, now: i64) -> Result<usize> {
     let mut failed = 0;
     for old in jobs_of_step(t, step, usize::MAX)? {
-        if old.state() == JobState::Locked {
-            continue;
-        }
+        let when = if old.state() == JobState::Locked { "ran" } else { "was queued" };
         let mut new = old.clone();
         new.status = JobStatus::Failed;
         new.completed_on = Some(now);
+        new.lease_expiry = None;
         new.error_code = Some("plugin_not_registered".into());
-        new.message = Some(format!("{what} was unregistered while this job was queued"));
+        new.message = Some(format!("{what} was unregistered while this job {when}"));
         put_job(t, Some(&old), Some(&new), now)?;
         failed += 1;
     }

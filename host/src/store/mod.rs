@@ -16,6 +16,7 @@ mod data;
 mod jobs;
 mod legacy;
 mod queue;
+mod rows;
 
 /// How a run ended (re-exported from `jobs`, where the job policy lives).
 pub use crate::jobs::JobResult;
@@ -205,7 +206,7 @@ impl Store {
 
     pub fn assembly(&self, hash: &AssemblyHash) -> Result<Option<AssemblyRecord>> {
         let txn = self.db.begin_read()?;
-        get(&txn.open_table(ASSEMBLIES)?, hash.0)
+        get_row(&txn.open_table(ASSEMBLIES)?, hash.0)
     }
 
     pub fn assembly_bytes(&self, hash: &AssemblyHash) -> Result<Option<Vec<u8>>> {
@@ -216,28 +217,28 @@ impl Store {
 
     pub fn assemblies(&self) -> Result<Vec<AssemblyRecord>> {
         let txn = self.db.begin_read()?;
-        all(&txn.open_table(ASSEMBLIES)?)
+        all_rows(&txn.open_table(ASSEMBLIES)?)
     }
 
     pub fn plugin(&self, name: &str) -> Result<Option<PluginRecord>> {
         let txn = self.db.begin_read()?;
-        get(&txn.open_table(PLUGINS)?, name)
+        get_row(&txn.open_table(PLUGINS)?, name)
     }
 
     pub fn plugins(&self) -> Result<Vec<PluginRecord>> {
         let txn = self.db.begin_read()?;
-        all(&txn.open_table(PLUGINS)?)
+        all_rows(&txn.open_table(PLUGINS)?)
     }
 
     pub fn step(&self, id: Uuid) -> Result<Option<StepRecord>> {
         let txn = self.db.begin_read()?;
-        get(&txn.open_table(STEPS)?, id.as_u128())
+        get_row(&txn.open_table(STEPS)?, id.as_u128())
     }
 
     /// Every step, in rank order within (message, entity, stage).
     pub fn steps(&self) -> Result<Vec<StepRecord>> {
         let txn = self.db.begin_read()?;
-        let mut steps: Vec<StepRecord> = all(&txn.open_table(STEPS)?)?;
+        let mut steps: Vec<StepRecord> = all_rows(&txn.open_table(STEPS)?)?;
         steps.sort_by(|a, b| {
             (&a.message, &a.entity, a.stage, a.rank, a.created_at).cmp(&(
                 &b.message,
@@ -280,21 +281,21 @@ impl Store {
             let mut assemblies = txn.open_table(ASSEMBLIES)?;
             let assembly_is_new = assemblies.get(assembly.hash.0)?.is_none();
             if assembly_is_new {
-                assemblies.insert(assembly.hash.0, codec::encode(&assembly)?.as_slice())?;
+                assemblies.insert(assembly.hash.0, rows::encode(&assembly)?.as_slice())?;
                 txn.open_table(ASSEMBLY_BYTES)?.insert(assembly.hash.0, bytes)?;
             }
             let mut plugins = txn.open_table(PLUGINS)?;
-            let previous: Option<PluginRecord> = get(&plugins, plugin.name.as_str())?;
+            let previous: Option<PluginRecord> = get_row(&plugins, plugin.name.as_str())?;
             if let Some(prev) = &previous {
                 plugin.created_at = prev.created_at;
                 if plugin.description.is_none() {
                     plugin.description = prev.description.clone();
                 }
             }
-            plugins.insert(plugin.name.as_str(), codec::encode(&plugin)?.as_slice())?;
+            plugins.insert(plugin.name.as_str(), rows::encode(&plugin)?.as_slice())?;
             let mut table = txn.open_table(STEPS)?;
             for step in &steps {
-                table.insert(step.id.as_u128(), codec::encode(step)?.as_slice())?;
+                table.insert(step.id.as_u128(), rows::encode(step)?.as_slice())?;
             }
             (assembly_is_new, previous.map(|p| p.assembly).filter(|h| *h != assembly.hash))
         };
@@ -311,7 +312,7 @@ impl Store {
                     step.plugin
                 )));
             }
-            txn.open_table(STEPS)?.insert(step.id.as_u128(), codec::encode(step)?.as_slice())?;
+            txn.open_table(STEPS)?.insert(step.id.as_u128(), rows::encode(step)?.as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -326,9 +327,9 @@ impl Store {
         let step = {
             let mut table = txn.open_table(STEPS)?;
             let mut step: StepRecord =
-                get(&table, id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
+                get_row(&table, id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
             change(&mut step);
-            table.insert(id.as_u128(), codec::encode(&step)?.as_slice())?;
+            table.insert(id.as_u128(), rows::encode(&step)?.as_slice())?;
             step
         };
         txn.commit()?;
@@ -343,7 +344,7 @@ impl Store {
             let mut table = txn.open_table(STEPS)?;
             let removed =
                 table.remove(id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
-            codec::decode::<StepRecord>(removed.value())?
+            rows::decode::<StepRecord>(removed.value())?
         };
         let what = format!("step '{}' ({})", step.name, step.id);
         jobs::orphan_step_jobs(&txn, step.id, &what, crate::clock::now_ms())?;
@@ -372,10 +373,10 @@ impl Store {
         let result = {
             let mut plugins = txn.open_table(PLUGINS)?;
             let plugin: PluginRecord =
-                get(&plugins, name)?.ok_or_else(|| StoreError::NotFound(format!("no plug-in named '{name}'")))?;
+                get_row(&plugins, name)?.ok_or_else(|| StoreError::NotFound(format!("no plug-in named '{name}'")))?;
             let mut steps_table = txn.open_table(STEPS)?;
             let steps: Vec<StepRecord> =
-                all::<u128, StepRecord>(&steps_table)?.into_iter().filter(|s| s.plugin == name).collect();
+                all_rows::<u128, StepRecord>(&steps_table)?.into_iter().filter(|s| s.plugin == name).collect();
             if !steps.is_empty() && !with_steps {
                 return Err(StoreError::Conflict(format!(
                     "plug-in '{name}' has {} step(s): remove them first or pass --with-steps",
@@ -402,7 +403,7 @@ impl Store {
     pub fn unregister_assembly(&self, hash: &AssemblyHash) -> Result<AssemblyRecord> {
         let txn = self.db.begin_write()?;
         let record = {
-            let users: Vec<String> = all::<&str, PluginRecord>(&txn.open_table(PLUGINS)?)?
+            let users: Vec<String> = all_rows::<&str, PluginRecord>(&txn.open_table(PLUGINS)?)?
                 .into_iter()
                 .filter(|p| p.assembly == *hash)
                 .map(|p| p.name)
@@ -417,7 +418,7 @@ impl Store {
             let mut assemblies = txn.open_table(ASSEMBLIES)?;
             let removed =
                 assemblies.remove(hash.0)?.ok_or_else(|| StoreError::NotFound(format!("no assembly {hash}")))?;
-            let record = codec::decode::<AssemblyRecord>(removed.value())?;
+            let record = rows::decode::<AssemblyRecord>(removed.value())?;
             txn.open_table(ASSEMBLY_BYTES)?.remove(hash.0)?;
             record
         };
@@ -469,15 +470,29 @@ where
     }
 }
 
-pub(crate) fn all<K, T>(table: &impl ReadableTable<K, &'static [u8]>) -> Result<Vec<T>>
+/// A registry record by key, decoded from its row (`rows`).
+fn get_row<'k, K, T, Tbl>(table: &Tbl, key: impl std::borrow::Borrow<K::SelfType<'k>>) -> Result<Option<T>>
 where
     K: redb::Key + 'static,
-    T: DeserializeOwned,
+    T: rows::Stored,
+    Tbl: ReadableTable<K, &'static [u8]>,
+{
+    match table.get(key)? {
+        Some(v) => Ok(Some(rows::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every registry record of a table, decoded from its rows.
+fn all_rows<K, T>(table: &impl ReadableTable<K, &'static [u8]>) -> Result<Vec<T>>
+where
+    K: redb::Key + 'static,
+    T: rows::Stored,
 {
     let mut out = Vec::new();
     for entry in table.iter()? {
         let (_, v) = entry?;
-        out.push(codec::decode(v.value())?);
+        out.push(rows::decode(v.value())?);
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@ mod http;
 mod model;
 mod queue;
 mod registry;
+mod remote;
 mod sandbox;
 mod server;
 

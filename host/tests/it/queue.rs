@@ -73,7 +73,7 @@ pub(crate) fn completed(jobs: &[Value]) -> bool {
     jobs.iter().all(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed" | "Canceled")))
 }
 
-fn create(s: &TestServer, name: &str) -> String {
+pub(crate) fn create(s: &TestServer, name: &str) -> String {
     s.post("/api/v1/entities/account", &json!({"name": name})).expect(201)["id"].as_str().unwrap().to_owned()
 }
 
@@ -281,7 +281,7 @@ fn job(s: &TestServer, id: &str) -> Value {
 }
 
 /// Polls one job until `done` holds for it, or panics after a minute.
-fn wait_job(s: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_job(s: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let j = job(s, id);
@@ -418,7 +418,7 @@ fn removing_a_step_fails_its_queued_jobs_at_once_and_a_pause_survives_a_restart(
 
 /// A server with the hostile plug-in and one asynchronous step per configuration,
 /// each run by `jobs create`.
-fn hostile_server(env: &[(&str, &str)], modes: &[&str]) -> TestServer {
+pub(crate) fn hostile_server(env: &[(&str, &str)], modes: &[&str]) -> TestServer {
     let s = server_with(env);
     register(&s, artifacts::HOSTILE, "hostile", &[]);
     for mode in modes {
@@ -430,7 +430,7 @@ fn hostile_server(env: &[(&str, &str)], modes: &[&str]) -> TestServer {
     s
 }
 
-fn create_job(s: &TestServer, step: &str) -> String {
+pub(crate) fn create_job(s: &TestServer, step: &str) -> String {
     s.post("/api/v1/jobs", &json!({"step": step})).expect(201)["id"].as_str().unwrap().to_owned()
 }
 

@@ -13,6 +13,12 @@ pub(crate) fn server() -> TestServer {
 /// The same, with extra environment (e.g. `PLUGHOST_WORKERS=0` to keep jobs queued).
 pub(crate) fn server_with(env: &[(&str, &str)]) -> TestServer {
     let s = TestServer::start_with(BIN, env);
+    define_entities(&s);
+    s
+}
+
+/// Defines the `account`, `task` and `audit` entities.
+pub(crate) fn define_entities(s: &TestServer) {
     s.put(
         "/api/v1/metadata/entities/account",
         &json!({"attributes": {"name": "text", "accountnumber": "text", "creditlimit": "money", "description": "text"}}),
@@ -28,7 +34,6 @@ pub(crate) fn server_with(env: &[(&str, &str)]) -> TestServer {
         &json!({"attributes": {"message": "text", "stage": "integer", "depth": "integer", "before": "text", "after": "text", "note": "text"}}),
     )
     .expect(200);
-    s
 }
 
 pub(crate) fn register(s: &TestServer, wasm: &str, name: &str, steps: &[&str]) {
