@@ -23,11 +23,15 @@ use crate::admin::{Admin, AdminError};
 use crate::clock::now_ms;
 use crate::jobs::RunOutcome;
 use crate::model::AssemblyHash;
+use crate::protocol::WireCompletion;
 use crate::protocol::{
     Completions, Heartbeat, Hello, LeaseRequest, Leased, MAX_SCAN, MAX_WAIT_MS, PROTOCOL_VERSION, Read, ReadAnswer,
     ReadRequest, Registry, Release, Renewed, Welcome, WireJob, WireOutcome, WorkerInfo,
 };
-use crate::store::{CommitError, Renewal};
+use crate::store::{CommitError, Outcomes, Renewal};
+
+/// Completions handed to the writer: how many, and their outcomes once durable.
+type Submitted = tokio::sync::oneshot::Receiver<Result<Outcomes, CommitError>>;
 use crate::worker::WorkerConfig;
 
 type Result<T, E = AdminError> = std::result::Result<T, E>;
@@ -136,24 +140,33 @@ impl Admin {
         })
     }
 
-    /// Leases jobs to a worker, waiting up to `wait_ms` for one when none is runnable.
+    /// Applies the completions a lease request carries and leases jobs to the worker,
+    /// in one group commit when the writer allows; waits up to `wait_ms` for a job
+    /// when none is runnable or the service is paused.
     pub fn worker_lease(&self, req: LeaseRequest) -> Result<Leased> {
         let fleet = self.fleet();
         let name = fleet.with(req.worker, |w| w.name.clone())?;
         let lease = Duration::from_millis(req.lease_ms.max(crate::worker::MIN_LEASE_MS));
         let max = req.max.clamp(1, MAX_LEASE);
+        let completed = (!req.completions.is_empty()).then(|| self.submit_completions(req.completions));
         let mut jobs = Vec::new();
         if !self.is_paused() {
             jobs = self.queue().lease(&name, max, lease).map_err(stopped)?;
-            if jobs.is_empty() && req.wait_ms > 0 {
-                self.queue().wait_for_work(Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS)));
-                if !self.is_paused() {
-                    jobs = self.queue().lease(&name, max, lease).map_err(stopped)?;
-                }
+        }
+        let outcomes = match completed {
+            Some(submitted) => self.settle_completions(req.worker, submitted)?,
+            None => Vec::new(),
+        };
+        if jobs.is_empty() && req.wait_ms > 0 {
+            // New jobs, or the service resuming, end the wait early.
+            self.queue().wait_for_work(Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS)));
+            if !self.is_paused() {
+                jobs = self.queue().lease(&name, max, lease).map_err(stopped)?;
             }
         }
         fleet.with(req.worker, |w| w.leased += jobs.len() as u64)?;
         Ok(Leased {
+            outcomes,
             jobs: jobs.into_iter().map(WireJob::new).collect(),
             generation: self.pipeline().generation(),
             paused: self.is_paused(),
@@ -180,17 +193,26 @@ impl Admin {
     /// Applies a worker's completions (effects included) in one group-committed
     /// operation and says what became of each.
     pub fn worker_complete(&self, done: Completions) -> Result<Vec<WireOutcome>> {
+        self.fleet().with(done.worker, |_| ())?;
+        let submitted = self.submit_completions(done.completions);
+        self.settle_completions(done.worker, submitted)
+    }
+
+    /// Hands completions to the writer under the server's retry policy, without waiting.
+    fn submit_completions(&self, completions: Vec<WireCompletion>) -> (usize, Submitted) {
         let fleet = self.fleet();
-        fleet.with(done.worker, |_| ())?;
-        let n = done.completions.len() as u64;
+        let n = completions.len();
         let completions =
-            done.completions.into_iter().map(|c| c.into_completion(fleet.max_retries, fleet.backoff_ms)).collect();
-        let outcomes = self
-            .queue()
-            .complete_all(completions)
-            .blocking_recv()
-            .unwrap_or(Err(CommitError::Stopped))
-            .map_err(stopped)?;
+            completions.into_iter().map(|c| c.into_completion(fleet.max_retries, fleet.backoff_ms)).collect();
+        (n, self.queue().complete_all(completions))
+    }
+
+    /// Waits for submitted completions to be durable, counts them for the worker and
+    /// says what became of each.
+    fn settle_completions(&self, worker: Uuid, (n, submitted): (usize, Submitted)) -> Result<Vec<WireOutcome>> {
+        let fleet = self.fleet();
+        let n = n as u64;
+        let outcomes = submitted.blocking_recv().unwrap_or(Err(CommitError::Stopped)).map_err(stopped)?;
         let (mut ok, mut failed) = (0, 0);
         let outcomes: Vec<WireOutcome> = outcomes
             .into_iter()
@@ -210,7 +232,7 @@ impl Admin {
                 }
             })
             .collect();
-        fleet.with(done.worker, |w| {
+        fleet.with(worker, |w| {
             w.leased = w.leased.saturating_sub(n);
             w.done += ok;
             w.failures += failed;

@@ -57,6 +57,10 @@ pub struct LeaseRequest {
     /// When no job is runnable, wait up to this long for one (long poll; at most
     /// [`MAX_WAIT_MS`]).
     pub wait_ms: u64,
+    /// Completions not sent yet: applied in the same group commit as the lease (one
+    /// round trip and one commit instead of two, as an in-process pool's are).
+    #[serde(default)]
+    pub completions: Vec<WireCompletion>,
 }
 
 /// The longest a lease request waits for work.
@@ -83,6 +87,9 @@ impl WireJob {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Leased {
+    /// What became of the request's completions, in order.
+    #[serde(default)]
+    pub outcomes: Vec<WireOutcome>,
     pub jobs: Vec<WireJob>,
     /// The registry's generation: when it differs from the worker's, the worker
     /// reloads the registry (and drops code no plug-in uses any more).

@@ -214,6 +214,15 @@ pub(crate) struct QueueBench {
     remote_workers: usize,
 }
 
+/// The server's writer during a remote drain.
+#[derive(Serialize)]
+struct RemoteWriter {
+    commits: u64,
+    operations_per_commit: f64,
+    commit_share: f64,
+    apply_share: f64,
+}
+
 /// The benchmark step: the hostile plug-in's "ok" mode, asynchronous on Create of `bench`.
 fn bench_step(
     pipeline: &Arc<plughost::pipeline::Pipeline>,
@@ -377,8 +386,9 @@ impl QueueBench {
             "drain_commit_share": commit_us as f64 / 1e6 / elapsed,
             "drain_apply_share": apply_us as f64 / 1e6 / elapsed,
             "remote_workers": self.remote_workers,
-            "remote_jobs_per_second": remote,
-            "remote_vs_in_process": remote.map(|r| r / drained),
+            "remote_jobs_per_second": remote.as_ref().map(|r| r.0),
+            "remote_vs_in_process": remote.as_ref().map(|r| r.0 / drained),
+            "remote_writer": remote.as_ref().map(|r| &r.1),
         });
         g.print(&json, || {
             table(vec![
@@ -395,10 +405,14 @@ impl QueueBench {
                     format!("{:.2}", drained / baseline),
                 ],
                 vec!["raw redb queue loop (no plug-in, no plughost)".into(), format!("{raw:.0}"), format!("{:.2}", raw / baseline)],
-            ]) + &remote.map_or(String::new(), |r| format!(
-                "remote drain: {} `plughost worker` processes over HTTP: {r:.0} jobs/s, {:.2}x the in-process drain\n",
+            ]) + &remote.as_ref().map_or(String::new(), |(r, w)| format!(
+                "remote drain: {} `plughost worker` processes over HTTP: {r:.0} jobs/s, {:.2}x the in-process drain; server writer: {} commits of {:.1} operations, {:.0}% applying, {:.0}% committing\n",
                 self.remote_workers,
-                r / drained
+                r / drained,
+                w.commits,
+                w.operations_per_commit,
+                100.0 * w.apply_share,
+                100.0 * w.commit_share
             )) + &format!(
                 "drain: {:.2}x the raw redb loop; {commits} commits of {:.1} operations; the writer spent {:.0}% of the time applying operations and {:.0}% committing\n",
                 drained / raw,
@@ -415,7 +429,7 @@ impl QueueBench {
     /// Drains `self.jobs` jobs with `n` `plughost worker` processes against a server
     /// with no workers of its own; jobs per second from the moment the paused service
     /// resumes (every worker said hello, the compile cache is warm) until all are done.
-    fn remote_drain(&self, wasm: &[u8], tmp: &std::path::Path, n: usize) -> Result<f64, CliError> {
+    fn remote_drain(&self, wasm: &[u8], tmp: &std::path::Path, n: usize) -> Result<(f64, RemoteWriter), CliError> {
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
         let dir = tmp.join("remote");
         std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
@@ -428,12 +442,9 @@ impl QueueBench {
         };
         // The workers' compile cache, warmed as a worker's first start would.
         let cache = dir.join("worker-cache");
-        {
-            let index = plughost::remote::FileArtifacts::new(cache.join("index")).map_err(|e| fail(&e))?;
-            let rc = config.runtime_config(&cache);
-            let runtime = plughost::runtime::Runtime::new(rc, Some(Arc::new(index))).map_err(|e| fail(&e))?;
-            runtime.load(&hash, || Ok(wasm.to_vec())).map_err(|e| fail(&e))?;
-        }
+        plughost::remote::worker_runtime(&cache, config.runtime_config(&cache))
+            .and_then(|runtime| runtime.load(&hash, || Ok(wasm.to_vec())).map(drop))
+            .map_err(|e| fail(&e))?;
         config.listen = "127.0.0.1:0".parse().expect("address");
         config.workers.workers = 0;
         config.admin_token = Some("bench".into());
@@ -459,7 +470,8 @@ impl QueueBench {
         };
         admin("/service/pause")?;
         let exe = std::env::current_exe().map_err(|e| fail(&e))?;
-        let per_process = (self.workers / n).max(1);
+        // Each process as `plughost worker` runs by default: as many threads as cores.
+        let per_process = self.workers;
         let mut children = Vec::new();
         for i in 0..n {
             let child = std::process::Command::new(&exe)
@@ -490,6 +502,25 @@ impl QueueBench {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let metrics = || -> Result<[u64; 4], CliError> {
+            let text = agent
+                .get(format!("http://{addr}/metrics"))
+                .call()
+                .map_err(|e| fail(&e))?
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| fail(&e))?;
+            let value = |name: &str| {
+                text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(0)
+            };
+            Ok([
+                value("plughost_group_commits_total"),
+                value("plughost_group_commit_operations_total"),
+                value("plughost_group_commit_microseconds_total"),
+                value("plughost_group_commit_apply_microseconds_total"),
+            ])
+        };
+        let before = metrics()?;
         let started = Instant::now();
         admin("/service/resume")?;
         let done = |status: &serde_json::Value, name: &str| -> u64 {
@@ -511,11 +542,20 @@ impl QueueBench {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let rate = self.jobs as f64 / started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = self.jobs as f64 / elapsed;
+        let after = metrics()?;
+        let [commits, operations, commit_us, apply_us] = [0, 1, 2, 3].map(|i| after[i] - before[i]);
+        let writer = RemoteWriter {
+            commits,
+            operations_per_commit: operations as f64 / commits.max(1) as f64,
+            commit_share: commit_us as f64 / 1e6 / elapsed,
+            apply_share: apply_us as f64 / 1e6 / elapsed,
+        };
         stop(&mut children);
         server.abort();
         rt.shutdown_timeout(Duration::from_secs(2));
-        Ok(rate)
+        Ok((rate, writer))
     }
 }
 

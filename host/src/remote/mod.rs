@@ -46,6 +46,13 @@ pub struct WorkerOptions {
     pub poll: Duration,
 }
 
+/// A worker's plug-in runtime: `runtime`'s settings, with compiled code cached in
+/// `cache_dir` (digests in `cache_dir/index`), so a restart recompiles nothing.
+pub fn worker_runtime(cache_dir: &std::path::Path, runtime: RuntimeConfig) -> anyhow::Result<Runtime> {
+    let artifacts: Arc<dyn ArtifactIndex> = Arc::new(FileArtifacts::new(cache_dir.join("index"))?);
+    Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir.to_owned()), ..runtime }, Some(artifacts))
+}
+
 /// A running worker process's parts.
 pub struct RemoteWorker {
     pub name: String,
@@ -55,9 +62,11 @@ pub struct RemoteWorker {
 }
 
 impl RemoteWorker {
-    /// Says hello to the server (retrying while it is unreachable, for up to
-    /// `connect_for`), loads the registry and starts the pool.
+    /// Starts the plug-in runtime, says hello to the server (retrying while it is
+    /// unreachable, for up to `connect_for`), loads the registry and starts the pool:
+    /// a worker the server lists is ready to lease.
     pub fn start(options: WorkerOptions, connect_for: Duration) -> anyhow::Result<RemoteWorker> {
+        let runtime = Arc::new(worker_runtime(&options.cache_dir, options.runtime.clone())?);
         let host =
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
         let hello = Hello {
@@ -79,9 +88,6 @@ impl RemoteWorker {
                 Err(e) => anyhow::bail!("{} ({})", e.message, e.code),
             }
         };
-        let artifacts: Arc<dyn ArtifactIndex> = Arc::new(FileArtifacts::new(options.cache_dir.join("index"))?);
-        let runtime_config = RuntimeConfig { cache_dir: Some(options.cache_dir.clone()), ..options.runtime };
-        let runtime = Arc::new(Runtime::new(runtime_config, Some(artifacts))?);
         let source = Arc::new(RemoteSource::new(client.clone()));
         let pipeline = Pipeline::remote(source.clone(), runtime, welcome.limits)?;
         let config = WorkerConfig {

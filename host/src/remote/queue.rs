@@ -1,12 +1,13 @@
 //! The server's job queue as a remote worker pool sees it: leases by long poll,
-//! heartbeats, releases, and completions sent in batches by one sender thread (so the
-//! pool's workers never wait on the network to go on running jobs).
+//! heartbeats, releases, and completions sent in batches: with the next lease
+//! request when one goes out (one round trip and one commit at the server, as an
+//! in-process pool's completions share its lease's commit), else by one sender thread
+//! (so the pool's workers never wait on the network to go on running jobs).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver as Inbox, Sender, channel};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use super::client::{Client, Patience, RemoteError};
 use super::source::RemoteSource;
 use crate::jobs::SystemJob;
 use crate::pipeline::Pipeline;
-use crate::protocol::{Heartbeat, LeaseRequest, Leased, Release, Renewed, WireCompletion, WireOutcome};
+use crate::protocol::{Heartbeat, Leased, Release, Renewed, WireCompletion, WireOutcome};
 use crate::store::{CommitError, CompletionOutcome, JobCompletion, Outcomes, Renewal, StoreError};
 use crate::worker::WorkQueue;
 
@@ -23,8 +24,90 @@ fn commit_error(e: RemoteError) -> CommitError {
     CommitError::Store(StoreError::Db(format!("{} ({})", e.message, e.code)))
 }
 
-type Group = (Vec<JobCompletion>, oneshot::Sender<Result<Outcomes, CommitError>>);
+type Reply = oneshot::Sender<Result<Outcomes, CommitError>>;
+type Group = (Vec<JobCompletion>, Reply);
 
+/// Completion groups not sent yet: whoever goes first sends them, the next lease
+/// request or, once the oldest has waited [`SEND_AFTER`] or [`SEND_AT`] are waiting,
+/// the sender thread.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<Pending>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    groups: Vec<Group>,
+    completions: usize,
+    /// When the oldest waiting group arrived.
+    since: Option<Instant>,
+    closed: bool,
+}
+
+/// The sender thread sends completions once the oldest has waited this long (a slow
+/// job's completion is not held back until the next lease)...
+const SEND_AFTER: Duration = Duration::from_millis(20);
+/// ... or once this many are waiting.
+const SEND_AT: usize = 1024;
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns groups a failed lease request carried, to be sent again first.
+    fn put_back(&self, wire: Vec<WireCompletion>, replies: Vec<(Reply, usize)>) {
+        let mut wire = wire.into_iter();
+        let mut groups: Vec<Group> = replies
+            .into_iter()
+            .map(|(reply, n)| (wire.by_ref().take(n).map(|c| c.into_completion(0, 0)).collect(), reply))
+            .collect();
+        let mut p = self.lock();
+        p.completions += groups.iter().map(|(c, _)| c.len()).sum::<usize>();
+        p.since = Some(p.since.map_or_else(Instant::now, |s| s.min(Instant::now())));
+        groups.append(&mut p.groups);
+        p.groups = groups;
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Vec<Group> {
+        let mut p = self.lock();
+        p.completions = 0;
+        p.since = None;
+        std::mem::take(&mut p.groups)
+    }
+}
+
+/// Flattens groups for the wire; returns the replies and each group's size.
+fn unpack(groups: Vec<Group>) -> (Vec<WireCompletion>, Vec<(Reply, usize)>) {
+    let mut wire = Vec::new();
+    let mut replies = Vec::with_capacity(groups.len());
+    for (completions, reply) in groups {
+        replies.push((reply, completions.len()));
+        wire.extend(completions.into_iter().map(WireCompletion::new));
+    }
+    (wire, replies)
+}
+
+/// Answers each group with its share of `outcomes` (or the error).
+fn answer(replies: Vec<(Reply, usize)>, sent: usize, outcomes: Result<Vec<WireOutcome>, CommitError>) {
+    let mut outcomes = match outcomes {
+        Ok(o) if o.len() == sent => Ok(o.into_iter()),
+        Ok(o) => Err(CommitError::Store(StoreError::Db(format!(
+            "the server answered {} outcomes for {sent} completions",
+            o.len()
+        )))),
+        Err(e) => Err(e),
+    };
+    for (reply, n) in replies {
+        let part = match &mut outcomes {
+            Ok(iter) => Ok(iter.by_ref().take(n).map(outcome).collect()),
+            Err(e) => Err(CommitError::Store(StoreError::Db(e.to_string()))),
+        };
+        let _ = reply.send(part);
+    }
+}
 pub struct RemoteQueue {
     client: Arc<Client>,
     source: Arc<RemoteSource>,
@@ -32,7 +115,7 @@ pub struct RemoteQueue {
     /// How long a lease request waits for work at the server.
     wait: Duration,
     lease_ms: u64,
-    completions: Mutex<Sender<Group>>,
+    outbox: Arc<Outbox>,
     /// Held jobs a heartbeat said were canceled or paused: what `take_interrupt` tells.
     interrupted: Mutex<HashSet<Uuid>>,
 }
@@ -45,11 +128,11 @@ impl RemoteQueue {
         wait: Duration,
         lease_ms: u64,
     ) -> Arc<RemoteQueue> {
-        let (tx, rx) = channel::<Group>();
-        let sender = client.clone();
+        let outbox = Arc::new(Outbox::default());
+        let (sender, out) = (client.clone(), outbox.clone());
         std::thread::Builder::new()
             .name("plughost-completions".into())
-            .spawn(move || send_completions(&sender, &rx, lease_ms))
+            .spawn(move || send_completions(&sender, &out, lease_ms))
             .expect("spawn the completion sender");
         Arc::new(RemoteQueue {
             client,
@@ -57,7 +140,7 @@ impl RemoteQueue {
             pipeline: Arc::downgrade(pipeline),
             wait,
             lease_ms,
-            completions: Mutex::new(tx),
+            outbox,
             interrupted: Mutex::default(),
         })
     }
@@ -87,16 +170,29 @@ impl WorkQueue for RemoteQueue {
     fn lease(&self, _host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let wait_ms = u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX);
-        let leased: Leased = self
+        let (completions, replies) = unpack(self.outbox.take());
+        let sent = completions.len();
+        let request = LeaseOut { worker: Uuid::nil(), max, lease_ms, wait_ms, completions: &completions };
+        let asked = Instant::now();
+        let leased: Result<Leased, CommitError> = self
             .client
-            .call("POST", "/worker/lease", Patience::Once, |worker| {
-                Some(LeaseRequest { worker, max, lease_ms, wait_ms })
-            })
-            .map_err(commit_error)?;
+            .call("POST", "/worker/lease", Patience::Once, |worker| Some(LeaseOut { worker, ..request }))
+            .map_err(commit_error);
+        let leased = match leased {
+            Ok(l) => l,
+            Err(e) => {
+                // Not lost: the sender thread retries them (a copy the server applied
+                // before the answer was lost is refused as stale).
+                self.outbox.put_back(completions, replies);
+                return Err(e);
+            }
+        };
+        tracing::debug!(took = ?asked.elapsed(), jobs = leased.jobs.len(), paused = leased.paused, sent, "leased");
+        answer(replies, sent, Ok(leased.outcomes));
         self.follow_registry(leased.generation);
         if leased.jobs.is_empty() && leased.paused {
-            // The service is paused: the server answered at once; do not ask again at once.
-            std::thread::sleep(self.wait);
+            // The service is paused and the server answered early: do not ask again at once.
+            std::thread::sleep(self.wait.saturating_sub(asked.elapsed()));
         }
         Ok(leased.jobs.into_iter().map(|j| j.into_job()).collect())
     }
@@ -135,8 +231,14 @@ impl WorkQueue for RemoteQueue {
                 interrupted.remove(&c.id);
             }
         }
-        if let Err(e) = self.completions.lock().unwrap_or_else(|p| p.into_inner()).send((completions, tx)) {
-            let _ = e.0.1.send(Err(CommitError::Stopped));
+        let mut out = self.outbox.lock();
+        if out.closed {
+            let _ = tx.send(Err(CommitError::Stopped));
+        } else {
+            out.completions += completions.len();
+            out.since.get_or_insert_with(Instant::now);
+            out.groups.push((completions, tx));
+            self.outbox.ready.notify_one();
         }
         rx
     }
@@ -157,43 +259,54 @@ impl RemoteQueue {
     }
 }
 
-/// Sends every completion group waiting as one request, until the pool is gone.
+/// Sends every completion group waiting as one request, until the queue is dropped.
 /// A completion is worth sending for as long as its lease may hold; after that the
 /// server would drop it as stale, and the job runs again elsewhere.
-fn send_completions(client: &Client, rx: &Inbox<Group>, lease_ms: u64) {
-    while let Ok(first) = rx.recv() {
-        let mut groups = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            groups.push(more);
+fn send_completions(client: &Client, outbox: &Outbox, lease_ms: u64) {
+    loop {
+        {
+            let mut out = outbox.lock();
+            loop {
+                match out.since {
+                    _ if out.closed && out.groups.is_empty() => return,
+                    Some(since) if out.closed || out.completions >= SEND_AT || since.elapsed() >= SEND_AFTER => break,
+                    Some(since) => {
+                        let left = SEND_AFTER.saturating_sub(since.elapsed());
+                        out = outbox.ready.wait_timeout(out, left).unwrap_or_else(|p| p.into_inner()).0;
+                    }
+                    None => out = outbox.ready.wait(out).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
         }
-        let sizes: Vec<usize> = groups.iter().map(|(c, _)| c.len()).collect();
-        let mut replies = Vec::with_capacity(groups.len());
-        let mut wire = Vec::new();
-        for (completions, reply) in groups {
-            wire.extend(completions.into_iter().map(WireCompletion::new));
-            replies.push(reply);
+        let groups = outbox.take();
+        if groups.is_empty() {
+            continue;
         }
-        let answer: Result<Vec<WireOutcome>, RemoteError> =
-            client.call("POST", "/worker/complete", Patience::For(Duration::from_millis(lease_ms)), |worker| {
+        let (wire, replies) = unpack(groups);
+        let answer_ = client
+            .call("POST", "/worker/complete", Patience::For(Duration::from_millis(lease_ms)), |worker| {
                 Some(CompletionsOut { worker, completions: &wire })
-            });
-        let mut outcomes = match answer {
-            Ok(o) if o.len() == wire.len() => Ok(o.into_iter()),
-            Ok(o) => Err(CommitError::Store(StoreError::Db(format!(
-                "the server answered {} outcomes for {} completions",
-                o.len(),
-                wire.len()
-            )))),
-            Err(e) => Err(commit_error(e)),
-        };
-        for (reply, n) in replies.into_iter().zip(sizes) {
-            let part = match &mut outcomes {
-                Ok(iter) => Ok(iter.by_ref().take(n).map(outcome).collect()),
-                Err(e) => Err(CommitError::Store(StoreError::Db(e.to_string()))),
-            };
-            let _ = reply.send(part);
-        }
+            })
+            .map_err(commit_error);
+        answer(replies, wire.len(), answer_);
     }
+}
+
+impl Drop for RemoteQueue {
+    fn drop(&mut self) {
+        self.outbox.lock().closed = true;
+        self.outbox.ready.notify_all();
+    }
+}
+
+/// [`crate::protocol::LeaseRequest`] as sent: the completions borrowed.
+#[derive(Clone, Copy, serde::Serialize)]
+struct LeaseOut<'a> {
+    worker: Uuid,
+    max: usize,
+    lease_ms: u64,
+    wait_ms: u64,
+    completions: &'a [WireCompletion],
 }
 
 /// [`crate::protocol::Completions`] as sent: borrowed, so a retry re-sends without copying.

@@ -176,7 +176,9 @@ impl Runtime {
                 .max_memories_per_component(8)
                 .max_tables_per_component(16)
                 .table_elements(sandbox::MAX_TABLE_ELEMENTS)
-                .linear_memory_keep_resident(64 << 10);
+                .linear_memory_keep_resident(64 << 10)
+                .table_keep_resident(16 << 10)
+                .decommit_batch_size(32);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;

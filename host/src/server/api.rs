@@ -625,6 +625,12 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
             "Time making batches durable.",
             cs.commit_us.load(Relaxed),
         ),
+        (
+            "plughost_group_commit_apply_microseconds_total",
+            counter,
+            "Time the writer spent applying operations (with the commit time: how busy it is).",
+            cs.apply_us.load(Relaxed),
+        ),
         ("plughost_invocations_total", counter, "Plug-in invocations.", rt.invocations),
         ("plughost_compiled_total", counter, "Components compiled (not loaded from the cache).", rt.compiled),
     ]);
