@@ -293,11 +293,6 @@ impl WorkerPool {
         }
     }
 
-    /// Leased jobs not started yet, and started ones not yet completed.
-    pub fn held(&self) -> usize {
-        lock(&self.shared.local).waiting.len() + lock(&self.shared.held).len()
-    }
-
     pub fn is_paused(&self) -> bool {
         self.shared.paused.load(Ordering::SeqCst)
     }

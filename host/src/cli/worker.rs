@@ -90,7 +90,7 @@ impl Worker {
                 "some jobs were still running after the grace period; their leases will expire and they will run again"
             );
         }
-        eprintln!("plughost worker stopped");
+        eprintln!("plughost worker stopped: {}", worker.summary());
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -58,6 +58,7 @@ pub struct RemoteWorker {
     pub name: String,
     pub client: Arc<Client>,
     pub pool: Arc<WorkerPool>,
+    pub runtime: Arc<Runtime>,
     pub grace: Duration,
 }
 
@@ -103,12 +104,27 @@ impl RemoteWorker {
         let wait = options.poll.min(Duration::from_millis(welcome.lease_ms / 3));
         let queue: Arc<dyn WorkQueue> = RemoteQueue::new(client.clone(), source, &pipeline, wait, welcome.lease_ms);
         tracing::info!(server = %client.url(), worker = %client.id(), workers = config.workers, "worker started");
+        let runtime = pipeline.runtime().clone();
         let pool = WorkerPool::start(pipeline, queue, config, false);
-        Ok(RemoteWorker { name: options.name, client, pool, grace: options.shutdown_grace })
+        Ok(RemoteWorker { name: options.name, client, pool, runtime, grace: options.shutdown_grace })
     }
 
     /// Stops leasing, lets running jobs finish within the grace period and releases
     /// the others; whether every job finished in time.
+    /// What this process did: runs, and how it got the plug-ins' code.
+    pub fn summary(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (s, rt) = (&self.pool.stats, self.runtime.stats());
+        format!(
+            "{} succeeded, {} failed, {} refused as stale; {} assemblies compiled, {} loaded from the compile cache",
+            s.succeeded.load(Relaxed),
+            s.failed.load(Relaxed),
+            s.stale.load(Relaxed),
+            rt.compiled,
+            rt.disk_cache_hits
+        )
+    }
+
     pub fn shutdown(&self) -> bool {
         let all = self.pool.shutdown(self.grace);
         self.client.stopping.store(true, Ordering::SeqCst);

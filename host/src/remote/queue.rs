@@ -114,7 +114,6 @@ pub struct RemoteQueue {
     pipeline: Weak<Pipeline>,
     /// How long a lease request waits for work at the server.
     wait: Duration,
-    lease_ms: u64,
     outbox: Arc<Outbox>,
     /// Held jobs a heartbeat said were canceled or paused: what `take_interrupt` tells.
     interrupted: Mutex<HashSet<Uuid>>,
@@ -139,7 +138,6 @@ impl RemoteQueue {
             source,
             pipeline: Arc::downgrade(pipeline),
             wait,
-            lease_ms,
             outbox,
             interrupted: Mutex::default(),
         })
@@ -251,12 +249,6 @@ impl WorkQueue for RemoteQueue {
 
     /// The lease request itself waited at the server.
     fn wait_for_work(&self, _timeout: Duration) {}
-}
-
-impl RemoteQueue {
-    pub fn lease_ms(&self) -> u64 {
-        self.lease_ms
-    }
 }
 
 /// Sends every completion group waiting as one request, until the queue is dropped.

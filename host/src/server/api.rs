@@ -64,13 +64,18 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn require_admin(State(state): State<AppState>, request: HttpRequest, next: Next) -> HttpResponse {
-    let presented = request
+/// The bearer token a request presents ("" without one).
+pub(super) fn bearer(request: &HttpRequest) -> &str {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+async fn require_admin(State(state): State<AppState>, request: HttpRequest, next: Next) -> HttpResponse {
+    let presented = bearer(&request);
     if constant_time_eq(presented.as_bytes(), state.worker_token.as_bytes()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,

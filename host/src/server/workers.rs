@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::api::{ApiResult, admin, constant_time_eq, json_body, raw_body};
+use super::api::{ApiResult, admin, bearer, constant_time_eq, json_body, raw_body};
 use super::{ApiError, AppState};
-use crate::protocol::{ReadAnswer, Registry, Renewed, Welcome, WireOutcome, WorkerInfo};
+use crate::protocol::{Leased, ReadAnswer, Registry, Renewed, Welcome, WireOutcome, WorkerInfo};
 
 /// Largest body a worker may send (a batch of completions with their effects).
 pub(super) const MAX_WORKER_BODY_BYTES: usize = 256 << 20;
@@ -33,12 +33,7 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
 }
 
 async fn require_worker(State(state): State<AppState>, request: HttpRequest, next: Next) -> HttpResponse {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = bearer(&request);
     if constant_time_eq(presented.as_bytes(), state.worker_token.as_bytes()) {
         return next.run(request).await;
     }
@@ -59,10 +54,10 @@ async fn hello(State(state): State<AppState>, body: Result<Bytes, BytesRejection
     admin(&state, move |a| a.worker_hello(hello)).await.map(Json)
 }
 
-async fn lease(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<HttpResponse> {
-    let req = json_body(body)?;
-    let leased = admin(&state, move |a| a.worker_lease(req)).await?;
-    json_response(&leased)
+async fn lease(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Leased>> {
+    // The request may carry a batch of completions: parse it off the async threads.
+    let bytes = raw_body(body)?;
+    admin(&state, move |a| a.worker_lease(parse(&bytes)?)).await.map(Json)
 }
 
 async fn heartbeat(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Renewed>> {
@@ -81,15 +76,7 @@ async fn complete(
 ) -> ApiResult<Json<Vec<WireOutcome>>> {
     let bytes = raw_body(body)?;
     // Large batches: parse off the async threads too.
-    admin(&state, move |a| {
-        let done = serde_json::from_slice(&bytes).map_err(|e| crate::admin::AdminError::Invalid {
-            code: "bad_json",
-            message: format!("the body is not valid: {e}"),
-        })?;
-        a.worker_complete(done)
-    })
-    .await
-    .map(Json)
+    admin(&state, move |a| a.worker_complete(parse(&bytes)?)).await.map(Json)
 }
 
 async fn read(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<ReadAnswer>> {
@@ -110,8 +97,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Json<Vec<WorkerInfo>>
     Json(state.admin.remote_workers())
 }
 
-fn json_response(value: &impl serde::Serialize) -> ApiResult<HttpResponse> {
-    let body = serde_json::to_vec(value)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+/// A JSON body parsed on a blocking thread, with the API's `bad_json` error.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::admin::AdminError> {
+    serde_json::from_slice(bytes).map_err(|e| crate::admin::AdminError::Invalid {
+        code: "bad_json",
+        message: format!("the body is not valid: {e}"),
+    })
 }

@@ -35,6 +35,18 @@ fn succeeded(jobs: &[Value]) -> usize {
     jobs.iter().filter(|j| j["status"] == "Succeeded").count()
 }
 
+/// Two async steps on Create of account: the follow-up task (an effect to count) and
+/// a slow one (spinning `spin_ms`), so workers hold leased jobs for a while.
+fn follow_up_and_slow_steps(s: &TestServer, spin_ms: u64) {
+    register(s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    register(s, artifacts::HOSTILE, "hostile", &[]);
+    add_step(
+        s,
+        json!({"plugin": "hostile", "name": "slow", "message": "Create", "entity": "account", "stage": "post-operation",
+               "mode": "asynchronous", "configuration": format!("spin:{spin_ms}")}),
+    );
+}
+
 /// Exactly one follow-up task per account: the jobs' effects exist once each.
 fn assert_one_task_per_account(s: &TestServer, accounts: &[String]) {
     let mut regarding: Vec<String> = query(s, "task")
@@ -104,13 +116,7 @@ fn remote_workers_run_jobs_and_their_effects_as_in_process() {
 #[test]
 fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice() {
     let s = server_with(&[NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1000")]);
-    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
-    register(&s, artifacts::HOSTILE, "hostile", &[]);
-    add_step(
-        &s,
-        json!({"plugin": "hostile", "name": "slow", "message": "Create", "entity": "account", "stage": "post-operation",
-               "mode": "asynchronous", "configuration": "spin:150"}),
-    );
+    follow_up_and_slow_steps(&s, 150);
     let accounts: Vec<String> = (0..12).map(|i| create(&s, &format!("acc{i}"))).collect();
     let mut w1 = worker(&s, "w1", &["--workers", "1", "--batch", "512"]);
     // w1 leases the whole backlog; kill it once it has done part of it.
@@ -126,13 +132,7 @@ fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice() {
 #[test]
 fn a_frozen_worker_finds_its_jobs_recovered_and_its_late_completions_refused() {
     let s = server_with(&[NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1000")]);
-    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
-    register(&s, artifacts::HOSTILE, "hostile", &[]);
-    add_step(
-        &s,
-        json!({"plugin": "hostile", "name": "slow", "message": "Create", "entity": "account", "stage": "post-operation",
-               "mode": "asynchronous", "configuration": "spin:300"}),
-    );
+    follow_up_and_slow_steps(&s, 300);
     let accounts: Vec<String> = (0..6).map(|i| create(&s, &format!("acc{i}"))).collect();
     let w1 = worker(&s, "w1", &["--workers", "1"]);
     wait_jobs(&s, |j| j.iter().any(|j| j["status"] == "InProgress" && j["host_id"] == "w1"));
@@ -160,13 +160,7 @@ fn workers_ride_out_server_restarts_by_sigterm_and_sigkill() {
     let env = [NO_LOCAL_WORKERS];
     let mut s = TestServer::start_at(BIN, TestCommand::new(BIN), &env, &listen);
     define_entities(&s);
-    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
-    register(&s, artifacts::HOSTILE, "hostile", &[]);
-    add_step(
-        &s,
-        json!({"plugin": "hostile", "name": "slow", "message": "Create", "entity": "account", "stage": "post-operation",
-               "mode": "asynchronous", "configuration": "spin:100"}),
-    );
+    follow_up_and_slow_steps(&s, 100);
     let accounts: Vec<String> = (0..10).map(|i| create(&s, &format!("acc{i}"))).collect();
     let _w1 = worker(&s, "w1", &["--workers", "1", "--batch", "4"]);
     let _w2 = worker(&s, "w2", &["--workers", "1", "--batch", "4"]);
@@ -188,13 +182,7 @@ fn workers_ride_out_server_restarts_by_sigterm_and_sigkill() {
 #[test]
 fn unregistering_a_plugin_fails_its_leased_jobs_and_the_worker_drops_its_code() {
     let s = server_with(&[NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1000")]);
-    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
-    register(&s, artifacts::HOSTILE, "hostile", &[]);
-    add_step(
-        &s,
-        json!({"plugin": "hostile", "name": "slow", "message": "Create", "entity": "account", "stage": "post-operation",
-               "mode": "asynchronous", "configuration": "spin:300"}),
-    );
+    follow_up_and_slow_steps(&s, 300);
     let hostile = s.get("/api/v1/plugins/hostile").expect(200)["plugin"]["assembly"].as_str().unwrap().to_owned();
     let accounts: Vec<String> = (0..6).map(|i| create(&s, &format!("acc{i}"))).collect();
     let w1 = worker(&s, "w1", &["--workers", "1"]);
@@ -250,10 +238,21 @@ fn sigterm_lets_a_worker_finish_or_release_its_jobs_and_exit_0() {
         let j = wait_job(&s, id, |j| j["status"] != "InProgress");
         assert_eq!((j["status"].as_str(), &j["host_id"]), (Some("WaitingForResources"), &Value::Null), "released: {j}");
     }
-    let _w2 = worker(&s, "w2", &["--workers", "1"]);
+    assert!(w1.log().contains("1 assemblies compiled, 0 loaded from the compile cache"), "{}", w1.log());
+    // The same worker again (same data directory): its compile cache serves the plug-in.
+    let mut again = worker(&s, "w1", &["--workers", "1"]);
     for id in &ids {
         wait_job(&s, id, |j| j["status"] == "Succeeded");
     }
+    again.terminate();
+    assert_eq!(again.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        again.log().contains(
+            "3 succeeded, 0 failed, 0 refused as stale; 0 assemblies compiled, 1 loaded from the compile cache"
+        ),
+        "{}",
+        again.log()
+    );
 }
 
 #[test]
