@@ -181,7 +181,7 @@ impl Admin {
             if beat.held.is_empty() { Vec::new() } else { self.queue().renew(beat.held, lease).map_err(stopped)? };
         let kept = renewals.iter().filter(|r| **r != Renewal::Lost).count() as u64;
         self.fleet().with(beat.worker, |w| w.leased = kept)?;
-        Ok(Renewed { renewals, generation: self.pipeline().generation() })
+        Ok(Renewed { renewals, generation: self.pipeline().generation(), paused: self.is_paused() })
     }
 
     pub fn worker_release(&self, release: Release) -> Result<usize> {

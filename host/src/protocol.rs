@@ -109,6 +109,9 @@ pub struct Renewed {
     /// One per held job, in order.
     pub renewals: Vec<Renewal>,
     pub generation: u64,
+    /// Whether the service is paused: the worker puts back the jobs it has not started.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -50,6 +50,12 @@ pub trait WorkQueue: Send + Sync {
     fn notify(&self);
     /// Sleeps until new jobs may have been queued, or `timeout`.
     fn wait_for_work(&self, timeout: Duration);
+    /// Whether the queue's owner says the service is paused, if it says (a server
+    /// tells remote workers in its lease and heartbeat answers); `None` when the
+    /// pool's own pause is all there is.
+    fn paused(&self) -> Option<bool> {
+        None
+    }
 }
 
 impl WorkQueue for JobQueue {
@@ -359,9 +365,19 @@ impl Shared {
     fn heartbeat(&self) {
         let lease = self.config.lease();
         let every = lease / 3;
+        let poll = Duration::from_millis(self.config.poll_ms).min(every);
         let mut last = Instant::now();
         while self.live.load(Ordering::SeqCst) > 0 {
             std::thread::sleep(Duration::from_millis(20).min(every));
+            // A server that paused the service pauses this (remote) pool too: unstarted
+            // jobs go back; while paused, it is asked every poll whether it resumed.
+            let owner_paused = self.queue.paused();
+            if let Some(paused) = owner_paused
+                && paused != self.paused()
+            {
+                self.paused.store(paused, Ordering::SeqCst);
+                self.changed.notify_all();
+            }
             // A running job a user canceled or paused (as this process learned at once)
             // stops now rather than at its end.
             for (id, stop) in lock(&self.running).iter() {
@@ -369,13 +385,14 @@ impl Shared {
                     stop.store(true, Ordering::Relaxed);
                 }
             }
-            if last.elapsed() < every {
+            let asking = owner_paused == Some(true) && last.elapsed() >= poll;
+            if last.elapsed() < every && !asking {
                 continue;
             }
             last = Instant::now();
             let mut held: Vec<(Uuid, u64)> = lock(&self.held).iter().map(|(id, t)| (*id, *t)).collect();
             held.extend(lock(&self.local).waiting.iter().map(|j| (j.id, j.fencing_token)));
-            if held.is_empty() {
+            if held.is_empty() && !asking {
                 continue;
             }
             let renewals = match self.queue.renew(held.clone(), lease) {

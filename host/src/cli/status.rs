@@ -38,6 +38,8 @@ impl Status {
         } else {
             None
         };
+        // What `plughost worker --token-file` reads (a configured worker_token has no file).
+        let worker_token_file = Some(data_dir.join(plughost::config::WORKER_TOKEN_FILE)).filter(|p| p.exists());
         let json = serde_json::json!({
             "data_dir": data_dir,
             "server": server,
@@ -45,6 +47,7 @@ impl Status {
             "steps": steps,
             "jobs": by_status.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "admin_token": token.clone().flatten(),
+            "worker_token_file": worker_token_file,
         });
         g.print(&json, || {
             let mut out = format!("data dir  {}\n", data_dir.display());
@@ -55,6 +58,9 @@ impl Status {
             out.push_str(&format!("plug-ins  {plugins}\nsteps     {steps}\n"));
             let jobs: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("jobs      {}\n", if jobs.is_empty() { "none".into() } else { jobs.join(", ") }));
+            if let Some(f) = &worker_token_file {
+                out.push_str(&format!("workers   plughost worker --server URL --token-file {}\n", f.display()));
+            }
             match token {
                 Some(Some(t)) => out.push_str(&format!("token     {t}\n")),
                 Some(None) => out.push_str("token     none yet: `plughost serve` creates one\n"),

@@ -5,7 +5,7 @@
 //! (so the pool's workers never wait on the network to go on running jobs).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,8 @@ pub struct RemoteQueue {
     /// How long a lease request waits for work at the server.
     wait: Duration,
     outbox: Arc<Outbox>,
+    /// Whether the server said the service is paused, in its last answer.
+    server_paused: AtomicBool,
     /// Held jobs a heartbeat said were canceled or paused: what `take_interrupt` tells.
     interrupted: Mutex<HashSet<Uuid>>,
 }
@@ -139,6 +141,7 @@ impl RemoteQueue {
             pipeline: Arc::downgrade(pipeline),
             wait,
             outbox,
+            server_paused: AtomicBool::new(false),
             interrupted: Mutex::default(),
         })
     }
@@ -188,6 +191,7 @@ impl WorkQueue for RemoteQueue {
         tracing::debug!(took = ?asked.elapsed(), jobs = leased.jobs.len(), paused = leased.paused, sent, "leased");
         answer(replies, sent, Ok(leased.outcomes));
         self.follow_registry(leased.generation);
+        self.server_paused.store(leased.paused, Ordering::SeqCst);
         if leased.jobs.is_empty() && leased.paused {
             // The service is paused and the server answered early: do not ask again at once.
             std::thread::sleep(self.wait.saturating_sub(asked.elapsed()));
@@ -204,6 +208,7 @@ impl WorkQueue for RemoteQueue {
             })
             .map_err(commit_error)?;
         self.follow_registry(renewed.generation);
+        self.server_paused.store(renewed.paused, Ordering::SeqCst);
         let mut interrupted = self.interrupted.lock().unwrap_or_else(|p| p.into_inner());
         for ((id, _), r) in held.iter().zip(&renewed.renewals) {
             if *r == Renewal::Interrupted {
@@ -246,6 +251,10 @@ impl WorkQueue for RemoteQueue {
     }
 
     fn notify(&self) {}
+
+    fn paused(&self) -> Option<bool> {
+        Some(self.server_paused.load(Ordering::SeqCst))
+    }
 
     /// The lease request itself waited at the server.
     fn wait_for_work(&self, _timeout: Duration) {}

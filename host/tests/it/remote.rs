@@ -230,6 +230,8 @@ fn sigterm_lets_a_worker_finish_or_release_its_jobs_and_exit_0() {
     let ids: Vec<String> = (0..4).map(|_| create_job(&s, "spin:700")).collect();
     let mut w1 = worker(&s, "w1", &["--workers", "1"]);
     wait_job(&s, &ids[0], |j| j["status"] == "InProgress");
+    // Leased jobs are InProgress before they start: give the first one time to start.
+    std::thread::sleep(Duration::from_millis(250));
     w1.terminate();
     assert_eq!(w1.wait_exit(Duration::from_secs(20)), Some(0), "{}", w1.log());
     let first = wait_job(&s, &ids[0], |j| j["status"] != "InProgress");
@@ -253,6 +255,30 @@ fn sigterm_lets_a_worker_finish_or_release_its_jobs_and_exit_0() {
         "{}",
         again.log()
     );
+}
+
+#[test]
+fn pausing_the_service_puts_back_the_jobs_a_remote_worker_has_not_started() {
+    let s = hostile_server(&[NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1500")], &["spin:600"]);
+    let ids: Vec<String> = (0..4).map(|_| create_job(&s, "spin:600")).collect();
+    let _w1 = worker(&s, "w1", &["--workers", "1"]);
+    wait_job(&s, &ids[0], |j| j["status"] == "InProgress");
+    std::thread::sleep(Duration::from_millis(250));
+    s.post("/api/v1/service/pause", &json!({})).expect(200);
+    // The worker learns it from its next heartbeat (every third of the lease).
+    assert_eq!(
+        wait_job(&s, &ids[0], |j| j["status"] != "InProgress")["status"],
+        "Succeeded",
+        "the running one finishes"
+    );
+    for id in &ids[1..] {
+        let j = wait_job(&s, id, |j| j["status"] != "InProgress");
+        assert_eq!(j["status"], "WaitingForResources", "put back, not run: {j}");
+    }
+    s.post("/api/v1/service/resume", &json!({})).expect(200);
+    for id in &ids {
+        wait_job(&s, id, |j| j["status"] == "Succeeded");
+    }
 }
 
 #[test]
