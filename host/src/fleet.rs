@@ -38,6 +38,9 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
 
 /// Most jobs one lease request may ask for.
 pub const MAX_LEASE: usize = 10_000;
+/// A lost worker is listed (as lost) for ten leases, and at least this long; then it
+/// is forgotten.
+pub const FORGET_LOST_AFTER_MS: i64 = 10 * 60 * 1000;
 
 /// The remote workers this server knows, and the job policy it gives them.
 pub struct Fleet {
@@ -71,14 +74,17 @@ impl Fleet {
         Ok(f(info))
     }
 
-    /// Every worker, lost ones marked.
+    /// Every worker, lost ones marked; workers lost for long are forgotten.
     pub fn list(&self) -> Vec<WorkerInfo> {
-        let now = now_ms();
+        self.list_at(now_ms())
+    }
+
+    fn list_at(&self, now: i64) -> Vec<WorkerInfo> {
         let lease = i64::try_from(self.lease_ms).unwrap_or(i64::MAX);
-        let mut out: Vec<WorkerInfo> = self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let forget = lease.saturating_mul(10).max(FORGET_LOST_AFTER_MS);
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.retain(|_, w| now.saturating_sub(w.last_heartbeat) <= forget);
+        let mut out: Vec<WorkerInfo> = workers
             .values()
             .map(|w| WorkerInfo { lost: now.saturating_sub(w.last_heartbeat) > lease, ..w.clone() })
             .collect();
@@ -292,5 +298,40 @@ impl Admin {
 
     pub fn remote_workers(&self) -> Vec<WorkerInfo> {
         self.fleet().list()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, last_heartbeat: i64) -> WorkerInfo {
+        WorkerInfo {
+            id: Uuid::now_v7(),
+            name: name.into(),
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+            workers: 1,
+            started: 0,
+            last_heartbeat,
+            leased: 0,
+            done: 0,
+            failures: 0,
+            lost: false,
+        }
+    }
+
+    #[test]
+    fn workers_not_heard_from_are_lost_then_forgotten() {
+        let fleet = Fleet::new(&WorkerConfig { lease_ms: 1000, ..WorkerConfig::default() }, Default::default());
+        let now = 100 * 60 * 1000;
+        for w in [info("alive", now - 500), info("lost", now - 5_000), info("gone", now - FORGET_LOST_AFTER_MS - 1)] {
+            fleet.workers.lock().unwrap().insert(w.id, w);
+        }
+        let listed: Vec<(String, bool)> = fleet.list_at(now).into_iter().map(|w| (w.name, w.lost)).collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.contains(&("alive".into(), false)) && listed.contains(&("lost".into(), true)), "{listed:?}");
+        assert_eq!(fleet.workers.lock().unwrap().len(), 2, "the long-lost one is forgotten");
     }
 }
