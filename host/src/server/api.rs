@@ -590,6 +590,27 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     }
     let (gauge, counter) = ("gauge", "counter");
     let mut rows = vec![("plughost_jobs_runnable", gauge, "Jobs ready to run now.", counts.runnable)];
+    let remote = state.admin.remote_workers();
+    rows.extend([
+        (
+            "plughost_remote_workers",
+            gauge,
+            "Remote worker processes heard from within a lease.",
+            remote.iter().filter(|w| !w.lost).count() as u64,
+        ),
+        (
+            "plughost_remote_jobs_succeeded_total",
+            counter,
+            "Job runs remote workers completed that succeeded (workers listed now).",
+            remote.iter().map(|w| w.done).sum(),
+        ),
+        (
+            "plughost_remote_jobs_failed_total",
+            counter,
+            "Job runs remote workers completed that failed for good (workers listed now).",
+            remote.iter().map(|w| w.failures).sum(),
+        ),
+    ]);
     if let Some(w) = state.admin.workers() {
         let st = &w.stats;
         rows.extend([
