@@ -23,18 +23,18 @@ use crate::admin::{Admin, AdminError};
 use crate::clock::now_ms;
 use crate::jobs::RunOutcome;
 use crate::model::AssemblyHash;
-use crate::protocol::WireCompletion;
 use crate::protocol::{
     Completions, Heartbeat, Hello, LeaseRequest, Leased, MAX_SCAN, MAX_WAIT_MS, PROTOCOL_VERSION, Read, ReadAnswer,
-    ReadRequest, Registry, Release, Renewed, Welcome, WireJob, WireOutcome, WorkerInfo,
+    ReadRequest, Registry, Release, Renewed, Welcome, WireCompletion, WireJob, WireOutcome, WorkerInfo,
 };
+use crate::runtime::Limits;
 use crate::store::{CommitError, Outcomes, Renewal};
-
-/// Completions handed to the writer: how many, and their outcomes once durable.
-type Submitted = tokio::sync::oneshot::Receiver<Result<Outcomes, CommitError>>;
 use crate::worker::WorkerConfig;
 
 type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+/// Completions handed to the writer: their outcomes once durable.
+type Submitted = tokio::sync::oneshot::Receiver<Result<Outcomes, CommitError>>;
 
 /// Most jobs one lease request may ask for.
 pub const MAX_LEASE: usize = 10_000;
@@ -49,11 +49,11 @@ pub struct Fleet {
     max_retries: u32,
     backoff_ms: i64,
     retention_secs: u64,
-    limits: crate::runtime::Limits,
+    limits: Limits,
 }
 
 impl Fleet {
-    pub fn new(config: &WorkerConfig, limits: crate::runtime::Limits) -> Fleet {
+    pub fn new(config: &WorkerConfig, limits: Limits) -> Fleet {
         Fleet {
             limits,
             workers: Mutex::default(),
@@ -90,16 +90,6 @@ impl Fleet {
             .collect();
         out.sort_by(|a, b| (a.started, &a.name).cmp(&(b.started, &b.name)));
         out
-    }
-}
-
-fn stopped(e: CommitError) -> AdminError {
-    match e {
-        CommitError::Store(e) | CommitError::Refused(e) => AdminError::Store(e),
-        CommitError::Conflict { entity, id } => {
-            AdminError::Invalid { code: "conflict", message: format!("{entity} {id} changed") }
-        }
-        CommitError::Stopped => AdminError::Stopped,
     }
 }
 
@@ -157,7 +147,7 @@ impl Admin {
         let completed = (!req.completions.is_empty()).then(|| self.submit_completions(req.completions));
         let mut jobs = Vec::new();
         if !self.is_paused() {
-            jobs = self.queue().lease(&name, max, lease).map_err(stopped)?;
+            jobs = self.queue().lease(&name, max, lease).map_err(AdminError::from)?;
         }
         let outcomes = match completed {
             Some(submitted) => self.settle_completions(req.worker, submitted)?,
@@ -167,7 +157,7 @@ impl Admin {
             // New jobs, or the service resuming, end the wait early.
             self.queue().wait_for_work(Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS)));
             if !self.is_paused() {
-                jobs = self.queue().lease(&name, max, lease).map_err(stopped)?;
+                jobs = self.queue().lease(&name, max, lease).map_err(AdminError::from)?;
             }
         }
         fleet.with(req.worker, |w| w.leased += jobs.len() as u64)?;
@@ -183,8 +173,11 @@ impl Admin {
         let held = beat.held.len() as u64;
         self.fleet().with(beat.worker, |w| w.leased = held)?;
         let lease = Duration::from_millis(beat.lease_ms.max(crate::worker::MIN_LEASE_MS));
-        let renewals =
-            if beat.held.is_empty() { Vec::new() } else { self.queue().renew(beat.held, lease).map_err(stopped)? };
+        let renewals = if beat.held.is_empty() {
+            Vec::new()
+        } else {
+            self.queue().renew(beat.held, lease).map_err(AdminError::from)?
+        };
         let kept = renewals.iter().filter(|r| **r != Renewal::Lost).count() as u64;
         self.fleet().with(beat.worker, |w| w.leased = kept)?;
         Ok(Renewed { renewals, generation: self.pipeline().generation(), paused: self.is_paused() })
@@ -193,7 +186,7 @@ impl Admin {
     pub fn worker_release(&self, release: Release) -> Result<usize> {
         let n = release.jobs.len() as u64;
         self.fleet().with(release.worker, |w| w.leased = w.leased.saturating_sub(n))?;
-        self.queue().release(release.jobs).map_err(stopped)
+        self.queue().release(release.jobs).map_err(AdminError::from)
     }
 
     /// Applies a worker's completions (effects included) in one group-committed
@@ -218,7 +211,7 @@ impl Admin {
     fn settle_completions(&self, worker: Uuid, (n, submitted): (usize, Submitted)) -> Result<Vec<WireOutcome>> {
         let fleet = self.fleet();
         let n = n as u64;
-        let outcomes = submitted.blocking_recv().unwrap_or(Err(CommitError::Stopped)).map_err(stopped)?;
+        let outcomes = submitted.blocking_recv().unwrap_or(Err(CommitError::Stopped)).map_err(AdminError::from)?;
         let (mut ok, mut failed) = (0, 0);
         let outcomes: Vec<WireOutcome> = outcomes
             .into_iter()
@@ -233,7 +226,7 @@ impl Admin {
                     o
                 }
                 Err(e) => {
-                    let e = stopped(e);
+                    let e = AdminError::from(e);
                     WireOutcome::Error { code: e.code().to_owned(), message: e.to_string() }
                 }
             })
