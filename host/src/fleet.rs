@@ -139,12 +139,12 @@ impl Admin {
     /// Applies the completions a lease request carries and leases jobs to the worker,
     /// in one group commit when the writer allows; waits up to `wait_ms` for a job
     /// when none is runnable or the service is paused.
-    pub fn worker_lease(&self, req: LeaseRequest) -> Result<Leased> {
+    pub fn worker_lease(&self, req: LeaseRequest<'_>) -> Result<Leased> {
         let fleet = self.fleet();
         let name = fleet.with(req.worker, |w| w.name.clone())?;
         let lease = Duration::from_millis(req.lease_ms.max(crate::worker::MIN_LEASE_MS));
         let max = req.max.clamp(1, MAX_LEASE);
-        let completed = (!req.completions.is_empty()).then(|| self.submit_completions(req.completions));
+        let completed = (!req.completions.is_empty()).then(|| self.submit_completions(req.completions.into_owned()));
         let mut jobs = Vec::new();
         if !self.is_paused() {
             jobs = self.queue().lease(&name, max, lease).map_err(AdminError::from)?;
@@ -170,8 +170,7 @@ impl Admin {
     }
 
     pub fn worker_heartbeat(&self, beat: Heartbeat) -> Result<Renewed> {
-        let held = beat.held.len() as u64;
-        self.fleet().with(beat.worker, |w| w.leased = held)?;
+        self.fleet().with(beat.worker, |_| ())?;
         let lease = Duration::from_millis(beat.lease_ms.max(crate::worker::MIN_LEASE_MS));
         let renewals = if beat.held.is_empty() {
             Vec::new()
@@ -191,9 +190,9 @@ impl Admin {
 
     /// Applies a worker's completions (effects included) in one group-committed
     /// operation and says what became of each.
-    pub fn worker_complete(&self, done: Completions) -> Result<Vec<WireOutcome>> {
+    pub fn worker_complete(&self, done: Completions<'_>) -> Result<Vec<WireOutcome>> {
         self.fleet().with(done.worker, |_| ())?;
-        let submitted = self.submit_completions(done.completions);
+        let submitted = self.submit_completions(done.completions.into_owned());
         self.settle_completions(done.worker, submitted)
     }
 
@@ -242,7 +241,9 @@ impl Admin {
     /// A read for a job the worker holds: refused unless the job is leased with that token.
     pub fn worker_read(&self, req: ReadRequest) -> Result<ReadAnswer> {
         let store = self.pipeline().store();
-        if !store.is_leased_with(req.job, req.token)? {
+        // One snapshot: the lease check and the read see the same state.
+        let snapshot = store.snapshot()?;
+        if !snapshot.job_leased_with(req.job, req.token)? {
             return Err(AdminError::Invalid {
                 code: "lease_lost",
                 message: format!(
@@ -252,11 +253,11 @@ impl Admin {
             });
         }
         Ok(match req.read {
-            Read::Record { entity, id } => ReadAnswer::Record(store.snapshot()?.record(&entity, id)?),
+            Read::Record { entity, id } => ReadAnswer::Record(snapshot.record(&entity, id)?),
             Read::Scan { entity, after, max } => {
                 let max = max.clamp(1, MAX_SCAN);
                 let mut out = Vec::new();
-                store.snapshot()?.scan(&entity, after, |id, rec| {
+                snapshot.scan(&entity, after, |id, rec| {
                     out.push((id, rec));
                     if out.len() >= max {
                         std::ops::ControlFlow::Break(())
@@ -266,7 +267,7 @@ impl Admin {
                 })?;
                 ReadAnswer::Records(out)
             }
-            Read::Definition { entity } => ReadAnswer::Definition(store.snapshot()?.definition(&entity)?),
+            Read::Definition { entity } => ReadAnswer::Definition(snapshot.definition(&entity)?),
             Read::Rows { from, max } => ReadAnswer::Rows(store.bulk_rows(req.job, from, max.clamp(1, MAX_SCAN))?),
         })
     }

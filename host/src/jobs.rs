@@ -278,6 +278,12 @@ impl SystemJob {
         self.status.state()
     }
 
+    /// Whether the job is locked (leased) with fencing token `token`: what a worker
+    /// must show to renew, release or complete it, or to read for it.
+    pub fn is_leased_with(&self, token: u64) -> bool {
+        self.state() == JobState::Locked && self.fencing_token == token
+    }
+
     /// Whether another occurrence may still run: COUNT not used up and an occurrence
     /// of the pattern after `now` (a job without a recurrence has none).
     pub fn has_occurrences_left(&self, now: i64) -> bool {

@@ -10,6 +10,8 @@
 //! `heartbeat` renews leases every third of the lease and says which held jobs were
 //! canceled or paused (`interrupted`) or lost; `release` gives back unstarted jobs.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -49,8 +51,10 @@ pub struct Welcome {
     pub limits: crate::runtime::Limits,
 }
 
+/// A lease request. The completions are borrowed when sent (a retry re-sends them
+/// without a copy) and owned when received.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LeaseRequest {
+pub struct LeaseRequest<'a> {
     pub worker: Uuid,
     pub max: usize,
     pub lease_ms: u64,
@@ -60,7 +64,7 @@ pub struct LeaseRequest {
     /// Completions not sent yet: applied in the same group commit as the lease (one
     /// round trip and one commit instead of two, as an in-process pool's are).
     #[serde(default)]
-    pub completions: Vec<WireCompletion>,
+    pub completions: Cow<'a, [WireCompletion]>,
 }
 
 /// The longest a lease request waits for work.
@@ -176,10 +180,11 @@ impl WireCompletion {
     }
 }
 
+/// Completions sent on their own (borrowed when sent, owned when received).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Completions {
+pub struct Completions<'a> {
     pub worker: Uuid,
-    pub completions: Vec<WireCompletion>,
+    pub completions: Cow<'a, [WireCompletion]>,
 }
 
 /// What became of one completion (see [`CompletionOutcome`]); `Error` when the

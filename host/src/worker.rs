@@ -172,12 +172,13 @@ impl WorkerConfig {
     }
 
     pub fn host_id(&self) -> String {
-        self.host_id.clone().unwrap_or_else(|| {
-            let host =
-                std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
-            format!("{host}-{}", std::process::id())
-        })
+        self.host_id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()))
     }
+}
+
+/// This machine's name ("host" when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into())
 }
 
 /// Counters since start-up: each counts what its name says.

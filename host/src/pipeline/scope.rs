@@ -248,38 +248,27 @@ impl Scope {
             }
         }
         let entity = ctx.primary_entity_name.clone();
-        let fires = |s: &StepRecord| update_filter_fires(s, &request, pre_state.as_ref());
+        // The steps of (stage, mode) that fire for this request, in rank order.
+        let firing = |stage: Stage, mode: Mode| -> Vec<StepRecord> {
+            self.steps
+                .matching(&message, &entity, stage, mode)
+                .filter(|s| update_filter_fires(s, &request, pre_state.as_ref()))
+                .cloned()
+                .collect()
+        };
 
         for stage in [Stage::PreValidation, Stage::PreOperation] {
-            let steps: Vec<StepRecord> = self
-                .steps
-                .matching(&message, &entity, stage, Mode::Synchronous)
-                .filter(|s| fires(s))
-                .cloned()
-                .collect();
-            for step in &steps {
+            for step in &firing(stage, Mode::Synchronous) {
                 self.run_step(step, &mut ctx, stage, pre_state.as_ref(), None)?;
             }
         }
 
         let post_state = self.core_operation(&request, definition.as_ref(), &mut ctx)?;
 
-        let post_steps: Vec<StepRecord> = self
-            .steps
-            .matching(&message, &entity, Stage::PostOperation, Mode::Synchronous)
-            .filter(|s| fires(s))
-            .cloned()
-            .collect();
-        for step in &post_steps {
+        for step in &firing(Stage::PostOperation, Mode::Synchronous) {
             self.run_step(step, &mut ctx, Stage::PostOperation, pre_state.as_ref(), post_state.as_ref())?;
         }
-        let async_steps: Vec<StepRecord> = self
-            .steps
-            .matching(&message, &entity, Stage::PostOperation, Mode::Asynchronous)
-            .filter(|s| fires(s))
-            .cloned()
-            .collect();
-        for step in &async_steps {
+        for step in &firing(Stage::PostOperation, Mode::Asynchronous) {
             self.queue_job(step, &ctx, pre_state.as_ref(), post_state.as_ref());
         }
         Ok((response(&request, &ctx), ctx.shared_variables))

@@ -68,12 +68,10 @@ impl RemoteWorker {
     /// a worker the server lists is ready to lease.
     pub fn start(options: WorkerOptions, connect_for: Duration) -> anyhow::Result<RemoteWorker> {
         let runtime = Arc::new(worker_runtime(&options.cache_dir, options.runtime.clone())?);
-        let host =
-            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
             name: options.name.clone(),
-            host,
+            host: crate::worker::hostname(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             workers: options.workers,

@@ -4,6 +4,7 @@
 //! in-process pool's completions share its lease's commit), else by one sender thread
 //! (so the pool's workers never wait on the network to go on running jobs).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -16,7 +17,7 @@ use super::client::{Client, Patience, RemoteError};
 use super::source::RemoteSource;
 use crate::jobs::SystemJob;
 use crate::pipeline::Pipeline;
-use crate::protocol::{Heartbeat, Leased, Release, Renewed, WireCompletion, WireOutcome};
+use crate::protocol::{Completions, Heartbeat, LeaseRequest, Leased, Release, Renewed, WireCompletion, WireOutcome};
 use crate::store::{CommitError, CompletionOutcome, JobCompletion, Outcomes, Renewal, StoreError};
 use crate::worker::WorkQueue;
 
@@ -173,11 +174,13 @@ impl WorkQueue for RemoteQueue {
         let wait_ms = u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX);
         let (completions, replies) = unpack(self.outbox.take());
         let sent = completions.len();
-        let request = LeaseOut { worker: Uuid::nil(), max, lease_ms, wait_ms, completions: &completions };
+
         let asked = Instant::now();
         let leased: Result<Leased, CommitError> = self
             .client
-            .call("POST", "/worker/lease", Patience::Once, |worker| Some(LeaseOut { worker, ..request }))
+            .call("POST", "/worker/lease", Patience::Once, |worker| {
+                Some(LeaseRequest { worker, max, lease_ms, wait_ms, completions: Cow::Borrowed(&completions) })
+            })
             .map_err(commit_error);
         let leased = match leased {
             Ok(l) => l,
@@ -286,7 +289,7 @@ fn send_completions(client: &Client, outbox: &Outbox, lease_ms: u64) {
         let (wire, replies) = unpack(groups);
         let answer_ = client
             .call("POST", "/worker/complete", Patience::For(Duration::from_millis(lease_ms)), |worker| {
-                Some(CompletionsOut { worker, completions: &wire })
+                Some(Completions { worker, completions: Cow::Borrowed(&wire) })
             })
             .map_err(commit_error);
         answer(replies, wire.len(), answer_);
@@ -298,23 +301,6 @@ impl Drop for RemoteQueue {
         self.outbox.lock().closed = true;
         self.outbox.ready.notify_all();
     }
-}
-
-/// [`crate::protocol::LeaseRequest`] as sent: the completions borrowed.
-#[derive(Clone, Copy, serde::Serialize)]
-struct LeaseOut<'a> {
-    worker: Uuid,
-    max: usize,
-    lease_ms: u64,
-    wait_ms: u64,
-    completions: &'a [WireCompletion],
-}
-
-/// [`crate::protocol::Completions`] as sent: borrowed, so a retry re-sends without copying.
-#[derive(serde::Serialize)]
-struct CompletionsOut<'a> {
-    worker: Uuid,
-    completions: &'a [WireCompletion],
 }
 
 fn outcome(o: WireOutcome) -> Result<CompletionOutcome, CommitError> {

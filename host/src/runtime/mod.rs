@@ -518,8 +518,7 @@ impl Runtime {
                 None,
             );
         }
-        // Every tick the callback checks whether the work was stopped and counts down the timeout.
-        store.data_mut().ticks_left = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+        // Every tick the callback checks whether the work was stopped or its time is up.
         store.set_epoch_deadline(1);
         store.set_hostcall_fuel(hostcall_fuel(limits));
 

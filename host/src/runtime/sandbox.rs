@@ -171,10 +171,9 @@ pub(crate) struct Sandbox {
     max_payload: usize,
     pub(crate) host_calls: u64,
     pub(crate) breach: Option<Breach>,
-    /// When the invocation's wall-clock budget ends: WASI's blocking waits end here.
+    /// When the invocation's wall-clock budget ends: the epoch callback traps the
+    /// guest here, and WASI's blocking waits end here.
     deadline: Instant,
-    /// Epoch ticks left before the timeout; the epoch callback counts them down.
-    pub(crate) ticks_left: u64,
 }
 
 impl Sandbox {
@@ -200,7 +199,6 @@ impl Sandbox {
             host_calls: 0,
             breach: None,
             deadline: deadline(limits),
-            ticks_left: 0,
         }
     }
 
@@ -211,10 +209,9 @@ impl Sandbox {
             self.breach.get_or_insert(Breach::Stopped);
             return wasmtime::UpdateDeadline::Interrupt;
         }
-        if self.ticks_left <= 1 {
+        if Instant::now() >= self.deadline {
             return wasmtime::UpdateDeadline::Interrupt;
         }
-        self.ticks_left -= 1;
         wasmtime::UpdateDeadline::Continue(1)
     }
 

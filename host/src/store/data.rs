@@ -70,6 +70,13 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Whether job `id` is leased with fencing token `token` in this snapshot: what a
+    /// remote worker's reads for the job need.
+    pub fn job_leased_with(&self, id: Uuid, token: u64) -> Result<bool> {
+        let job: Option<SystemJob> = get(&self.txn.open_table(JOBS)?, id.as_u128())?;
+        Ok(job.is_some_and(|j| j.is_leased_with(token)))
+    }
+
     pub fn definition(&self, name: &str) -> Result<Option<EntityDefinition>> {
         super::get_row(&self.txn.open_table(ENTITY_DEFS)?, name)
     }
@@ -100,14 +107,6 @@ impl Store {
         };
         txn.commit()?;
         Ok(merged)
-    }
-
-    /// Whether job `id` is locked (leased) with fencing token `token`: what a remote
-    /// worker's reads for the job need.
-    pub fn is_leased_with(&self, id: Uuid, token: u64) -> Result<bool> {
-        let txn = self.db.begin_read()?;
-        let job: Option<SystemJob> = get(&txn.open_table(JOBS)?, id.as_u128())?;
-        Ok(job.is_some_and(|j| j.state() == crate::jobs::JobState::Locked && j.fencing_token == token))
     }
 
     pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {

@@ -452,7 +452,7 @@ pub(crate) fn renew(t: &mut Tables<'_>, held: &[(Uuid, u64)], lease_ms: i64, now
             out.push(Renewal::Lost);
             continue;
         };
-        if old.state() != JobState::Locked || old.fencing_token != *token {
+        if !old.is_leased_with(*token) {
             out.push(Renewal::Lost);
             continue;
         }

@@ -270,7 +270,7 @@ impl JobQueue {
                 let mut released = 0;
                 for (id, token) in leased {
                     let Some(old) = load(t, id)? else { continue };
-                    if old.state() != JobState::Locked || old.fencing_token != token {
+                    if !old.is_leased_with(token) {
                         continue;
                     }
                     jobs::release(t, &old, now)?;
@@ -384,7 +384,7 @@ fn complete_one(
 ) -> Result<CompletionOutcome, CommitError> {
     let old = load(t, c.id)?;
     let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
-    if old.state() != JobState::Locked || old.fencing_token != c.fencing_token {
+    if !old.is_leased_with(c.fencing_token) {
         return Ok(CompletionOutcome::Stale);
     }
     let mut result = c.result;
