@@ -107,6 +107,10 @@ pub struct ServiceStatus {
     /// Remote worker processes (`plughost worker`) heard from within a lease.
     #[serde(default)]
     pub remote_workers: usize,
+    /// The process doing the queue's housekeeping (due postponed jobs, expired leases):
+    /// one at a time among those sharing the store.
+    #[serde(default)]
+    pub housekeeper: Option<crate::store::Housekeeper>,
     pub counts: QueueCounts,
 }
 
@@ -200,14 +204,41 @@ pub struct Admin {
     /// Whether the asynchronous service is paused: no worker, in-process or remote,
     /// leases while it is.
     paused: AtomicBool,
+    /// The store's registry generation the step index was last loaded at (a shared
+    /// store: see [`Admin::follow_store`]).
+    registry_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Admin {
     /// Reads whether the service was left paused.
     pub fn new(pipeline: Arc<Pipeline>, queue: JobQueue) -> Result<Admin> {
         let paused = AtomicBool::new(pipeline.store().service_paused()?);
+        let registry_generation = pipeline.store().registry_generation()?.into();
         let fleet = Fleet::new(&WorkerConfig::default(), crate::runtime::Limits::default());
-        Ok(Admin { pipeline, queue, workers: None, worker_threads: 0, fleet, paused })
+        Ok(Admin { pipeline, queue, workers: None, worker_threads: 0, fleet, paused, registry_generation })
+    }
+
+    /// Takes in what other processes on a shared store changed: reloads the step index
+    /// when the registry changed, and pauses or resumes this process's workers as the
+    /// service's stored state says. `plughost serve` calls it every second on a
+    /// PostgreSQL store. Blocks.
+    pub fn follow_store(&self) -> Result<()> {
+        let generation = self.store().registry_generation()?;
+        if self.registry_generation.swap(generation, Ordering::SeqCst) != generation {
+            self.pipeline.reload_steps()?;
+            tracing::info!(generation, "registry changed on the shared store: step index reloaded");
+        }
+        let paused = self.store().service_paused()?;
+        if self.paused.swap(paused, Ordering::SeqCst) != paused {
+            if let Some(w) = &self.workers {
+                w.set_paused(paused);
+            }
+            if !paused {
+                self.queue.notify();
+            }
+            tracing::info!(paused, "the asynchronous service was paused or resumed on the shared store");
+        }
+        Ok(())
     }
 
     /// With the job policy remote workers get (lease, retries, retention).
@@ -407,6 +438,7 @@ impl Admin {
             remote_workers,
             paused: self.is_paused(),
             workers: self.worker_threads,
+            housekeeper: self.store().housekeeper()?,
             counts: self.queue.counts()?,
         })
     }

@@ -59,6 +59,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("store_corrupt", "the store is damaged or not a plughost store"),
     ("store_too_new", "the store was written by a newer plughost"),
     ("store_error", "the store could not be read or written"),
+    ("store_unavailable", "the PostgreSQL store cannot be reached now (down, restarting, or every connection busy)"),
     // HTTP.
     ("unauthorized", "an admin route was called without the admin token, or a worker route without the worker token"),
     (

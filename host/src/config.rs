@@ -42,6 +42,12 @@ pub struct Config {
     pub workers: crate::worker::WorkerConfig,
     /// Connection timeouts and limits of the HTTP server.
     pub http: crate::server::HttpConfig,
+    /// Where the store lives: unset, the embedded redb file in the data directory;
+    /// `postgres://user@host:port/db`, a PostgreSQL database (shared by every
+    /// `plughost serve` given the same address).
+    pub store: Option<String>,
+    /// Most connections to a PostgreSQL store this process opens.
+    pub store_connections: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,6 +78,8 @@ impl Default for Config {
             limits: Limits::default(),
             workers: crate::worker::WorkerConfig::default(),
             http: crate::server::HttpConfig::default(),
+            store: None,
+            store_connections: crate::store::DEFAULT_CONNECTIONS,
         }
     }
 }
@@ -120,6 +128,10 @@ impl Config {
             "PLUGHOST_HTTP_BODY_TIMEOUT_MS" => self.http.body_timeout_ms,
             "PLUGHOST_HTTP_MAX_CONNECTIONS" => self.http.max_connections,
             "PLUGHOST_POOLING" => self.runtime.pooling,
+            "PLUGHOST_STORE_CONNECTIONS" => self.store_connections,
+        }
+        if let Some(v) = var("PLUGHOST_STORE").filter(|v| !v.is_empty()) {
+            self.store = Some(v);
         }
         if let Some(v) = var("PLUGHOST_ADMIN_TOKEN") {
             self.admin_token = Some(v);
@@ -128,6 +140,14 @@ impl Config {
             self.worker_token = Some(v);
         }
         Ok(())
+    }
+
+    /// Where the store lives (see [`Config::store`]).
+    pub fn store_location(&self, data_dir: &Path) -> crate::store::StoreLocation {
+        match &self.store {
+            Some(s) => crate::store::StoreLocation::parse(s, self.store_connections),
+            None => crate::store::StoreLocation::Dir(data_dir.to_owned()),
+        }
     }
 
     pub fn runtime_config(&self, data_dir: &Path) -> RuntimeConfig {

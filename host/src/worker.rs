@@ -223,8 +223,10 @@ struct Shared {
     changed: Condvar,
     /// Jobs started and not yet durably completed: id -> fencing token.
     held: Mutex<HashMap<Uuid, u64>>,
-    /// Jobs running now, with the flag that stops their plug-ins.
-    running: Mutex<HashMap<Uuid, Arc<AtomicBool>>>,
+    /// Jobs running now, with the fencing token of the run and the flag that stops its
+    /// plug-in. A heartbeat's answer about an earlier lease of the same job (a bulk job
+    /// runs again at once, leased anew) must not stop this run: it checks the token.
+    running: Mutex<HashMap<Uuid, (u64, Arc<AtomicBool>)>>,
     /// Recent average run time in µs (0 until a job ran): sizes the next lease.
     avg_run_us: AtomicU64,
     /// Worker threads still running (the heartbeat lasts as long as they do).
@@ -381,7 +383,7 @@ impl Shared {
             }
             // A running job a user canceled or paused (as this process learned at once)
             // stops now rather than at its end.
-            for (id, stop) in lock(&self.running).iter() {
+            for (id, (_, stop)) in lock(&self.running).iter() {
                 if self.queue.take_interrupt(*id) {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -415,11 +417,13 @@ impl Shared {
                         Renewal::Lost | Renewal::Interrupted => {
                             // Running: the heartbeat's answer stops it (a lost job's
                             // completion would be refused anyway).
-                            if let Some(stop) = running.get(&id) {
+                            if let Some((run_token, stop)) = running.get(&id)
+                                && *run_token == token
+                            {
                                 stop.store(true, Ordering::Relaxed);
                             }
                             let before = local.waiting.len();
-                            local.waiting.retain(|j| j.id != id);
+                            local.waiting.retain(|j| (j.id, j.fencing_token) != (id, token));
                             if renewal == Renewal::Interrupted && local.waiting.len() < before {
                                 release.push((id, token));
                             }
@@ -556,7 +560,7 @@ impl Worker {
         let _enter = span.enter();
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        lock(&shared.running).insert(job.id, stop.clone());
+        lock(&shared.running).insert(job.id, (job.fencing_token, stop.clone()));
         let (run, purge_before) = match job.operation_type {
             OperationType::PluginExecution => (shared.pipeline.run_job(&job, stop), None),
             // The deletion service's work happens in the transaction that completes it.

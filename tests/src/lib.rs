@@ -46,6 +46,9 @@ pub fn wasm(path: &str) -> Vec<u8> {
 pub struct TestCommand {
     bin: PathBuf,
     data_dir: tempfile::TempDir,
+    /// The PostgreSQL store of this test (`PLUGHOST_TEST_STORE=postgres`), given to
+    /// every command and server as `PLUGHOST_STORE`.
+    store: Option<String>,
 }
 
 /// What one run printed and how it exited.
@@ -76,7 +79,34 @@ impl Run {
 impl TestCommand {
     /// `bin` is the path of the plughost binary (`env!("CARGO_BIN_EXE_plughost")`).
     pub fn new(bin: &str) -> TestCommand {
-        TestCommand { bin: bin.into(), data_dir: tempfile::tempdir().expect("temp dir") }
+        let store = postgres::selected()
+            .then(|| postgres::server().expect("PLUGHOST_TEST_STORE=postgres needs PostgreSQL installed").database());
+        TestCommand { bin: bin.into(), data_dir: tempfile::tempdir().expect("temp dir"), store }
+    }
+
+    /// A data directory of its own on a given PostgreSQL store (several servers on
+    /// one database).
+    pub fn on_store(bin: &str, url: &str) -> TestCommand {
+        TestCommand { bin: bin.into(), data_dir: tempfile::tempdir().expect("temp dir"), store: Some(url.to_owned()) }
+    }
+
+    /// A data directory with its embedded store, whatever the run selected.
+    pub fn embedded(bin: &str) -> TestCommand {
+        TestCommand { bin: bin.into(), data_dir: tempfile::tempdir().expect("temp dir"), store: None }
+    }
+
+    /// The PostgreSQL store this test runs on, if the run selected it.
+    pub fn store(&self) -> Option<&str> {
+        self.store.as_deref()
+    }
+
+    /// Sets the store variables of a command to run.
+    fn with_store(&self, cmd: &mut Command) {
+        cmd.env("PLUGHOST_DATA_DIR", self.data_dir.path());
+        match &self.store {
+            Some(url) => cmd.env("PLUGHOST_STORE", url),
+            None => cmd.env_remove("PLUGHOST_STORE"),
+        };
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -85,12 +115,10 @@ impl TestCommand {
 
     /// Runs `plughost ARGS...` with the test's data directory.
     pub fn run(&self, args: &[&str]) -> Run {
-        let out: Output = Command::new(&self.bin)
-            .args(args)
-            .env("PLUGHOST_DATA_DIR", self.data_dir.path())
-            .env_remove("PLUGHOST_LOG")
-            .output()
-            .expect("run plughost");
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).env_remove("PLUGHOST_LOG");
+        self.with_store(&mut cmd);
+        let out: Output = cmd.output().expect("run plughost");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -157,8 +185,8 @@ impl TestServer {
     pub fn start_at(bin: &str, cli: TestCommand, env: &[(&str, &str)], listen: &str) -> TestServer {
         let _ = std::fs::remove_file(cli.data_dir().join("server.json"));
         let mut cmd = Command::new(bin);
+        cli.with_store(&mut cmd);
         cmd.args(["serve", "--listen", listen])
-            .env("PLUGHOST_DATA_DIR", cli.data_dir())
             // The deletion service's recurring job would sit in every job list; the
             // tests of it turn it on.
             .env("PLUGHOST_COMPLETED_JOB_RETENTION_SECS", "0")
@@ -191,7 +219,8 @@ impl TestServer {
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
         }
-        let placeholder = TestCommand::new(&self.cli.bin.display().to_string());
+        let placeholder =
+            TestCommand { bin: self.cli.bin.clone(), data_dir: tempfile::tempdir().expect("temp dir"), store: None };
         std::mem::replace(&mut self.cli, placeholder)
     }
 
@@ -391,5 +420,195 @@ impl Drop for TestServer {
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A PostgreSQL server for the tests: started once per test process with `initdb` and
+/// `pg_ctl` (as the `postgres` user when running as root, which PostgreSQL refuses),
+/// listening only on 127.0.0.1 on a free port, in a temporary directory; stopped and
+/// removed by a watchdog when the test process exits, however it exits.
+pub mod postgres {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub struct Server {
+        bin: PathBuf,
+        port: u16,
+        /// The cluster's directory (`data` inside), removed when it stops.
+        dir: PathBuf,
+        /// Prefix of this process's database names.
+        prefix: String,
+        /// A server of one test (stopped when dropped), not the shared one.
+        private: bool,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if self.private {
+                let _ = as_owner(&self.bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(self.dir.join("data"))
+                    .args(["-m", "immediate", "stop"])
+                    .output();
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+    }
+
+    /// Where Debian keeps the server programs (off PATH).
+    fn server_bin() -> Option<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .collect();
+        found.sort();
+        found.pop()
+    }
+
+    fn is_root() -> bool {
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    }
+
+    /// Runs a server program, as `postgres` when we are root.
+    fn as_owner(program: &Path) -> Command {
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// The shared server, started on first use; `None` when PostgreSQL is not
+    /// installed and the run is not under `CI=true` (there it is a failure).
+    pub fn server() -> Option<&'static Server> {
+        static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+        SERVER.get_or_init(|| start(false)).as_ref()
+    }
+
+    /// A server of the calling test's own (to restart it), stopped when dropped.
+    pub fn private_server() -> Option<Server> {
+        start(true)
+    }
+
+    fn start(private: bool) -> Option<Server> {
+        let Some(bin) = server_bin() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL is required under CI=true: apt-get install -y postgresql"
+            );
+            eprintln!("PostgreSQL is not installed (apt-get install -y postgresql): its tests are not run");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("plughost-pg-").tempdir().expect("temp dir").keep();
+        if is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().expect("chown");
+            assert!(status.success(), "chown the PostgreSQL directory to postgres");
+        }
+        let data = dir.join("data");
+        let out = as_owner(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = super::free_port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c max_connections=300 -c shared_buffers=128MB",
+            dir.display()
+        );
+        let out = as_owner(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(dir.join("log"))
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        // The watchdog stops the server once this process is gone.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser} {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            runuser = if is_root() { "runuser -u postgres --" } else { "" },
+            pg_ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        // Never waited for: it outlives this process on purpose.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
+            .args(["-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the PostgreSQL watchdog");
+        Some(Server { bin, port, dir, prefix: format!("t{}_", std::process::id()), private })
+    }
+
+    impl Server {
+        /// A new empty database; returns its address.
+        pub fn database(&self) -> String {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let name = format!("{}{}", self.prefix, NEXT.fetch_add(1, Ordering::Relaxed));
+            let out = Command::new(self.bin.join("createdb"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", &name])
+                .output()
+                .expect("run createdb");
+            assert!(out.status.success(), "createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            self.url(&name)
+        }
+
+        pub fn url(&self, db: &str) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        }
+
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Restarts the server (`pg_ctl restart -m fast`: sessions are ended, what
+        /// they had not committed rolls back).
+        pub fn restart(&self) {
+            let out = as_owner(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("log"))
+                .args(["-m", "fast", "-w", "-t", "60", "restart"])
+                // The new server must not hold our pipes open (it logs to the file).
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .output()
+                .expect("run pg_ctl restart");
+            assert!(out.status.success(), "pg_ctl restart failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+
+        /// Runs SQL as the superuser in database `db` (e.g. to look at or break things).
+        pub fn psql(&self, db: &str, sql: &str) -> String {
+            let out = Command::new(self.bin.join("psql"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-Atc", sql])
+                .output()
+                .expect("run psql");
+            assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    }
+
+    /// Whether this run's end-to-end tests use PostgreSQL (`PLUGHOST_TEST_STORE=postgres`).
+    pub fn selected() -> bool {
+        std::env::var("PLUGHOST_TEST_STORE").as_deref() == Ok("postgres")
     }
 }

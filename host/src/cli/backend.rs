@@ -441,7 +441,7 @@ pub(crate) fn connect(
             return Ok(Box::new(remote));
         }
     }
-    match Store::open(data_dir) {
+    match Store::open_at(&config.store_location(data_dir)) {
         Ok(store) => Ok(Box::new(Local::new(Arc::new(store), data_dir, config))),
         Err(StoreError::Locked(path)) => Err(CliError {
             code: "store_locked".into(),

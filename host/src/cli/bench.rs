@@ -66,8 +66,12 @@ impl ApiBench {
     fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
         let dir = tempfile::tempdir().map_err(|e| CliError::new("io", e.to_string()))?;
-        let mut config =
-            plughost::config::Config { listen: "127.0.0.1:0".parse().expect("address"), ..Default::default() };
+        let mut config = plughost::config::Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            // `--store URL`: the server's store is that PostgreSQL database.
+            store: g.load_config()?.store,
+            ..Default::default()
+        };
         config.admin_token = Some("bench".into());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -111,7 +115,8 @@ impl ApiBench {
         rt.block_on(async {
             server.abort();
         });
-        let json = serde_json::json!({ "command": "plughost bench api", "instance_reuse": self.reuse, "measurements": results });
+        let store = g.load_config()?.store.map_or("redb", |_| "postgres");
+        let json = serde_json::json!({ "command": "plughost bench api", "store": store, "instance_reuse": self.reuse, "measurements": results });
         g.print(&json, || {
             let mut rows =
                 vec![["SCENARIO", "CLIENTS", "REQUESTS", "REQ/S", "P50 MS", "P99 MS"].map(String::from).to_vec()];
@@ -212,6 +217,11 @@ pub(crate) struct QueueBench {
     /// (against `plughost serve` with no workers of its own), in the same run.
     #[arg(long, default_value_t = 0)]
     remote_workers: usize,
+    /// Also drain the same number of jobs with 1, then 2, ... up to this many
+    /// `plughost serve` processes on the same PostgreSQL store (`--store`), each with
+    /// `--workers` workers, in the same run.
+    #[arg(long, default_value_t = 0)]
+    instances: usize,
 }
 
 /// The server's writer during a remote drain.
@@ -284,9 +294,18 @@ impl QueueBench {
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
         let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
         let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
-        let config = plughost::config::Config::default();
+        let config = plughost::config::Config { store: g.load_config()?.store, ..Default::default() };
         let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
         let store: Arc<Store> = pipeline.store().clone();
+        if store.job_counts().map_err(|e| fail(&e))?.by_status.iter().any(|(_, _, n)| *n > 0) {
+            return Err(CliError::new(
+                "bench",
+                format!(
+                    "the store {} already holds jobs: give the benchmark an empty database",
+                    store.path().display()
+                ),
+            ));
+        }
         let (reg, context) = bench_step(&pipeline, &wasm, self.reuse)?;
 
         // 1. The bare-wasmtime baseline: same component, same engine, same thread count.
@@ -362,14 +381,25 @@ impl QueueBench {
         let raw = plughost::baselines::raw_redb_queue(raw_dir.path(), self.jobs, self.batch * self.workers, 256)
             .map_err(|e| fail(&e))?;
         // 5. The same drain by remote worker processes over HTTP.
+        let engine = store.engine_name();
         drop((workers, queue, committer, store, pipeline));
         let remote = match self.remote_workers {
             0 => None,
             n => Some(self.remote_drain(&wasm, tmp.path(), n)?),
         };
+        let mut instances = Vec::new();
+        if self.instances > 0 {
+            let Some(url) = config.store.clone() else {
+                return Err(CliError::new("bench", "--instances needs a PostgreSQL store (--store URL)"));
+            };
+            for n in 1..=self.instances {
+                instances.push((n, self.instances_drain(&url, &wasm, tmp.path(), n)?));
+            }
+        }
 
         let json = serde_json::json!({
             "command": "plughost bench queue",
+            "store": engine,
             "jobs": self.jobs,
             "workers": self.workers,
             "batch": self.batch,
@@ -389,6 +419,7 @@ impl QueueBench {
             "remote_jobs_per_second": remote.as_ref().map(|r| r.0),
             "remote_vs_in_process": remote.as_ref().map(|r| r.0 / drained),
             "remote_writer": remote.as_ref().map(|r| &r.1),
+            "instances_jobs_per_second": instances.iter().map(|(n, r)| (n.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
         });
         g.print(&json, || {
             table(vec![
@@ -400,7 +431,7 @@ impl QueueBench {
                     format!("{:.2}", invoke / baseline),
                 ],
                 vec![
-                    format!("durable queue drain (instance reuse {})", self.reuse),
+                    format!("durable queue drain on {engine} (instance reuse {})", self.reuse),
                     format!("{drained:.0}"),
                     format!("{:.2}", drained / baseline),
                 ],
@@ -413,7 +444,11 @@ impl QueueBench {
                 w.operations_per_commit,
                 100.0 * w.apply_share,
                 100.0 * w.commit_share
-            )) + &format!(
+            )) + &instances.iter().map(|(n, r)| format!(
+                "{n} `plughost serve` process(es) on the store, {} workers each: {r:.0} jobs/s, {:.2}x one\n",
+                self.workers,
+                r / instances[0].1
+            )).collect::<String>() + &format!(
                 "drain: {:.2}x the raw redb loop; {commits} commits of {:.1} operations; the writer spent {:.0}% of the time applying operations and {:.0}% committing\n",
                 drained / raw,
                 operations as f64 / commits.max(1) as f64,
@@ -426,6 +461,91 @@ impl QueueBench {
 }
 
 impl QueueBench {
+    /// Drains `self.jobs` jobs with `n` `plughost serve` processes on the PostgreSQL
+    /// store `url`: jobs per second from the moment the paused service resumes on every
+    /// process (each ran a few jobs first, so its compile cache is warm) until all are done.
+    fn instances_drain(&self, url: &str, wasm: &[u8], tmp: &std::path::Path, n: usize) -> Result<f64, CliError> {
+        let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+        let dir = tmp.join(format!("instances-{n}"));
+        std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+        let config = plughost::config::Config { store: Some(url.to_owned()), ..Default::default() };
+        let pipeline = plughost::server::open_host(&config, &dir).map_err(|e| fail(&e))?;
+        let (reg, context) = bench_step(&pipeline, wasm, self.reuse)?;
+        let store = pipeline.store().clone();
+        store.set_service_paused(true).map_err(|e| fail(&e))?;
+        let succeeded = || -> Result<u64, CliError> {
+            let counts = store.job_counts().map_err(|e| fail(&e))?;
+            let failed = counts.by_status.iter().find(|(s, _, _)| s == "Failed").map_or(0, |c| c.2);
+            if failed > 0 {
+                return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
+            }
+            Ok(counts.by_status.iter().find(|(s, _, _)| s == "Succeeded").map_or(0, |c| c.2))
+        };
+        let exe = std::env::current_exe().map_err(|e| fail(&e))?;
+        let mut children = Vec::new();
+        let stop = |children: &mut Vec<std::process::Child>| {
+            for c in children.iter_mut() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            }
+            for c in children.iter_mut() {
+                let _ = c.wait();
+            }
+        };
+        let mut urls = Vec::new();
+        for i in 0..n {
+            let data = dir.join(format!("serve-{i}"));
+            let child = std::process::Command::new(&exe)
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--store", url, "serve", "--listen", "127.0.0.1:0"])
+                .env("PLUGHOST_WORKERS", self.workers.to_string())
+                .env("PLUGHOST_ADMIN_TOKEN", "bench")
+                .env("PLUGHOST_COMPLETED_JOB_RETENTION_SECS", "0")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| fail(&e))?;
+            children.push(child);
+            let waited = Instant::now();
+            let info = loop {
+                if let Some(info) = plughost::server::ServerInfo::read(&data) {
+                    break info;
+                }
+                if waited.elapsed() > Duration::from_secs(60) {
+                    stop(&mut children);
+                    return Err(CliError::new("bench", "a benchmark server did not start within 60 s"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            urls.push(info.url);
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let service = |action: &str| -> Result<(), CliError> {
+            for u in &urls {
+                agent
+                    .post(format!("{u}/api/v1/service/{action}"))
+                    .header("Authorization", "Bearer bench")
+                    .send_empty()
+                    .map_err(|e| fail(&e))?;
+            }
+            Ok(())
+        };
+        let drain = |jobs: usize| -> Result<f64, CliError> {
+            let before = succeeded()?;
+            prequeue(&pipeline, &reg, &context, jobs)?;
+            let started = Instant::now();
+            service("resume")?;
+            while succeeded()? < before + jobs as u64 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let rate = jobs as f64 / started.elapsed().as_secs_f64();
+            service("pause")?;
+            Ok(rate)
+        };
+        let outcome = drain(self.workers * n * 64).and_then(|_| drain(self.jobs));
+        stop(&mut children);
+        outcome
+    }
+
     /// Drains `self.jobs` jobs with `n` `plughost worker` processes against a server
     /// with no workers of its own; jobs per second from the moment the paused service
     /// resumes (every worker said hello, the compile cache is warm) until all are done.

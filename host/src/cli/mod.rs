@@ -12,6 +12,7 @@ mod serve;
 mod service;
 mod status;
 mod steps;
+mod store;
 mod test;
 mod unregister;
 mod worker;
@@ -63,6 +64,11 @@ pub(crate) struct Global {
     /// A TOML configuration file (default: plughost.toml in the data directory).
     #[arg(long, global = true, env = "PLUGHOST_CONFIG")]
     config_file: Option<PathBuf>,
+    /// Where the store lives: a PostgreSQL address (`postgres://user@host:port/db`)
+    /// instead of the data directory's embedded file (also `store` in plughost.toml,
+    /// or PLUGHOST_STORE).
+    #[arg(long, global = true, value_name = "URL")]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +110,9 @@ enum Command {
     /// The remote workers serving a server.
     #[command(subcommand)]
     Workers(worker::Workers),
+    /// Create or upgrade a store's schema; copy an embedded store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 impl Cli {
@@ -124,6 +133,7 @@ impl Cli {
             Command::Service(c) => c.run(&g),
             Command::Worker(c) => c.run(&g),
             Command::Workers(c) => c.run(&g),
+            Command::Store(c) => c.run(&g),
         }
     }
 }
@@ -137,11 +147,16 @@ impl Global {
     }
 
     pub(crate) fn open_store(&self) -> Result<Arc<Store>, CliError> {
-        Ok(Arc::new(Store::open(&self.data_dir())?))
+        Ok(Arc::new(Store::open_at(&self.load_config()?.store_location(&self.data_dir()))?))
     }
 
     pub(crate) fn load_config(&self) -> Result<Config, CliError> {
-        Config::load(self.config_file.as_deref(), &self.data_dir()).map_err(|m| CliError::new("bad_config", m))
+        let mut config =
+            Config::load(self.config_file.as_deref(), &self.data_dir()).map_err(|m| CliError::new("bad_config", m))?;
+        if let Some(store) = &self.store {
+            config.store = Some(store.clone());
+        }
+        Ok(config)
     }
 
     /// The server if one runs (or `--server`), else the store in this process.

@@ -53,7 +53,10 @@ impl ServerInfo {
 /// Opens the store and the runtime and starts the writer: everything `serve` and
 /// one-shot CLI data commands need.
 pub fn open_host(config: &Config, data_dir: &Path) -> anyhow::Result<Arc<Pipeline>> {
-    let store = Arc::new(Store::open(data_dir)?);
+    // The data directory holds the tokens and the compile cache whatever the store.
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    let store = Arc::new(Store::open_at(&config.store_location(data_dir))?);
     let runtime =
         Arc::new(Runtime::new(config.runtime_config(data_dir), Some(store.clone() as Arc<dyn ArtifactIndex>))?);
     let committer = Committer::start(store.clone(), config.group_commit_max_batch);
@@ -97,6 +100,23 @@ pub async fn serve(
         admin = admin.with_workers(w.clone(), config.workers.workers);
     }
     let state = AppState { admin: Arc::new(admin), admin_token, worker_token, config: Arc::new(config) };
+    if pipeline.store().is_shared() {
+        // Other `serve` processes on the same database change the registry and the
+        // service state: follow them (correctness of jobs never depends on this).
+        let admin = state.admin.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let admin = admin.clone();
+                match tokio::task::spawn_blocking(move || admin.follow_store()).await {
+                    Ok(Err(e)) => tracing::warn!("cannot follow the shared store: {e}"),
+                    Err(e) => tracing::warn!("following the shared store stopped: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        });
+    }
     listen::serve(listener, app(state), &http, shutdown_signal(), grace).await;
     if let Some(w) = workers {
         // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.

@@ -12,10 +12,10 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use redb::WriteTransaction;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::kv::Write;
 use super::{RECORDS, Store, StoreError, StoredRecord, get};
 use crate::codec;
 use crate::jobs::SystemJob;
@@ -71,12 +71,18 @@ pub struct Receipt {
 
 /// One operation of a batch: it runs against the batch's transaction and returns
 /// how to answer its producer once the commit's outcome is known.
-type Work = Box<dyn FnOnce(&WriteTransaction) -> Done + Send>;
+/// Without a transaction (it could not begin), the operation answers with the failure.
+type Work = Box<dyn FnOnce(Result<&Write<'_>, &StoreError>) -> Done + Send>;
+
+/// Answers an operation's producer, given how its batch ended.
+type Finish = Box<dyn FnOnce(Option<&BatchFailure>) + Send>;
 
 struct Done {
     /// A storage failure: the whole batch is abandoned.
     fatal: bool,
-    finish: Box<dyn FnOnce(Option<String>) + Send>,
+    /// The storage error was an unreachable database.
+    unavailable: bool,
+    finish: Finish,
 }
 
 /// The handle producers commit through. Cloning it is cheap.
@@ -143,18 +149,23 @@ impl Committer {
     /// not undone.
     pub(crate) fn submit_op<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&WriteTransaction) -> Result<T, CommitError> + Send + 'static,
+        op: impl FnOnce(&Write<'_>) -> Result<T, CommitError> + Send + 'static,
     ) -> oneshot::Receiver<Result<T, CommitError>> {
         let (reply, rx) = oneshot::channel();
         let work: Work = Box::new(move |txn| {
-            let result = op(txn);
+            let result = match txn {
+                Ok(w) => op(w),
+                Err(e) => Err(CommitError::Store(e.clone_for_reply())),
+            };
             let fatal = matches!(result, Err(CommitError::Store(_)));
+            let unavailable = matches!(result, Err(CommitError::Store(StoreError::Unavailable(_))));
             Done {
                 fatal,
+                unavailable,
                 finish: Box::new(move |batch_error| {
                     let _ = reply.send(match batch_error {
                         None => result,
-                        Some(e) => Err(CommitError::Store(StoreError::Db(e))),
+                        Some(e) => Err(CommitError::Store(e.error())),
                     });
                 }),
             }
@@ -196,6 +207,23 @@ impl Committer {
     }
 }
 
+/// Why a batch was not committed, told to each of its producers.
+struct BatchFailure {
+    message: String,
+    /// The database could not be reached (a PostgreSQL store down or restarting).
+    unavailable: bool,
+}
+
+impl BatchFailure {
+    fn error(&self) -> StoreError {
+        if self.unavailable {
+            StoreError::Unavailable(self.message.clone())
+        } else {
+            StoreError::Db(self.message.clone())
+        }
+    }
+}
+
 fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: &CommitStats) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -214,75 +242,77 @@ fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: &CommitSt
 /// Runs every operation in one transaction, commits once, then answers each.
 fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
     let began = Instant::now();
-    let txn = match store.db.begin_write() {
-        Ok(t) => t,
+    let n = batch.len();
+    let mut applied = Instant::now();
+    let mut batch = Some(batch);
+    let result = store.transact(|w| {
+        let batch = batch.take().expect("the batch runs once");
+        let mut done = Vec::with_capacity(batch.len());
+        let mut fatal = false;
+        for work in batch {
+            let d = work(Ok(w));
+            fatal |= d.fatal;
+            done.push(d);
+        }
+        stats.apply_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+        applied = Instant::now();
+        (done, !fatal)
+    });
+    let (done, committed) = match result {
+        Ok(r) => r,
         Err(e) => {
-            // Dropping the operations unanswered tells each producer the writer failed.
-            tracing::error!("cannot begin a write transaction: {e}; {} operations refused", batch.len());
+            // Each producer hears why (a database that is down: `store_unavailable`).
+            tracing::error!("cannot begin a write transaction: {e}; {n} operations refused");
+            for work in batch.into_iter().flatten() {
+                (work(Err(&e)).finish)(None);
+            }
             return;
         }
     };
-    let mut done = Vec::with_capacity(batch.len());
-    let mut fatal = false;
-    for work in batch {
-        let d = work(&txn);
-        fatal |= d.fatal;
-        done.push(d);
-    }
-    stats.apply_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
-    let outcome = if fatal {
-        drop(txn);
-        Some("a storage error stopped the batch; nothing in it was committed".to_owned())
-    } else {
-        let started = Instant::now();
-        let outcome = txn.commit().err().map(|e| e.to_string());
-        stats.commit_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        outcome
+    stats.commit_us.fetch_add(applied.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let fatal = done.iter().any(|d| d.fatal);
+    let outcome = match committed {
+        _ if fatal => Some(BatchFailure {
+            message: "a storage error stopped the batch; nothing in it was committed".to_owned(),
+            unavailable: done.iter().any(|d| d.unavailable),
+        }),
+        Err(e) => Some(BatchFailure { unavailable: matches!(e, StoreError::Unavailable(_)), message: e.to_string() }),
+        Ok(()) => None,
     };
     for d in done {
-        (d.finish)(outcome.clone());
+        (d.finish)(outcome.as_ref());
     }
 }
 
-pub(super) fn apply(txn: &WriteTransaction, changes: &ChangeSet) -> Result<Receipt, CommitError> {
+pub(super) fn apply(w: &Write<'_>, changes: &ChangeSet) -> Result<Receipt, CommitError> {
     // A request that queues no jobs leaves the job tables closed.
     if changes.jobs.is_empty() {
-        apply_records(txn, changes)?;
+        apply_records(w, changes)?;
         return Ok(Receipt::default());
     }
-    super::jobs::with_tables(txn, |t| apply_in(txn, t, changes))
+    super::jobs::with_tables(w, |t| apply_in(t, changes))
 }
 
 /// Applies `changes` with the job tables already open (a completion's effects).
-pub(super) fn apply_in(
-    txn: &WriteTransaction,
-    t: &mut super::jobs::Tables<'_>,
-    changes: &ChangeSet,
-) -> Result<Receipt, CommitError> {
-    apply_records(txn, changes)?;
+pub(super) fn apply_in(t: &mut super::jobs::Tables<'_, '_>, changes: &ChangeSet) -> Result<Receipt, CommitError> {
+    apply_records(t.w, changes)?;
     Ok(Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::clock::now_ms())? })
 }
 
 /// Writes the change set's records, after checking every version against the
 /// store: a conflict writes nothing.
-fn apply_records(txn: &WriteTransaction, changes: &ChangeSet) -> Result<(), CommitError> {
-    if changes.records.is_empty() {
-        return Ok(());
-    }
-    let mut records = txn.open_table(RECORDS).map_err(StoreError::from)?;
+fn apply_records(w: &Write<'_>, changes: &ChangeSet) -> Result<(), CommitError> {
     for c in &changes.records {
-        let current: Option<StoredRecord> = get(&records, (c.entity.as_str(), c.id.as_u128()))?;
+        let current: Option<StoredRecord> = get(w, &RECORDS, &(c.entity.clone(), c.id.as_u128()))?;
         if current.map(|r| r.version) != c.expected_version {
             return Err(CommitError::Conflict { entity: c.entity.clone(), id: c.id });
         }
     }
     for c in &changes.records {
-        let key = (c.entity.as_str(), c.id.as_u128());
+        let key = (c.entity.clone(), c.id.as_u128());
         match &c.new {
-            Some(r) => {
-                records.insert(key, codec::encode(r).map_err(StoreError::from)?.as_slice()).map_err(StoreError::from)?
-            }
-            None => records.remove(key).map_err(StoreError::from)?,
+            Some(r) => w.insert(&RECORDS, &key, &codec::encode(r).map_err(StoreError::from)?)?,
+            None => w.remove(&RECORDS, &key)?,
         };
     }
     Ok(())

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use redb::{ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::jobs::fill_context;
+use super::kv::{Read, Reads};
 use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, get};
 use crate::codec;
 use crate::jobs::{JobQuery, SystemJob};
@@ -40,12 +40,12 @@ impl StoredRecord {
 
 /// A consistent read view of the store, unaffected by later commits.
 pub struct Snapshot {
-    txn: ReadTransaction,
+    txn: Read,
 }
 
 impl Snapshot {
     pub fn record(&self, entity: &str, id: Uuid) -> Result<Option<StoredRecord>> {
-        get(&self.txn.open_table(RECORDS)?, (entity, id.as_u128()))
+        get(&self.txn, &RECORDS, &(entity.to_owned(), id.as_u128()))
     }
 
     /// Calls `f` for the records of `entity` in id order, starting after `after`.
@@ -55,66 +55,55 @@ impl Snapshot {
         after: Option<Uuid>,
         mut f: impl FnMut(Uuid, StoredRecord) -> ControlFlow<()>,
     ) -> Result<()> {
-        let table = self.txn.open_table(RECORDS)?;
         let start = after.map_or(0, |a| a.as_u128().saturating_add(1));
         if after.is_some_and(|a| a.as_u128() == u128::MAX) {
             return Ok(());
         }
-        for entry in table.range((entity, start)..=(entity, u128::MAX))? {
-            let (k, v) = entry?;
-            let id = Uuid::from_u128(k.value().1);
-            if f(id, codec::decode(v.value())?).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        let entity = entity.to_owned();
+        self.txn.scan(&RECORDS, (entity.clone(), start)..=(entity, u128::MAX), false, |(_, id), v| {
+            Ok(f(Uuid::from_u128(id), codec::decode(&v)?))
+        })
     }
 
     /// Whether job `id` is leased with fencing token `token` in this snapshot: what a
     /// remote worker's reads for the job need.
     pub fn job_leased_with(&self, id: Uuid, token: u64) -> Result<bool> {
-        let job: Option<SystemJob> = get(&self.txn.open_table(JOBS)?, id.as_u128())?;
+        let job: Option<SystemJob> = get(&self.txn, &JOBS, &id.as_u128())?;
         Ok(job.is_some_and(|j| j.is_leased_with(token)))
     }
 
     pub fn definition(&self, name: &str) -> Result<Option<EntityDefinition>> {
-        super::get_row(&self.txn.open_table(ENTITY_DEFS)?, name)
+        super::get_row(&self.txn, &ENTITY_DEFS, &name.to_owned())
     }
 }
 
 impl Store {
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Ok(Snapshot { txn: self.db.begin_read()? })
+        Ok(Snapshot { txn: self.read()? })
     }
 
     pub fn definitions(&self) -> Result<Vec<EntityDefinition>> {
-        let txn = self.db.begin_read()?;
-        super::all_rows(&txn.open_table(ENTITY_DEFS)?)
+        super::all_rows(&self.read()?, &ENTITY_DEFS)
     }
 
     /// Defines an entity, or adds attributes to an existing one.
     pub fn define_entity(&self, def: &EntityDefinition) -> Result<EntityDefinition> {
         def.validate().map_err(StoreError::Invalid)?;
-        let txn = self.db.begin_write()?;
-        let merged = {
-            let mut table = txn.open_table(ENTITY_DEFS)?;
-            let mut current: EntityDefinition = super::get_row(&table, def.name.as_str())?
+        self.write(|w| {
+            let mut current: EntityDefinition = super::get_row(w, &ENTITY_DEFS, &def.name)?
                 .unwrap_or_else(|| EntityDefinition { name: def.name.clone(), attributes: BTreeMap::new() });
             current.merge(def).map_err(StoreError::Conflict)?;
             current.validate().map_err(StoreError::Invalid)?;
-            table.insert(def.name.as_str(), super::rows::encode(&current)?.as_slice())?;
-            current
-        };
-        txn.commit()?;
-        Ok(merged)
+            w.insert(&ENTITY_DEFS, &def.name, &super::rows::encode(&current)?)?;
+            Ok(current)
+        })
     }
 
     pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {
-        let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(JOB_CONTEXTS)?;
-        let mut job: Option<SystemJob> = get(&txn.open_table(JOBS)?, id.as_u128())?;
+        let txn = self.read()?;
+        let mut job: Option<SystemJob> = get(&txn, &JOBS, &id.as_u128())?;
         if let Some(j) = &mut job {
-            fill_context(&contexts, j)?;
+            fill_context(&txn, j)?;
         }
         Ok(job)
     }
@@ -136,21 +125,19 @@ impl Store {
         if low > high {
             return Ok(out);
         }
-        let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(JOB_CONTEXTS)?;
-        let table = txn.open_table(JOBS)?;
-        let range = table.range(low..=high)?;
-        let entries: Box<dyn Iterator<Item = _>> =
-            if query.newest_first { Box::new(range.rev()) } else { Box::new(range) };
-        for entry in entries {
-            let mut job: SystemJob = codec::decode(entry?.1.value())?;
+        let txn = self.read()?;
+        txn.scan(&JOBS, low..=high, query.newest_first, |_, v| {
+            let job: SystemJob = codec::decode(&v)?;
             if query.matches(&job) {
-                fill_context(&contexts, &mut job)?;
                 out.push(job);
                 if out.len() == limit {
-                    break;
+                    return Ok(ControlFlow::Break(()));
                 }
             }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        for job in &mut out {
+            fill_context(&txn, job)?;
         }
         Ok(out)
     }
@@ -160,29 +147,28 @@ impl Store {
         if jobs.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(JOB_CONTEXTS)?;
-        jobs.iter_mut().try_for_each(|job| fill_context(&contexts, job))
+        let ids: Vec<u128> = jobs.iter().map(|j| j.id.as_u128()).collect();
+        let contexts = self.read()?.get_many(&JOB_CONTEXTS, &ids)?;
+        for (job, context) in jobs.iter_mut().zip(contexts) {
+            if let Some(c) = context {
+                job.context = codec::decode(&c)?;
+            }
+        }
+        Ok(())
     }
 
     /// Up to `max` rows of an import job from row `from` (0-based), with their indexes.
     pub fn bulk_rows(&self, job: Uuid, from: u64, max: usize) -> Result<Vec<(u64, Entity)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(super::jobs::BULK_ROWS)?;
         let id = job.as_u128();
-        let mut out = Vec::new();
-        for entry in table.range((id, from)..=(id, u64::MAX))?.take(max) {
-            let (k, v) = entry?;
-            out.push((k.value().1, codec::decode(v.value())?));
-        }
-        Ok(out)
+        let rows = self.read()?.first(&super::jobs::BULK_ROWS, (id, from)..=(id, u64::MAX), max)?;
+        rows.into_iter().map(|((_, i), v)| Ok((i, codec::decode(&v)?))).collect()
     }
 
     /// Job counts by status (kept by every job write: no scan), and how many are runnable.
     pub fn job_counts(&self) -> Result<crate::store::QueueCounts> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read()?;
         let by_status =
             super::jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
-        Ok(crate::store::QueueCounts { by_status, runnable: super::jobs::ready_len(&txn)? })
+        Ok(crate::store::QueueCounts { by_status, runnable: txn.len(&super::jobs::READY)? })
     }
 }

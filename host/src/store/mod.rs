@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::Database;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -14,7 +14,9 @@ pub(crate) mod baseline;
 mod commit;
 mod data;
 mod jobs;
+pub(crate) mod kv;
 mod legacy;
+mod pg;
 mod queue;
 mod rows;
 
@@ -22,7 +24,8 @@ mod rows;
 pub use crate::jobs::JobResult;
 pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
-pub use jobs::Renewal;
+pub use jobs::{HOUSEKEEPER_TTL_MS, Housekeeper, Renewal};
+pub use pg::DEFAULT_CONNECTIONS;
 pub use queue::{
     CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, Outcomes, PURGE_BATCH,
     QueueCounts,
@@ -32,36 +35,45 @@ use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
 use crate::records::{AssemblyRecord, PluginRecord, Registration, StepRecord};
 use crate::runtime::ArtifactIndex;
+use kv::{ALL_TABLES, Read, Reads, Table, Write};
 
-/// The layout of the tables below. Bump it with a migration when they change
-/// (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs' `output` and `bulk_rows`,
-/// 4 job records without their context (it has its own table) and with lease-expiration and
-/// recurrence-run counters, and the steps' write limit.
-pub const SCHEMA_VERSION: u32 = 4;
+/// The layout of the tables below, the same on every engine. Bump it with a migration
+/// when they change (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs'
+/// `output` and `bulk_rows`, 4 job records without their context (it has its own
+/// table) and with lease-expiration and recurrence-run counters, and the steps' write
+/// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables.
+pub const SCHEMA_VERSION: u32 = 5;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
 pub const STORE_FILE: &str = "plughost.redb";
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const ASSEMBLIES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assemblies");
-const ASSEMBLY_BYTES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assembly_bytes");
-const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
-pub(super) const STEPS: TableDefinition<u128, &[u8]> = TableDefinition::new("steps");
-const ARTIFACTS: TableDefinition<&str, [u8; 32]> = TableDefinition::new("artifacts");
-const ENTITY_DEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("entity_definitions");
+pub(super) const META: Table<String, Vec<u8>> = Table::new(ALL_TABLES[0]);
+const ASSEMBLIES: Table<[u8; 32], Vec<u8>> = Table::new(ALL_TABLES[1]);
+const ASSEMBLY_BYTES: Table<[u8; 32], Vec<u8>> = Table::new(ALL_TABLES[2]);
+const PLUGINS: Table<String, Vec<u8>> = Table::new(ALL_TABLES[3]);
+pub(super) const STEPS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[4]);
+const ARTIFACTS: Table<String, [u8; 32]> = Table::new(ALL_TABLES[5]);
+const ENTITY_DEFS: Table<String, Vec<u8>> = Table::new(ALL_TABLES[6]);
 /// Records by (entity logical name, id).
-const RECORDS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("records");
-const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+const RECORDS: Table<(String, u128), Vec<u8>> = Table::new(ALL_TABLES[7]);
+const JOBS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[8]);
 /// Each job's execution context, written once when the job is queued: the job
 /// record itself is rewritten at every transition and stays small.
-const JOB_CONTEXTS: TableDefinition<u128, &[u8]> = TableDefinition::new("job_contexts");
+const JOB_CONTEXTS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[9]);
 /// Meta key of the deletion service job's id.
 const DELETION_SERVICE_JOB: &str = "deletion_service_job";
 /// Meta key of whether the asynchronous service is paused.
 const SERVICE_PAUSED: &str = "service_paused";
 /// Meta key of the last job sequence number handed out.
 const JOB_SEQUENCE: &str = "job_sequence";
+/// Meta key of the process doing the queue's housekeeping ([`Housekeeper`]).
+const HOUSEKEEPER: &str = "housekeeper";
+/// Meta key of the layout version.
+const SCHEMA_KEY: &str = "schema_version";
+/// Meta key of the registry's generation: bumped by every registry change, so each
+/// `plughost serve` on a shared store sees another's changes.
+const REGISTRY_GENERATION: &str = "registry_generation";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -88,17 +100,33 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored data could not be read: {0}")]
     Codec(#[from] CodecError),
+    /// The database server cannot be reached now (down, restarting, pool exhausted).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("store error: {0}")]
     Db(String),
 }
 
 impl StoreError {
+    /// The same error for another caller: its kind and message (a source error
+    /// becomes its text).
+    pub(crate) fn clone_for_reply(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+            StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::Locked(_) => "store_locked",
             StoreError::Corrupt { .. } | StoreError::Codec(_) => "store_corrupt",
             StoreError::SchemaTooNew { .. } => "store_too_new",
             StoreError::Io { .. } | StoreError::Db(_) => "store_error",
+            StoreError::Unavailable(_) => "store_unavailable",
             StoreError::NotFound(_) => "not_found",
             StoreError::Invalid(_) => "invalid",
             StoreError::Conflict(_) => "conflict",
@@ -119,8 +147,36 @@ db_error!(redb::TransactionError, redb::TableError, redb::StorageError, redb::Co
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where the store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded redb file in a data directory (the default).
+    Dir(PathBuf),
+    /// A PostgreSQL database (`postgres://user@host:port/db`), with the most
+    /// connections to open.
+    Postgres { url: String, connections: usize },
+}
+
+impl StoreLocation {
+    /// `postgres://` or `postgresql://` addresses are PostgreSQL; anything else is a
+    /// data directory.
+    pub fn parse(s: &str, connections: usize) -> StoreLocation {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres { url: s.to_owned(), connections }
+        } else {
+            StoreLocation::Dir(PathBuf::from(s))
+        }
+    }
+}
+
+pub(crate) enum Engine {
+    Redb(Database),
+    Pg(pg::Pg),
+}
+
 pub struct Store {
-    pub(crate) db: Database,
+    pub(crate) engine: Engine,
+    /// The file, or the PostgreSQL address without its password: for messages.
     path: PathBuf,
 }
 
@@ -131,7 +187,7 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `data_dir`.
+    /// Opens (or creates) the embedded store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io { path: data_dir.to_owned(), source })?;
         let path = data_dir.join(STORE_FILE);
@@ -144,101 +200,160 @@ impl Store {
             }
             other => StoreError::Corrupt { path: path.clone(), detail: other.to_string() },
         })?;
-        let store = Store { db, path };
+        legacy::prepare_redb(&db, &path)?;
+        let store = Store { engine: Engine::Redb(db), path };
         store.check_schema()?;
         Ok(store)
     }
 
+    /// Opens a PostgreSQL store, creating or upgrading its schema.
+    pub fn open_postgres(url: &str, connections: usize) -> Result<Store> {
+        let (pg, applied) = pg::Pg::open(url, connections)?;
+        if applied > 0 {
+            tracing::info!(applied, "PostgreSQL schema migrations applied");
+        }
+        let store = Store { path: PathBuf::from(pg.shown()), engine: Engine::Pg(pg) };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Opens the store at `location`.
+    pub fn open_at(location: &StoreLocation) -> Result<Store> {
+        match location {
+            StoreLocation::Dir(dir) => Store::open(dir),
+            StoreLocation::Postgres { url, connections } => Store::open_postgres(url, *connections),
+        }
+    }
+
+    /// The store file, or the PostgreSQL address (without password).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Whether several processes may open this store at once (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.engine, Engine::Pg(_))
+    }
+
+    /// Which engine holds the store: "redb" or "postgres".
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            Engine::Redb(_) => "redb",
+            Engine::Pg(_) => "postgres",
+        }
+    }
+
+    /// A read transaction: one consistent snapshot.
+    pub(crate) fn read(&self) -> Result<Read> {
+        Ok(match &self.engine {
+            Engine::Redb(db) => Read::Redb(redb::ReadableDatabase::begin_read(db)?),
+            Engine::Pg(pg) => Read::Pg(Box::new(pg.begin_read()?)),
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits when it returns `Ok`.
+    pub(crate) fn write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Write<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let (out, commit) = self.transact(|w| {
+            let out = f(w);
+            let ok = out.is_ok();
+            (out, ok)
+        })?;
+        commit?;
+        out
+    }
+
+    /// Runs `f` in one write transaction; commits if it says so. Returns what `f`
+    /// returned and the commit's outcome (`Ok` when told not to commit).
+    pub(crate) fn transact<T>(&self, f: impl FnOnce(&Write<'_>) -> (T, bool)) -> Result<(T, Result<()>)> {
+        match &self.engine {
+            Engine::Redb(db) => {
+                let txn = db.begin_write()?;
+                let (out, commit) = {
+                    let w = Write::Redb(kv::RedbWrite::new(&txn));
+                    f(&w)
+                };
+                if commit {
+                    let done = txn.commit().map_err(StoreError::from);
+                    Ok((out, done))
+                } else {
+                    drop(txn);
+                    Ok((out, Ok(())))
+                }
+            }
+            Engine::Pg(pg) => {
+                let txn = pg.begin_write()?;
+                let (out, commit) = f(&Write::Pg(&txn));
+                if commit {
+                    Ok((out, txn.commit()))
+                } else {
+                    txn.rollback();
+                    Ok((out, Ok(())))
+                }
+            }
+        }
+    }
+
     fn check_schema(&self) -> Result<()> {
-        let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
-        let txn = self.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
-            let found = match meta.get("schema_version")? {
-                Some(v) => Some(codec::decode::<u32>(v.value()).map_err(|e| corrupt(e.to_string()))?),
+        let path = self.path.clone();
+        self.write(|w| {
+            let corrupt = |detail: String| StoreError::Corrupt { path: path.clone(), detail };
+            let found = match w.get(&META, &SCHEMA_KEY.to_owned())? {
+                Some(v) => Some(codec::decode::<u32>(&v).map_err(|e| corrupt(e.to_string()))?),
                 None => None,
             };
             match found {
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::SchemaTooNew { path: self.path.clone(), found: v });
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v @ 1..=3) => {
-                    let upgraded = jobs::upgrade_job_records(&txn, v)?;
-                    let steps = jobs::upgrade_step_records(&txn)?;
-                    let indexed = if v == 1 { jobs::index_completed(&txn)? } else { 0 };
-                    tracing::info!(upgraded, steps, indexed, "store migrated from schema {v} to {SCHEMA_VERSION}");
-                    meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
-                }
-                Some(v) => return Err(corrupt(format!("unknown schema version {v}"))),
-                None => {
-                    meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
-                }
+                Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew { path: path.clone(), found: v }),
+                Some(v) if v == SCHEMA_VERSION => Ok(()),
+                Some(v) => Err(corrupt(format!("unknown schema version {v}"))),
+                None => w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?),
             }
-            // Create every table, so readers never meet a missing one.
-            txn.open_table(ASSEMBLIES)?;
-            txn.open_table(ASSEMBLY_BYTES)?;
-            txn.open_table(PLUGINS)?;
-            txn.open_table(STEPS)?;
-            txn.open_table(ARTIFACTS)?;
-            txn.open_table(ENTITY_DEFS)?;
-            txn.open_table(RECORDS)?;
-            txn.open_table(JOBS)?;
-            txn.open_table(JOB_CONTEXTS)?;
-            txn.open_table(jobs::READY)?;
-            txn.open_table(jobs::POSTPONED)?;
-            txn.open_table(jobs::TOKENS)?;
-            txn.open_table(jobs::LEASES)?;
-            txn.open_table(jobs::STEP_JOBS)?;
-            txn.open_table(jobs::STATUS_COUNTS)?;
-            txn.open_table(jobs::COMPLETED)?;
-            txn.open_table(jobs::BULK_ROWS)?;
-        }
-        txn.commit()?;
-        Ok(())
+        })
+    }
+
+    /// The process doing the queue's housekeeping now, if any process leased lately.
+    pub fn housekeeper(&self) -> Result<Option<Housekeeper>> {
+        let h: Option<Housekeeper> = get(&self.read()?, &META, &HOUSEKEEPER.to_owned())?;
+        Ok(h.filter(|h| h.until > crate::clock::now_ms()))
+    }
+
+    /// The registry's generation: it changes with every registration change, on any
+    /// process sharing the store.
+    pub fn registry_generation(&self) -> Result<u64> {
+        Ok(get::<_, u64>(&self.read()?, &META, &REGISTRY_GENERATION.to_owned())?.unwrap_or(0))
     }
 
     // ---- registry ----
 
     pub fn assembly(&self, hash: &AssemblyHash) -> Result<Option<AssemblyRecord>> {
-        let txn = self.db.begin_read()?;
-        get_row(&txn.open_table(ASSEMBLIES)?, hash.0)
+        get_row(&self.read()?, &ASSEMBLIES, &hash.0)
     }
 
     pub fn assembly_bytes(&self, hash: &AssemblyHash) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ASSEMBLY_BYTES)?;
-        Ok(table.get(hash.0)?.map(|v| v.value().to_vec()))
+        self.read()?.get(&ASSEMBLY_BYTES, &hash.0)
     }
 
     pub fn assemblies(&self) -> Result<Vec<AssemblyRecord>> {
-        let txn = self.db.begin_read()?;
-        all_rows(&txn.open_table(ASSEMBLIES)?)
+        all_rows(&self.read()?, &ASSEMBLIES)
     }
 
     pub fn plugin(&self, name: &str) -> Result<Option<PluginRecord>> {
-        let txn = self.db.begin_read()?;
-        get_row(&txn.open_table(PLUGINS)?, name)
+        get_row(&self.read()?, &PLUGINS, &name.to_owned())
     }
 
     pub fn plugins(&self) -> Result<Vec<PluginRecord>> {
-        let txn = self.db.begin_read()?;
-        all_rows(&txn.open_table(PLUGINS)?)
+        all_rows(&self.read()?, &PLUGINS)
     }
 
     pub fn step(&self, id: Uuid) -> Result<Option<StepRecord>> {
-        let txn = self.db.begin_read()?;
-        get_row(&txn.open_table(STEPS)?, id.as_u128())
+        get_row(&self.read()?, &STEPS, &id.as_u128())
     }
 
     /// Every step, in rank order within (message, entity, stage).
     pub fn steps(&self) -> Result<Vec<StepRecord>> {
-        let txn = self.db.begin_read()?;
-        let mut steps: Vec<StepRecord> = all_rows(&txn.open_table(STEPS)?)?;
+        let mut steps: Vec<StepRecord> = all_rows(&self.read()?, &STEPS)?;
         steps.sort_by(|a, b| {
             (&a.message, &a.entity, a.stage, a.rank, a.created_at).cmp(&(
                 &b.message,
@@ -267,6 +382,18 @@ impl Store {
         }
     }
 
+    /// Runs a registry change in one transaction and bumps the registry generation
+    /// with it.
+    fn change_registry<T>(&self, f: impl FnOnce(&Write<'_>) -> Result<T>) -> Result<T> {
+        self.write(|w| {
+            let out = f(w)?;
+            let key = REGISTRY_GENERATION.to_owned();
+            let generation = get::<_, u64>(w, &META, &key)?.unwrap_or(0) + 1;
+            w.insert(&META, &key, &codec::encode(&generation)?)?;
+            Ok(out)
+        })
+    }
+
     /// Stores an assembly (if new) with its bytes, points the plug-in at it and
     /// adds steps, in one transaction.
     pub(crate) fn register(
@@ -276,46 +403,38 @@ impl Store {
         mut plugin: PluginRecord,
         steps: Vec<StepRecord>,
     ) -> Result<Registration> {
-        let txn = self.db.begin_write()?;
-        let (assembly_is_new, previous_assembly) = {
-            let mut assemblies = txn.open_table(ASSEMBLIES)?;
-            let assembly_is_new = assemblies.get(assembly.hash.0)?.is_none();
+        let (assembly_is_new, previous_assembly) = self.change_registry(|w| {
+            let assembly_is_new = w.get(&ASSEMBLIES, &assembly.hash.0)?.is_none();
             if assembly_is_new {
-                assemblies.insert(assembly.hash.0, rows::encode(&assembly)?.as_slice())?;
-                txn.open_table(ASSEMBLY_BYTES)?.insert(assembly.hash.0, bytes)?;
+                w.insert(&ASSEMBLIES, &assembly.hash.0, &rows::encode(&assembly)?)?;
+                w.insert(&ASSEMBLY_BYTES, &assembly.hash.0, &bytes.to_vec())?;
             }
-            let mut plugins = txn.open_table(PLUGINS)?;
-            let previous: Option<PluginRecord> = get_row(&plugins, plugin.name.as_str())?;
+            let previous: Option<PluginRecord> = get_row(w, &PLUGINS, &plugin.name)?;
             if let Some(prev) = &previous {
                 plugin.created_at = prev.created_at;
                 if plugin.description.is_none() {
                     plugin.description = prev.description.clone();
                 }
             }
-            plugins.insert(plugin.name.as_str(), rows::encode(&plugin)?.as_slice())?;
-            let mut table = txn.open_table(STEPS)?;
+            w.insert(&PLUGINS, &plugin.name, &rows::encode(&plugin)?)?;
             for step in &steps {
-                table.insert(step.id.as_u128(), rows::encode(step)?.as_slice())?;
+                w.insert(&STEPS, &step.id.as_u128(), &rows::encode(step)?)?;
             }
-            (assembly_is_new, previous.map(|p| p.assembly).filter(|h| *h != assembly.hash))
-        };
-        txn.commit()?;
+            Ok((assembly_is_new, previous.map(|p| p.assembly).filter(|h| *h != assembly.hash)))
+        })?;
         Ok(Registration { assembly, assembly_is_new, plugin, previous_assembly, steps })
     }
 
     pub fn add_step(&self, step: &StepRecord) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            if txn.open_table(PLUGINS)?.get(step.plugin.as_str())?.is_none() {
+        self.change_registry(|w| {
+            if w.get(&PLUGINS, &step.plugin)?.is_none() {
                 return Err(StoreError::NotFound(format!(
                     "no plug-in named '{}': register it first with `plughost register`",
                     step.plugin
                 )));
             }
-            txn.open_table(STEPS)?.insert(step.id.as_u128(), rows::encode(step)?.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+            w.insert(&STEPS, &step.id.as_u128(), &rows::encode(step)?)
+        })
     }
 
     pub fn set_step_enabled(&self, id: Uuid, enabled: bool) -> Result<StepRecord> {
@@ -323,60 +442,46 @@ impl Store {
     }
 
     fn update_step(&self, id: Uuid, change: impl FnOnce(&mut StepRecord)) -> Result<StepRecord> {
-        let txn = self.db.begin_write()?;
-        let step = {
-            let mut table = txn.open_table(STEPS)?;
-            let mut step: StepRecord =
-                get_row(&table, id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
+        self.change_registry(|w| {
+            let mut step: StepRecord = get_row(w, &STEPS, &id.as_u128())?
+                .ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
             change(&mut step);
-            table.insert(id.as_u128(), rows::encode(&step)?.as_slice())?;
-            step
-        };
-        txn.commit()?;
-        Ok(step)
+            w.insert(&STEPS, &id.as_u128(), &rows::encode(&step)?)?;
+            Ok(step)
+        })
     }
 
     /// Removes a step and, in the same transaction, fails its queued jobs
     /// (`plugin_not_registered`); running ones fail when their worker completes them.
     pub fn remove_step(&self, id: Uuid) -> Result<StepRecord> {
-        let txn = self.db.begin_write()?;
-        let step = {
-            let mut table = txn.open_table(STEPS)?;
-            let removed =
-                table.remove(id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
-            rows::decode::<StepRecord>(removed.value())?
-        };
-        let what = format!("step '{}' ({})", step.name, step.id);
-        jobs::orphan_step_jobs(&txn, step.id, &what, crate::clock::now_ms())?;
-        txn.commit()?;
-        Ok(step)
+        self.change_registry(|w| {
+            let step: StepRecord = get_row(w, &STEPS, &id.as_u128())?
+                .ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
+            w.remove(&STEPS, &id.as_u128())?;
+            let what = format!("step '{}' ({})", step.name, step.id);
+            jobs::orphan_step_jobs(w, step.id, &what, crate::clock::now_ms())?;
+            Ok(step)
+        })
     }
 
     /// Whether the asynchronous service was paused (`service pause`); it stays paused
     /// across restarts until resumed, as Dataverse's stays stopped until started.
     pub fn service_paused(&self) -> Result<bool> {
-        let txn = self.db.begin_read()?;
-        Ok(get::<_, bool, _>(&txn.open_table(META)?, SERVICE_PAUSED)?.unwrap_or(false))
+        Ok(get::<_, bool>(&self.read()?, &META, &SERVICE_PAUSED.to_owned())?.unwrap_or(false))
     }
 
     pub fn set_service_paused(&self, paused: bool) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert(SERVICE_PAUSED, codec::encode(&paused)?.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.write(|w| w.insert(&META, &SERVICE_PAUSED.to_owned(), &codec::encode(&paused)?))
     }
 
     /// Removes a plug-in. With steps registered it refuses, unless `with_steps`,
     /// which removes them too. Returns the removed steps.
     pub fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<(PluginRecord, Vec<StepRecord>)> {
-        let txn = self.db.begin_write()?;
-        let result = {
-            let mut plugins = txn.open_table(PLUGINS)?;
-            let plugin: PluginRecord =
-                get_row(&plugins, name)?.ok_or_else(|| StoreError::NotFound(format!("no plug-in named '{name}'")))?;
-            let mut steps_table = txn.open_table(STEPS)?;
+        self.change_registry(|w| {
+            let plugin: PluginRecord = get_row(w, &PLUGINS, &name.to_owned())?
+                .ok_or_else(|| StoreError::NotFound(format!("no plug-in named '{name}'")))?;
             let steps: Vec<StepRecord> =
-                all_rows::<u128, StepRecord>(&steps_table)?.into_iter().filter(|s| s.plugin == name).collect();
+                all_rows::<u128, StepRecord>(w, &STEPS)?.into_iter().filter(|s| s.plugin == name).collect();
             if !steps.is_empty() && !with_steps {
                 return Err(StoreError::Conflict(format!(
                     "plug-in '{name}' has {} step(s): remove them first or pass --with-steps",
@@ -384,26 +489,22 @@ impl Store {
                 )));
             }
             for s in &steps {
-                steps_table.remove(s.id.as_u128())?;
+                w.remove(&STEPS, &s.id.as_u128())?;
             }
-            plugins.remove(name)?;
-            drop((plugins, steps_table));
+            w.remove(&PLUGINS, &name.to_owned())?;
             for s in &steps {
                 let what =
                     format!("plug-in '{name}' (assembly {}) with its step '{}'", plugin.assembly.short(), s.name);
-                jobs::orphan_step_jobs(&txn, s.id, &what, crate::clock::now_ms())?;
+                jobs::orphan_step_jobs(w, s.id, &what, crate::clock::now_ms())?;
             }
-            (plugin, steps)
-        };
-        txn.commit()?;
-        Ok(result)
+            Ok((plugin, steps))
+        })
     }
 
     /// Removes an assembly no plug-in points at.
     pub fn unregister_assembly(&self, hash: &AssemblyHash) -> Result<AssemblyRecord> {
-        let txn = self.db.begin_write()?;
-        let record = {
-            let users: Vec<String> = all_rows::<&str, PluginRecord>(&txn.open_table(PLUGINS)?)?
+        self.change_registry(|w| {
+            let users: Vec<String> = all_rows::<String, PluginRecord>(w, &PLUGINS)?
                 .into_iter()
                 .filter(|p| p.assembly == *hash)
                 .map(|p| p.name)
@@ -415,15 +516,12 @@ impl Store {
                     users.join(", ")
                 )));
             }
-            let mut assemblies = txn.open_table(ASSEMBLIES)?;
-            let removed =
-                assemblies.remove(hash.0)?.ok_or_else(|| StoreError::NotFound(format!("no assembly {hash}")))?;
-            let record = rows::decode::<AssemblyRecord>(removed.value())?;
-            txn.open_table(ASSEMBLY_BYTES)?.remove(hash.0)?;
-            record
-        };
-        txn.commit()?;
-        Ok(record)
+            let record: AssemblyRecord =
+                get_row(w, &ASSEMBLIES, &hash.0)?.ok_or_else(|| StoreError::NotFound(format!("no assembly {hash}")))?;
+            w.remove(&ASSEMBLIES, &hash.0)?;
+            w.remove(&ASSEMBLY_BYTES, &hash.0)?;
+            Ok(record)
+        })
     }
 
     /// Finds an assembly by full hash or a unique prefix of at least 8 hex digits.
@@ -442,57 +540,102 @@ impl Store {
             n => Err(StoreError::Conflict(format!("'{key}' matches {n} assemblies: give more digits"))),
         }
     }
+
+    /// Copies every table of `self` into `to`, which must be empty; returns the entries
+    /// copied per table. Reads one snapshot; writes in chunks (so `to` should not be in
+    /// use until it returns).
+    pub fn copy_to(&self, to: &Store) -> Result<Vec<(&'static str, u64)>> {
+        let from = self.read()?;
+        for t in ALL_TABLES {
+            if t != ALL_TABLES[0] && !to.read()?.first(&Table::<Vec<u8>, Vec<u8>>::new(t), .., 1)?.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "the target store {} already holds {}: copy into an empty store",
+                    to.path.display(),
+                    t.1
+                )));
+            }
+        }
+        let mut counts = Vec::new();
+        for t in ALL_TABLES {
+            let mut n = 0u64;
+            let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let flush = |chunk: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
+                to.write(|w| chunk.iter().try_for_each(|(k, v)| w.put_raw(t, k, v)))?;
+                chunk.clear();
+                Ok(())
+            };
+            from.raw_scan(t, &kv::RawRange { lo: Vec::new(), hi: None }, false, &mut |k, v| {
+                chunk.push((k.to_vec(), v.to_vec()));
+                n += 1;
+                if chunk.len() >= 2000 {
+                    flush(&mut chunk)?;
+                }
+                Ok(std::ops::ControlFlow::Continue(()))
+            })?;
+            flush(&mut chunk)?;
+            counts.push((t.1, n));
+        }
+        Ok(counts)
+    }
+
+    /// Entries per table (what `store copy` verifies).
+    pub fn table_counts(&self) -> Result<Vec<(&'static str, u64)>> {
+        let r = self.read()?;
+        ALL_TABLES.iter().map(|t| Ok((t.1, r.len(&Table::<Vec<u8>, Vec<u8>>::new(*t))?))).collect()
+    }
 }
 
 impl ArtifactIndex for Store {
     fn artifact_digest(&self, key: &str) -> anyhow::Result<Option<[u8; 32]>> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(ARTIFACTS)?.get(key)?.map(|v| v.value()))
+        Ok(self.read()?.get(&ARTIFACTS, &key.to_owned())?)
     }
 
     fn record_artifact(&self, key: &str, digest: [u8; 32]) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(ARTIFACTS)?.insert(key, digest)?;
-        txn.commit()?;
-        Ok(())
+        Ok(self.write(|w| w.insert(&ARTIFACTS, &key.to_owned(), &digest))?)
     }
 }
 
-pub(crate) fn get<'k, K, T, Tbl>(table: &Tbl, key: impl std::borrow::Borrow<K::SelfType<'k>>) -> Result<Option<T>>
-where
-    K: redb::Key + 'static,
-    T: DeserializeOwned,
-    Tbl: ReadableTable<K, &'static [u8]>,
-{
-    match table.get(key)? {
-        Some(v) => Ok(Some(codec::decode(v.value())?)),
+/// A value by key, decoded by `codec`.
+pub(crate) fn get<K: kv::Key, T: DeserializeOwned>(
+    r: &impl Reads,
+    table: &Table<K, Vec<u8>>,
+    key: &K,
+) -> Result<Option<T>> {
+    match r.get(table, key)? {
+        Some(v) => Ok(Some(codec::decode(&v)?)),
         None => Ok(None),
     }
 }
 
 /// A registry record by key, decoded from its row (`rows`).
-fn get_row<'k, K, T, Tbl>(table: &Tbl, key: impl std::borrow::Borrow<K::SelfType<'k>>) -> Result<Option<T>>
-where
-    K: redb::Key + 'static,
-    T: rows::Stored,
-    Tbl: ReadableTable<K, &'static [u8]>,
-{
-    match table.get(key)? {
-        Some(v) => Ok(Some(rows::decode(v.value())?)),
+fn get_row<K: kv::Key, T: rows::Stored>(r: &impl Reads, table: &Table<K, Vec<u8>>, key: &K) -> Result<Option<T>> {
+    match r.get(table, key)? {
+        Some(v) => Ok(Some(rows::decode(&v)?)),
         None => Ok(None),
     }
 }
 
 /// Every registry record of a table, decoded from its rows.
-fn all_rows<K, T>(table: &impl ReadableTable<K, &'static [u8]>) -> Result<Vec<T>>
-where
-    K: redb::Key + 'static,
-    T: rows::Stored,
-{
-    let mut out = Vec::new();
-    for entry in table.iter()? {
-        let (_, v) = entry?;
-        out.push(rows::decode(v.value())?);
+fn all_rows<K: kv::Key, T: rows::Stored>(r: &impl Reads, table: &Table<K, Vec<u8>>) -> Result<Vec<T>> {
+    r.all(table)?.into_iter().map(|(_, v)| Ok(rows::decode(&v)?)).collect()
+}
+
+/// Stores for the store's own tests: the conformance of both engines.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+
+    /// A fresh store on each engine: redb in a temporary directory, and PostgreSQL (a
+    /// new database on the tests' server) when it is installed; under `CI=true` a
+    /// missing PostgreSQL fails the test.
+    pub(crate) fn stores() -> Vec<(tempfile::TempDir, Store)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut out = vec![(tempfile::tempdir().expect("temp dir"), Store::open(dir.path()).expect("open redb"))];
+        out[0].0 = dir;
+        if let Some(pg) = plughost_test_support::postgres::server() {
+            let url = pg.database();
+            out.push((tempfile::tempdir().expect("temp dir"), Store::open_postgres(&url, 4).expect("open postgres")));
+        }
+        out
     }
-    Ok(out)
 }

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot::Receiver;
 use uuid::Uuid;
@@ -129,6 +128,9 @@ pub struct JobQueue {
     interrupts: Arc<Mutex<HashSet<Uuid>>>,
     /// A job whose lease expires more often than this fails ([`crate::jobs::after_lease_expired`]).
     max_lease_expirations: u32,
+    /// This process among those sharing the store (host name and pid): who does the
+    /// housekeeping ([`crate::store::Housekeeper`]).
+    instance: Arc<str>,
 }
 
 /// A job's lease may expire this often before the job fails, unless configured.
@@ -140,7 +142,19 @@ fn wait<T>(rx: Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
 
 impl JobQueue {
     pub fn new(store: Arc<Store>, committer: Committer) -> JobQueue {
-        JobQueue { store, committer, interrupts: Arc::default(), max_lease_expirations: DEFAULT_MAX_LEASE_EXPIRATIONS }
+        let instance = format!("{}:{}", crate::worker::hostname(), std::process::id()).into();
+        JobQueue {
+            store,
+            committer,
+            interrupts: Arc::default(),
+            max_lease_expirations: DEFAULT_MAX_LEASE_EXPIRATIONS,
+            instance,
+        }
+    }
+
+    /// This process's name among those sharing the store.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Sets how often a job's lease may expire before the job fails.
@@ -159,7 +173,7 @@ impl JobQueue {
     /// `lease` from now; says for each whether it is still the worker's.
     pub fn renew(&self, held: Vec<(Uuid, u64)>, lease: Duration) -> Result<Vec<Renewal>, CommitError> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        wait(self.committer.submit_op(move |txn| Ok(with_tables(txn, |t| jobs::renew(t, &held, lease_ms, now_ms()))?)))
+        wait(self.committer.submit_op(move |w| Ok(with_tables(w, |t| jobs::renew(t, &held, lease_ms, now_ms()))?)))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -171,8 +185,9 @@ impl JobQueue {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let expirations = self.max_lease_expirations;
-        let mut leased = wait(self.committer.submit_op(move |txn| {
-            Ok(with_tables(txn, |t| jobs::lease(t, &host, max, lease_ms, expirations, now_ms()))?)
+        let instance = self.instance.clone();
+        let mut leased = wait(self.committer.submit_op(move |w| {
+            Ok(with_tables(w, |t| jobs::lease(t, &instance, &host, max, lease_ms, expirations, now_ms()))?)
         }))?;
         // A context never changes once queued: read it here, on the worker's thread.
         self.store.fill_contexts(&mut leased)?;
@@ -201,10 +216,10 @@ impl JobQueue {
     pub fn complete_all(&self, completions: Vec<JobCompletion>) -> Receiver<Result<Outcomes, CommitError>> {
         let committer = self.committer.clone();
         let interrupts = self.interrupts.clone();
-        self.committer.submit_op(move |txn| {
+        self.committer.submit_op(move |w| {
             let now = now_ms();
             let mut queued_jobs = false;
-            let outcomes = with_tables(txn, |t| {
+            let outcomes = with_tables(w, |t| {
                 let mut outcomes = Vec::with_capacity(completions.len());
                 {
                     // A completed job needs no interrupt any more.
@@ -215,9 +230,10 @@ impl JobQueue {
                         }
                     }
                 }
+                t.w.prefetch(&super::JOBS, completions.iter().map(|c| c.id.as_u128()))?;
                 for c in completions {
                     queued_jobs |= !c.effects.jobs.is_empty();
-                    match complete_one(txn, t, c, now) {
+                    match complete_one(t, c, now) {
                         // A storage error abandons the whole group commit.
                         Err(e @ CommitError::Store(_)) => return Err(e),
                         outcome => outcomes.push(outcome),
@@ -236,8 +252,8 @@ impl JobQueue {
     /// [`crate::worker::WorkerConfig::deletion_service`]); returns it.
     pub fn ensure_deletion_service(&self, pattern: Option<&str>) -> Result<Option<SystemJob>, CommitError> {
         let pattern = pattern.map(str::to_owned);
-        let job = wait(self.committer.submit_op(move |txn| {
-            Ok(with_tables(txn, |t| jobs::ensure_deletion_service(t, pattern.as_deref(), now_ms()))?)
+        let job = wait(self.committer.submit_op(move |w| {
+            Ok(with_tables(w, |t| jobs::ensure_deletion_service(t, pattern.as_deref(), now_ms()))?)
         }))?;
         self.committer.notify();
         Ok(job)
@@ -250,8 +266,8 @@ impl JobQueue {
 
     /// Creates a job with the rows it works through (a bulk import), in one transaction.
     pub fn create_with_rows(&self, job: SystemJob, rows: Vec<crate::model::Entity>) -> Result<SystemJob, CommitError> {
-        let created = wait(self.committer.submit_op(move |txn| {
-            with_tables(txn, |t| {
+        let created = wait(self.committer.submit_op(move |w| {
+            with_tables(w, |t| {
                 let (id, sequence) = jobs::enqueue(t, std::slice::from_ref(&job), now_ms())?[0];
                 jobs::put_bulk_rows(t, id, &rows)?;
                 Ok::<_, StoreError>(SystemJob { id, sequence, ..job })
@@ -264,9 +280,9 @@ impl JobQueue {
 
     /// Puts leased jobs that were never run back in the queue (shutdown).
     pub fn release(&self, leased: Vec<(Uuid, u64)>) -> Result<usize, CommitError> {
-        wait(self.committer.submit_op(move |txn| {
+        wait(self.committer.submit_op(move |w| {
             let now = now_ms();
-            with_tables(txn, |t| {
+            with_tables(w, |t| {
                 let mut released = 0;
                 for (id, token) in leased {
                     let Some(old) = load(t, id)? else { continue };
@@ -284,8 +300,8 @@ impl JobQueue {
     /// Applies a user's action; refuses one the job's status does not allow.
     pub fn manage(&self, id: Uuid, action: JobAction) -> Result<Option<SystemJob>, CommitError> {
         let interrupts = self.interrupts.clone();
-        wait(self.committer.submit_op(move |txn| {
-            with_tables(txn, |t| {
+        wait(self.committer.submit_op(move |w| {
+            with_tables(w, |t| {
                 let now = now_ms();
                 let old = load(t, id)?
                     .ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
@@ -376,12 +392,7 @@ impl JobQueue {
 }
 
 /// Records one completion. Writes nothing unless it returns `Ok`.
-fn complete_one(
-    txn: &WriteTransaction,
-    t: &mut Tables<'_>,
-    c: JobCompletion,
-    now: i64,
-) -> Result<CompletionOutcome, CommitError> {
+fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<CompletionOutcome, CommitError> {
     let old = load(t, c.id)?;
     let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
     if !old.is_leased_with(c.fencing_token) {
@@ -398,7 +409,7 @@ fn complete_one(
     // A successful run of a job still running (not being canceled or paused) writes
     // its effects here, in the transaction that completes it.
     if old.status == JobStatus::InProgress && matches!(result, JobResult::Succeeded | JobResult::Progress) {
-        match apply_in(txn, t, &c.effects) {
+        match apply_in(t, &c.effects) {
             Err(CommitError::Conflict { .. }) => {
                 // Still InProgress, so released it is ready again.
                 put_job(t, Some(&old), Some(&crate::jobs::released(&old, now)), now)?;
@@ -459,8 +470,12 @@ mod tests {
 
     #[test]
     fn a_job_whose_lease_keeps_expiring_fails_and_renewal_keeps_a_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for (_dir, store) in crate::store::testing::stores() {
+            lease_expiry_on(Arc::new(store));
+        }
+    }
+
+    fn lease_expiry_on(store: Arc<Store>) {
         let queue = JobQueue::new(store.clone(), Committer::start(store.clone(), 16)).with_max_lease_expirations(1);
         let job =
             queue.create(SystemJob::plugin_execution("j", Uuid::nil(), None, ExecutionContext::default())).unwrap();

@@ -14,17 +14,17 @@ use super::server::{query, register};
 const ENV: &[(&str, &str)] = &[("PLUGHOST_LEASE_MS", "1000"), ("PLUGHOST_WORKERS", "2")];
 
 /// A tiny deterministic generator, seeded per run and printed, so a failure can be replayed.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
 
 /// Creates accounts until the server goes away or `stop` is set; returns how many were acknowledged.
-fn load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+pub(crate) fn load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let mut acked = Vec::new();
@@ -52,15 +52,7 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
     let mut rng = Lcg(seed);
 
     let mut s = TestServer::start_in(BIN, TestCommand::new(BIN), ENV);
-    s.put("/api/v1/metadata/entities/account", &json!({"attributes": {"name": "text", "accountnumber": "text"}}))
-        .expect(200);
-    s.put(
-        "/api/v1/metadata/entities/task",
-        &json!({"attributes": {"subject": "text", "regardingobjectid": "reference", "scheduledend": "datetime"}}),
-    )
-    .expect(200);
-    register(&s, artifacts::ACCOUNT_NUMBER, "account-number", &["Create:account:pre-operation"]);
-    register(&s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+    follow_up_setup(&s, true);
 
     let mut acknowledged = Vec::new();
     for round in 0..5 {
@@ -77,11 +69,36 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
     }
 
     // Let the last server finish everything (leases of killed workers expire and are recovered).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let jobs = loop {
+    let jobs = wait_all_succeeded(&s, Duration::from_secs(120));
+    let accounts: Vec<String> = query_all(&s, "account").iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert!(accounts.len() >= 50, "the load generator made too few accounts ({}) to mean anything", accounts.len());
+    assert_exactly_once(&s, &accounts, &acknowledged, &jobs);
+    assert!(query(&s, "account").iter().all(|a| a["attributes"]["accountnumber"].as_str().is_some()));
+}
+
+/// Defines account and task and registers the follow-up task step (an async job per
+/// account creating one task), with the account-number step first if `numbered`.
+pub(crate) fn follow_up_setup(s: &TestServer, numbered: bool) {
+    s.put("/api/v1/metadata/entities/account", &json!({"attributes": {"name": "text", "accountnumber": "text"}}))
+        .expect(200);
+    s.put(
+        "/api/v1/metadata/entities/task",
+        &json!({"attributes": {"subject": "text", "regardingobjectid": "reference", "scheduledend": "datetime"}}),
+    )
+    .expect(200);
+    if numbered {
+        register(s, artifacts::ACCOUNT_NUMBER, "account-number", &["Create:account:pre-operation"]);
+    }
+    register(s, artifacts::FOLLOW_UP_TASK, "follow-up", &["Create:account:post-operation:async"]);
+}
+
+/// Waits until every job succeeded; returns them.
+pub(crate) fn wait_all_succeeded(s: &TestServer, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
         let jobs = s.get("/api/v1/jobs?limit=5000").expect(200).as_array().unwrap().clone();
         if jobs.iter().all(|j| j["status"] == "Succeeded") {
-            break jobs;
+            return jobs;
         }
         assert!(
             Instant::now() < deadline,
@@ -89,28 +106,24 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
             jobs.iter().map(|j| &j["status"]).collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
 
-    let accounts = s.post("/api/v1/query", &json!({"entity_name": "account", "page_size": 5000})).expect(200);
-    let accounts: Vec<String> =
-        accounts["entities"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-    assert!(accounts.len() >= 50, "the load generator made too few accounts ({}) to mean anything", accounts.len());
-    for id in &acknowledged {
+/// Under the follow-up step: every acknowledged account is stored, each stored account
+/// has exactly one job, and each job's effect (a task regarding it) exists once.
+pub(crate) fn assert_exactly_once(s: &TestServer, accounts: &[String], acknowledged: &[String], jobs: &[Value]) {
+    for id in acknowledged {
         assert!(accounts.contains(id), "an acknowledged create was lost: {id}");
     }
     assert_eq!(jobs.len(), accounts.len(), "one job per committed account, no more, no less");
-    let tasks = s.post("/api/v1/query", &json!({"entity_name": "task", "page_size": 5000})).expect(200);
-    let mut regarding: Vec<String> = tasks["entities"]
-        .as_array()
-        .unwrap()
+    let mut regarding: Vec<String> = query_all(s, "task")
         .iter()
         .map(|t| t["attributes"]["regardingobjectid"]["reference"]["id"].as_str().unwrap().to_owned())
         .collect();
     regarding.sort();
-    let mut expected = accounts.clone();
+    let mut expected = accounts.to_vec();
     expected.sort();
     assert_eq!(regarding, expected, "every job's effect is present exactly once");
-    assert!(query(&s, "account").iter().all(|a| a["attributes"]["accountnumber"].as_str().is_some()));
 }
 
 #[test]
@@ -150,7 +163,7 @@ fn an_import_killed_midway_imports_every_row_exactly_once() {
 }
 
 /// Every record of `entity`, page by page.
-fn query_all(s: &TestServer, entity: &str) -> Vec<Value> {
+pub(crate) fn query_all(s: &TestServer, entity: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut cookie = Value::Null;
     loop {

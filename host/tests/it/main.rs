@@ -11,6 +11,7 @@ mod registry;
 mod remote;
 mod sandbox;
 mod server;
+mod shared;
 
 use std::sync::Arc;
 

@@ -173,15 +173,30 @@ fn a_store_from_a_newer_plughost_is_refused() {
         let db = redb::Database::create(dir.path().join(STORE_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut meta = txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta")).unwrap();
-            // Codec format 1, bincode varint 99.
-            meta.insert("schema_version", [1u8, 99].as_slice()).unwrap();
+            let mut meta = txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("kv:meta")).unwrap();
+            // The key as the store encodes a string; codec format 1, bincode varint 99.
+            meta.insert(b"schema_version\x00\x01".as_slice(), [1u8, 99].as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
     let err = Store::open(dir.path()).unwrap_err();
     assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
     assert!(err.to_string().contains("upgrade plughost"));
+
+    // The same on PostgreSQL: a newer data layout, and a newer SQL schema.
+    let Some(pg) = plughost_test_support::postgres::server() else { return };
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    drop(Store::open_postgres(&url, 2).unwrap());
+    pg.psql(
+        &db,
+        "UPDATE plughost_kv SET v = '\\x0163' WHERE t = 0 AND k = 'schema_version'::bytea || '\\x0001'::bytea",
+    );
+    let err = Store::open_postgres(&url, 2).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
+    pg.psql(&db, "INSERT INTO plughost_migrations (version) VALUES (42)");
+    let err = Store::open_postgres(&url, 2).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 42, .. }), "{err}");
 }
 
 #[test]
