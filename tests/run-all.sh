@@ -14,4 +14,5 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 
 cargo test --workspace --locked
-PLUGHOST_TEST_STORE=postgres cargo test -p plughost --test it --locked
+# --workspace: the same features as above, so nothing is built again.
+PLUGHOST_TEST_STORE=postgres cargo test --workspace --locked --test it

@@ -159,7 +159,9 @@ fn a_frozen_worker_finds_its_jobs_recovered_and_its_late_completions_refused() {
 fn workers_ride_out_server_restarts_by_sigterm_and_sigkill() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let env = [NO_LOCAL_WORKERS];
+    // A lease the killed server granted but never answered (committed, reply lost) is
+    // recovered when it expires: keep that short.
+    let env = [NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1000")];
     let mut s = TestServer::start_at(BIN, TestCommand::new(BIN), &env, &listen);
     define_entities(&s);
     follow_up_and_slow_steps(&s, 100);
