@@ -40,8 +40,10 @@ impl Status {
         };
         // What `plughost worker --token-file` reads (a configured worker_token has no file).
         let worker_token_file = Some(data_dir.join(plughost::config::WORKER_TOKEN_FILE)).filter(|p| p.exists());
+        let store = g.load_config()?.store_location(&data_dir).describe();
         let json = serde_json::json!({
             "data_dir": data_dir,
+            "store": store,
             "server": server,
             "plugins": plugins,
             "steps": steps,
@@ -50,7 +52,7 @@ impl Status {
             "worker_token_file": worker_token_file,
         });
         g.print(&json, || {
-            let mut out = format!("data dir  {}\n", data_dir.display());
+            let mut out = format!("data dir  {}\nstore     {store}\n", data_dir.display());
             match &server {
                 Some(s) => out.push_str(&format!("server    {} (pid {})\n", s.url, s.pid)),
                 None => out.push_str("server    not running\n"),

@@ -158,6 +158,14 @@ pub enum StoreLocation {
 }
 
 impl StoreLocation {
+    /// Where it is, for people: the store file, or the address without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Dir(dir) => format!("{} (redb)", dir.join(STORE_FILE).display()),
+            StoreLocation::Postgres { url, .. } => format!("{} (PostgreSQL)", pg::redact(url)),
+        }
+    }
+
     /// `postgres://` or `postgresql://` addresses are PostgreSQL; anything else is a
     /// data directory.
     pub fn parse(s: &str, connections: usize) -> StoreLocation {

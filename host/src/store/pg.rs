@@ -321,7 +321,7 @@ fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
 }
 
 /// The address without its password.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -154,6 +154,8 @@ fn an_embedded_store_is_copied_into_postgresql_and_served_from_there() {
     assert_eq!(query_all(&s, "task").len(), 3, "each copied job ran once");
     let init = s.run(&["--json", "store", "init"]).ok().json();
     assert_eq!(init["engine"], "postgres", "{init:#}");
+    let status = s.run(&["--json", "status"]).ok().json();
+    assert!(status["store"].as_str().is_some_and(|s| s.ends_with("(PostgreSQL)")), "{status:#}");
 }
 
 #[test]
