@@ -546,10 +546,11 @@ pub mod postgres {
             data = data.display(),
             dir = dir.display(),
         );
-        // Never waited for: it outlives this process on purpose.
+        // Never waited for: it outlives this process on purpose, in a session of its
+        // own, so a signal to the test's process group (a `timeout`) spares it.
         #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("sh")
-            .args(["-c", &stop])
+        let _watchdog = Command::new("setsid")
+            .args(["sh", "-c", &stop])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
