@@ -460,6 +460,16 @@ impl QueueBench {
     }
 }
 
+/// Stops the benchmark's child processes with SIGTERM and waits for each.
+fn stop(children: &mut [std::process::Child]) {
+    for c in children.iter_mut() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}
+
 impl QueueBench {
     /// Drains `self.jobs` jobs with `n` `plughost serve` processes on the PostgreSQL
     /// store `url`: jobs per second from the moment the paused service resumes on every
@@ -483,14 +493,6 @@ impl QueueBench {
         };
         let exe = std::env::current_exe().map_err(|e| fail(&e))?;
         let mut children = Vec::new();
-        let stop = |children: &mut Vec<std::process::Child>| {
-            for c in children.iter_mut() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            }
-            for c in children.iter_mut() {
-                let _ = c.wait();
-            }
-        };
         let mut urls = Vec::new();
         for i in 0..n {
             let data = dir.join(format!("serve-{i}"));
@@ -606,14 +608,6 @@ impl QueueBench {
                 .map_err(|e| fail(&e))?;
             children.push(child);
         }
-        let stop = |children: &mut Vec<std::process::Child>| {
-            for c in children.iter_mut() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            }
-            for c in children.iter_mut() {
-                let _ = c.wait();
-            }
-        };
         let waited = Instant::now();
         while admin("/workers")?.as_array().map_or(0, Vec::len) < n {
             if waited.elapsed() > Duration::from_secs(60) {

@@ -554,8 +554,9 @@ impl Store {
     /// use until it returns).
     pub fn copy_to(&self, to: &Store) -> Result<Vec<(&'static str, u64)>> {
         let from = self.read()?;
+        let target = to.read()?;
         for t in ALL_TABLES {
-            if t != ALL_TABLES[0] && !to.read()?.first(&Table::<Vec<u8>, Vec<u8>>::new(t), .., 1)?.is_empty() {
+            if t != ALL_TABLES[0] && !target.first(&Table::<Vec<u8>, Vec<u8>>::new(t), .., 1)?.is_empty() {
                 return Err(StoreError::Conflict(format!(
                     "the target store {} already holds {}: copy into an empty store",
                     to.path.display(),
@@ -563,6 +564,7 @@ impl Store {
                 )));
             }
         }
+        drop(target);
         let mut counts = Vec::new();
         for t in ALL_TABLES {
             let mut n = 0u64;
