@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The plughost demo, on the embedded default store in a fresh data directory:
 # builds the example plug-ins and the host, starts `plughost serve`, registers
-# the plug-ins, raises data events with the CLI and with curl, and shows what the
-# synchronous plug-ins changed or rejected and the system jobs the async step queued.
+# the plug-ins, creates a user with an API key, raises data events with the CLI (as
+# the administrator) and with curl (as that user), and shows what the synchronous
+# plug-ins changed or rejected, what each user may see, the system jobs the async
+# step queued, and the audit log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,15 +42,30 @@ step "Registering the example plug-ins"
 "$PH" register "$WASM/follow_up_task.wasm" --name follow-up-task --step Create:account:post-operation:async
 "$PH" steps list
 
+step "A user with the basic-user role and an API key (printed once; only its hash is stored)"
+"$PH" users create ann --role basic-user
+KEY=$("$PH" keys create --user ann --label demo | head -1)
+"$PH" keys list
+
 step "Creating accounts: the pre-operation plug-in fills the account number"
 "$PH" entities create account --set name=Contoso --set 'creditlimit={"money":"25000.00"}'
-curl -sS -X POST "$URL/api/v1/entities/account" -H 'Content-Type: application/json' -d '{"name": "Fabrikam"}'
+curl -sS -X POST "$URL/api/v1/entities/account" -H "Authorization: Bearer $KEY" \
+  -H 'Content-Type: application/json' -d '{"name": "Fabrikam"}'
 echo
 
 step "A bad account is rejected by the plug-in, and nothing is stored"
 "$PH" entities create account --set name= || true
-curl -sS -X POST "$URL/api/v1/entities/account" -H 'Content-Type: application/json' \
-  -d '{"name": "Litware", "creditlimit": {"money": "-5"}}'
+curl -sS -X POST "$URL/api/v1/entities/account" -H "Authorization: Bearer $KEY" \
+  -H 'Content-Type: application/json' -d '{"name": "Litware", "creditlimit": {"money": "-5"}}'
+echo
+
+step "Ann sees only the account she owns; a call without a key, or on another's record, is refused"
+curl -sS "$URL/api/v1/entities/account?columns=name,accountnumber" -H "Authorization: Bearer $KEY"
+echo
+curl -sS "$URL/api/v1/entities/account"
+echo
+CONTOSO=$("$PH" entities query account --json | grep -o '"id": *"[^"]*"' | head -1 | sed -E 's/.*"([^"]+)"$/\1/')
+curl -sS -X DELETE "$URL/api/v1/entities/account/$CONTOSO" -H "Authorization: Bearer $KEY"
 echo
 
 step "A bulk import: each CSV row goes through the pipeline; the bad one is reported, not stored"
@@ -73,6 +90,9 @@ step "The follow-up tasks the async plug-in created, committed with its job's co
 
 step "The remote worker that ran them"
 "$PH" workers list
+
+step "The audit log: every administrative action, who did it and how it ended"
+"$PH" audit list
 
 step "Stopping the worker and the server (SIGTERM)"
 kill -TERM $WORKER

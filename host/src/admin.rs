@@ -44,6 +44,9 @@ pub enum AdminError {
     /// The operation needs something this process does not run.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// The caller lacks a privilege (`403 forbidden`, naming it).
+    #[error("{0}")]
+    Denied(String),
 }
 
 impl AdminError {
@@ -55,6 +58,7 @@ impl AdminError {
             AdminError::Store(e) => e.code(),
             AdminError::Stopped => "store_error",
             AdminError::Invalid { code, .. } | AdminError::Unavailable { code, .. } => code,
+            AdminError::Denied(_) => "forbidden",
         }
     }
 
@@ -184,6 +188,7 @@ impl JobFilter {
             after: guid(&self.after)?,
             newest_first,
             limit: self.limit,
+            owner: None,
         };
         query.page_size().map_err(invalid)?;
         query.id_range().map_err(invalid)?;
@@ -275,7 +280,7 @@ impl Admin {
         self.workers.as_ref()
     }
 
-    fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         self.pipeline.store()
     }
 
@@ -346,7 +351,9 @@ impl Admin {
     }
 
     pub fn add_step(&self, spec: StepSpec) -> Result<StepRecord> {
-        let record = spec.into_record(self.runtime().config().max_memory_bytes)?;
+        let run_as = crate::registry::resolve_run_as(self.store(), spec.run_as.as_deref())?;
+        let mut record = spec.into_record(self.runtime().config().max_memory_bytes)?;
+        record.run_as = run_as;
         self.store().add_step(&record)?;
         self.reloaded(record)
     }
@@ -395,13 +402,13 @@ impl Admin {
     }
 
     /// Creates a job for an asynchronous step directly: once, later, or on a recurrence.
-    pub fn create_job(&self, spec: NewJob) -> Result<SystemJob> {
-        let job = self.pipeline.new_job(spec)?;
+    pub fn create_job(&self, spec: NewJob, by: Uuid) -> Result<SystemJob> {
+        let job = self.pipeline.new_job(spec, by)?;
         Ok(self.queue.create(job)?)
     }
 
-    pub fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob> {
-        let job = self.pipeline.new_bulk_delete(spec)?;
+    pub fn bulk_delete(&self, spec: BulkDelete, by: Uuid) -> Result<SystemJob> {
+        let job = self.pipeline.new_bulk_delete(spec, by)?;
         Ok(self.queue.create(job)?)
     }
 
@@ -412,9 +419,10 @@ impl Admin {
         format: Option<&str>,
         file: &[u8],
         name: Option<String>,
+        by: Uuid,
     ) -> Result<SystemJob> {
         let format: ImportFormat = format.unwrap_or("csv").parse().map_err(AdminError::invalid)?;
-        let (job, rows) = self.pipeline.new_import(entity, format, file, name)?;
+        let (job, rows) = self.pipeline.new_import(entity, format, file, name, by)?;
         Ok(self.queue.create_with_rows(job, rows)?)
     }
 

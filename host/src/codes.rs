@@ -61,10 +61,13 @@ pub const CODES: &[(&str, &str)] = &[
     ("store_error", "the store could not be read or written"),
     ("store_unavailable", "the PostgreSQL store cannot be reached now (down, restarting, or every connection busy)"),
     // HTTP.
-    ("unauthorized", "an admin route was called without the admin token, or a worker route without the worker token"),
+    ("unauthorized", "no API key, or one that is unknown, revoked, expired, or of a disabled user"),
+    ("forbidden", "the caller's roles lack the privilege the route or record needs (the message names it)"),
+    ("bad_host", "the Host header names another server (a server on loopback answers loopback names only)"),
+    ("forbidden_origin", "a browser request from an origin the server does not allow (CORS is off by default)"),
     (
-        "forbidden",
-        "the token is valid but not for this route (the worker token on an admin route, or the other way round)",
+        "unsupported_media_type",
+        "the body's Content-Type is not one the route takes (JSON routes take application/json)",
     ),
     ("payload_too_large", "the request body is larger than the route's limit"),
     ("bad_body", "the request body was cut short or could not be read"),

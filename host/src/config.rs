@@ -23,6 +23,9 @@ pub const SERVER_FILE: &str = "server.json";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Serve plain HTTP on a non-loopback address (keys then cross the network in
+    /// the clear: only behind a TLS-terminating proxy). Without it, `serve` refuses.
+    pub insecure: bool,
     /// The admin bearer token; when unset, one is created in the data directory.
     pub admin_token: Option<String>,
     /// The worker token (`plughost worker --token`): lease, renew, complete and read
@@ -69,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            insecure: false,
             admin_token: None,
             worker_token: None,
             max_body_bytes: 8 << 20,
@@ -94,14 +98,25 @@ impl Config {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config {} is not valid: {e}", p.display()))?
+                Config::from_toml(&text).map_err(|e| format!("config {} is not valid: {e}", p.display()))?
             }
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
-        config.workers.validate()?;
-        config.http.validate()?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// A configuration file's settings (no environment), checked.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.workers.validate()?;
+        self.http.validate()
     }
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {

@@ -269,6 +269,7 @@ impl Admin {
             }
             Read::Definition { entity } => ReadAnswer::Definition(snapshot.definition(&entity)?),
             Read::Rows { from, max } => ReadAnswer::Rows(store.bulk_rows(req.job, from, max.clamp(1, MAX_SCAN))?),
+            Read::Principal { user } => ReadAnswer::Principal(snapshot.principal(user)?),
         })
     }
 

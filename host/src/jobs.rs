@@ -653,6 +653,9 @@ pub struct JobQuery {
     pub newest_first: bool,
     /// At most this many (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
     pub limit: Option<usize>,
+    /// Only the jobs this user queued (`createdby`): a user without the
+    /// `manage_jobs` privilege sees only its own.
+    pub owner: Option<Uuid>,
 }
 
 impl JobQuery {

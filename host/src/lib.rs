@@ -5,6 +5,7 @@
 //! [`registry`] (assemblies, plug-ins, steps), [`memdata`] (an in-memory data set
 //! for local tests), and the `plughost` command line in `main.rs` and `cli/`.
 
+pub mod accounts;
 pub mod admin;
 pub mod baselines;
 pub mod bulk;
@@ -13,6 +14,8 @@ mod codec;
 pub mod codes;
 pub mod config;
 pub mod fleet;
+#[cfg(test)]
+mod fuzz;
 pub mod jobs;
 pub mod memdata;
 pub mod metadata;
@@ -25,6 +28,7 @@ pub mod recurrence;
 pub mod registry;
 pub mod remote;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod worker;

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Entity, Value, check_name};
 
 /// Attributes the host maintains on every record; plug-ins and callers cannot set them.
-pub const SYSTEM_ATTRIBUTES: [&str; 2] = ["createdon", "modifiedon"];
+pub const SYSTEM_ATTRIBUTES: [&str; 4] = ["createdon", "modifiedon", "createdby", "modifiedby"];
+/// The owner of every record: set by the host to the creator unless a caller with the
+/// privilege names another user (a reference to `systemuser`).
+pub const OWNER_ATTRIBUTE: &str = "ownerid";
 /// Most attributes one entity may define.
 pub const MAX_ATTRIBUTES: usize = 1024;
 
@@ -112,7 +115,7 @@ impl EntityDefinition {
         }
         for name in self.attributes.keys() {
             check_name(name).map_err(|m| format!("attribute {m}"))?;
-            if SYSTEM_ATTRIBUTES.contains(&name.as_str()) {
+            if SYSTEM_ATTRIBUTES.contains(&name.as_str()) || name == OWNER_ATTRIBUTE {
                 return Err(format!("'{name}' is a system attribute the host maintains; choose another name"));
             }
         }
@@ -147,6 +150,20 @@ impl EntityDefinition {
             if SYSTEM_ATTRIBUTES.contains(&name.as_str()) {
                 return Err(format!("'{name}' is maintained by the host and cannot be written"));
             }
+            if name == OWNER_ATTRIBUTE {
+                let owner = match value {
+                    Value::Guid(id) => id,
+                    Value::Reference(r) if r.logical_name == crate::security::USER_ENTITY => r.id,
+                    _ => {
+                        return Err(format!(
+                            "'{OWNER_ATTRIBUTE}' must be a reference to a {} (or its guid)",
+                            crate::security::USER_ENTITY
+                        ));
+                    }
+                };
+                record.attributes.insert(name, crate::security::user_ref(owner));
+                continue;
+            }
             let ty = self.attributes.get(&name).ok_or_else(|| {
                 format!(
                     "{} has no attribute '{name}': define it first (plughost entities define {} --attr {name}:TYPE)",
@@ -161,8 +178,10 @@ impl EntityDefinition {
 
     /// The type of `attribute`, including the system ones.
     pub fn attribute_type(&self, attribute: &str) -> Option<AttributeType> {
-        if SYSTEM_ATTRIBUTES.contains(&attribute) {
+        if attribute == "createdon" || attribute == "modifiedon" {
             Some(AttributeType::Datetime)
+        } else if SYSTEM_ATTRIBUTES.contains(&attribute) || attribute == OWNER_ATTRIBUTE {
+            Some(AttributeType::Reference)
         } else {
             self.attributes.get(attribute).copied()
         }

@@ -239,6 +239,10 @@ pub enum Read {
         from: u64,
         max: usize,
     },
+    /// Who a user is and what it may do (the job's user, or a step's run-as user).
+    Principal {
+        user: Uuid,
+    },
 }
 
 /// Most records one scan read returns.
@@ -251,6 +255,7 @@ pub enum ReadAnswer {
     Records(Vec<(Uuid, StoredRecord)>),
     Definition(Option<EntityDefinition>),
     Rows(Vec<(u64, Entity)>),
+    Principal(Option<crate::security::Principal>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

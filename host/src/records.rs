@@ -76,6 +76,9 @@ pub struct StepRecord {
     /// time, in the order of the changes (a dependency token per record).
     pub ordered_per_record: bool,
     pub created_at: i64,
+    /// The user the step runs as (Dataverse's impersonating user); `None`: the caller.
+    #[serde(default)]
+    pub run_as: Option<Uuid>,
 }
 
 /// What `register` did.

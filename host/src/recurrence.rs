@@ -76,7 +76,8 @@ fn check_part(name: &str, value: &str) -> Result<(), String> {
         "BYDAY" => {
             for item in value.split(',') {
                 let item = item.trim();
-                let split = item.len().saturating_sub(2);
+                // The weekday is the last two characters (not bytes: the text is the user's).
+                let split = item.char_indices().rev().nth(1).map_or(0, |(i, _)| i);
                 let (nth, day) = item.split_at(split);
                 let day_ok = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"].contains(&day);
                 let nth_ok = nth.is_empty() || nth.parse::<i64>().is_ok_and(|n| n != 0 && (-53..=53).contains(&n));
@@ -159,6 +160,13 @@ mod tests {
     const DAY: i64 = 24 * 60 * MIN;
     /// 2026-01-05T00:00:00Z, a Monday.
     const MONDAY: i64 = 1_767_571_200_000;
+
+    #[test]
+    fn a_weekday_with_wide_characters_is_an_error_not_a_panic() {
+        // Found by the fuzzer: BYDAY sliced bytes, not characters.
+        let e = validate("FREQ=WEEKLY;BYDAY=M\u{20ac}O", 0).unwrap_err();
+        assert!(e.contains("not a weekday"), "{e}");
+    }
 
     #[test]
     fn occurrences_follow_the_pattern() {

@@ -42,6 +42,8 @@ pub struct StepSpec {
     pub delete_job_on_success: bool,
     pub instance_reuse: u32,
     pub ordered_per_record: bool,
+    /// The user (by name) the step runs as; unset: the caller.
+    pub run_as: Option<String>,
 }
 
 /// The messages with a core operation of their own; every other message is a
@@ -181,7 +183,20 @@ impl StepSpec {
             instance_reuse: self.instance_reuse,
             ordered_per_record: self.ordered_per_record,
             created_at: now_ms(),
+            run_as: None,
         })
+    }
+}
+
+/// The id of the user a step is to run as (an existing user), if one is named.
+pub fn resolve_run_as(store: &Store, user: Option<&str>) -> Result<Option<Uuid>, RegistryError> {
+    let Some(name) = user else { return Ok(None) };
+    match store.user(name) {
+        Ok(u) => Ok(Some(u.id)),
+        Err(crate::store::StoreError::NotFound(_)) => {
+            Err(RegistryError::Invalid(format!("run-as user '{name}' does not exist (plughost users create {name})")))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -216,7 +231,10 @@ pub fn register(
         .into_iter()
         .map(|mut s| {
             s.plugin = name.to_owned();
-            s.into_record(runtime.config().max_memory_bytes)
+            let run_as = resolve_run_as(store, s.run_as.as_deref())?;
+            let mut record = s.into_record(runtime.config().max_memory_bytes)?;
+            record.run_as = run_as;
+            Ok::<_, RegistryError>(record)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let now = now_ms();

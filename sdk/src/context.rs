@@ -62,8 +62,15 @@ impl Context {
         &self.inner.correlation_id
     }
 
+    /// The user who started the chain of requests this run belongs to.
     pub fn initiating_user_id(&self) -> &str {
         &self.inner.initiating_user_id
+    }
+
+    /// The user this step runs as: the caller, or the step's run-as user. The
+    /// organization service checks its calls against this user's privileges.
+    pub fn user_id(&self) -> &str {
+        &self.inner.user_id
     }
 
     /// The step's unsecure configuration string.

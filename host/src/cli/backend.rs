@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use plughost::accounts::{Grant, KeySpec};
 use plughost::admin::{Admin, JobFilter, PluginDetails, ServiceAction, ServiceStatus, UnregisteredPlugin};
 use plughost::config::Config;
 use plughost::jobs::SystemJob;
@@ -13,7 +14,11 @@ use plughost::model::{Entity, EntityCollection};
 use plughost::pipeline::{BulkDelete, Caller, NewJob, Pipeline, Request, Response};
 use plughost::protocol::WorkerInfo;
 use plughost::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
-use plughost::server::{DefineBody, ErrorBody, IdBody, ImportQuery, MessageBody, PostponeBody, ServerInfo};
+use plughost::security::{ApiKey, AuditEntry, NewKey, Principal, Role, SYSTEM_USER, User};
+use plughost::server::{
+    DefineBody, ErrorBody, IdBody, ImportQuery, MessageBody, NewRoleBody, NewUserBody, PostponeBody, RolesBody,
+    ServerInfo,
+};
 use plughost::store::{Committer, JobAction, JobQueue, Store, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,6 +57,18 @@ pub(crate) trait Backend {
     fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError>;
     /// The remote workers (`plughost worker`) serving the server.
     fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError>;
+    fn users(&self) -> Result<Vec<User>, CliError>;
+    fn create_user(&self, name: &str, roles: &[String]) -> Result<User, CliError>;
+    /// `disable`, `enable`, or `roles` (with roles to add and remove).
+    fn user_action(&self, name: &str, action: &str, roles: RolesBody) -> Result<User, CliError>;
+    fn keys(&self, user: Option<&str>) -> Result<Vec<ApiKey>, CliError>;
+    fn create_key(&self, spec: &KeySpec) -> Result<NewKey, CliError>;
+    fn revoke_key(&self, id: uuid::Uuid) -> Result<ApiKey, CliError>;
+    fn roles(&self) -> Result<Vec<Role>, CliError>;
+    fn create_role(&self, name: &str, description: &str) -> Result<Role, CliError>;
+    fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError>;
+    /// Audit entries, newest first, older than `before`.
+    fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError>;
 }
 
 /// Works on the store in this process, through the library's admin layer (built
@@ -66,6 +83,19 @@ pub(crate) struct Local {
 impl Local {
     pub(crate) fn new(store: Arc<Store>, data_dir: &Path, config: Config) -> Local {
         Local { store, data_dir: data_dir.to_owned(), config, admin: OnceLock::new() }
+    }
+
+    /// Runs an administrative action as the host itself (whoever can open the store
+    /// owns it), recorded in the audit log like the server's.
+    fn audited<T>(
+        &self,
+        action: &str,
+        target: &str,
+        f: impl FnOnce(&Admin) -> Result<T, plughost::admin::AdminError>,
+    ) -> Result<T, CliError> {
+        let mut who = Principal::system();
+        who.name = format!("SYSTEM (local CLI as {})", std::env::var("USER").unwrap_or_else(|_| "?".into()));
+        Ok(self.admin()?.audited(&who, action, target, f)?)
     }
 
     fn admin(&self) -> Result<&Admin, CliError> {
@@ -89,7 +119,7 @@ impl Backend for Local {
         description: Option<String>,
         steps: Vec<StepSpec>,
     ) -> Result<Registration, CliError> {
-        Ok(self.admin()?.register(bytes, name, description, steps)?)
+        self.audited("register", name, |a| a.register(bytes, name, description, steps))
     }
 
     fn plugins(&self) -> Result<Vec<PluginRecord>, CliError> {
@@ -109,23 +139,25 @@ impl Backend for Local {
     }
 
     fn add_step(&self, spec: StepSpec) -> Result<StepRecord, CliError> {
-        Ok(self.admin()?.add_step(spec)?)
+        let target = format!("{} {} {}", spec.plugin, spec.message, spec.entity.as_deref().unwrap_or("*"));
+        self.audited("steps.add", &target, |a| a.add_step(spec))
     }
 
     fn remove_step(&self, key: &str) -> Result<StepRecord, CliError> {
-        Ok(self.admin()?.remove_step(key)?)
+        self.audited("steps.remove", key, |a| a.remove_step(key))
     }
 
     fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError> {
-        Ok(self.admin()?.set_step_enabled(key, enabled)?)
+        let action = if enabled { "steps.enable" } else { "steps.disable" };
+        self.audited(action, key, |a| a.set_step_enabled(key, enabled))
     }
 
     fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError> {
-        Ok(self.admin()?.unregister_plugin(name, with_steps)?)
+        self.audited("unregister.plugin", name, |a| a.unregister_plugin(name, with_steps))
     }
 
     fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError> {
-        Ok(self.admin()?.unregister_assembly(key)?)
+        self.audited("unregister.assembly", key, |a| a.unregister_assembly(key))
     }
 
     fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError> {
@@ -133,7 +165,8 @@ impl Backend for Local {
     }
 
     fn define_entity(&self, def: EntityDefinition) -> Result<EntityDefinition, CliError> {
-        Ok(self.admin()?.define_entity(&def)?)
+        let name = def.name.clone();
+        self.audited("entities.define", &name, |a| a.define_entity(&def))
     }
 
     fn execute(&self, request: Request) -> Result<Response, CliError> {
@@ -141,11 +174,14 @@ impl Backend for Local {
     }
 
     fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError> {
-        Ok(self.admin()?.bulk_delete(spec)?)
+        let target = spec.query.entity_name.clone();
+        self.audited("bulk.delete", &target, |a| a.bulk_delete(spec, SYSTEM_USER))
     }
 
     fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError> {
-        Ok(self.admin()?.bulk_import(&query.entity, query.format.as_deref(), file, query.name.clone())?)
+        self.audited("bulk.import", &query.entity, |a| {
+            a.bulk_import(&query.entity, query.format.as_deref(), file, query.name.clone(), SYSTEM_USER)
+        })
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {
@@ -153,21 +189,73 @@ impl Backend for Local {
     }
 
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError> {
-        Ok(self.admin()?.manage_job(id, action)?)
+        let name = format!("jobs.{}", action.name());
+        self.audited(&name, &id.to_string(), |a| a.manage_job(id, action))
     }
 
     fn create_job(&self, spec: NewJob) -> Result<SystemJob, CliError> {
-        Ok(self.admin()?.create_job(spec)?)
+        let step = spec.step.clone();
+        self.audited("jobs.create", &step, |a| a.create_job(spec, SYSTEM_USER))
     }
 
     /// Without a server, pausing or resuming sets how the next `plughost serve` starts.
     fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError> {
-        Ok(self.admin()?.service(action)?)
+        match action {
+            None => Ok(self.admin()?.service(None)?),
+            Some(a) => {
+                let name = if a == ServiceAction::Pause { "service.pause" } else { "service.resume" };
+                self.audited(name, "asynchronous service", |admin| admin.service(Some(a)))
+            }
+        }
     }
 
     /// No server runs for this data directory, so no worker serves it.
     fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError> {
         Ok(Vec::new())
+    }
+
+    fn users(&self) -> Result<Vec<User>, CliError> {
+        Ok(self.store.users()?)
+    }
+
+    fn create_user(&self, name: &str, roles: &[String]) -> Result<User, CliError> {
+        self.audited("users.create", name, |a| a.create_user(name, roles))
+    }
+
+    fn user_action(&self, name: &str, action: &str, roles: RolesBody) -> Result<User, CliError> {
+        match action {
+            "disable" => self.audited("users.disable", name, |a| a.set_user_disabled(name, true)),
+            "enable" => self.audited("users.enable", name, |a| a.set_user_disabled(name, false)),
+            _ => self.audited("users.roles", name, |a| a.change_user_roles(name, &roles.add, &roles.remove)),
+        }
+    }
+
+    fn keys(&self, user: Option<&str>) -> Result<Vec<ApiKey>, CliError> {
+        Ok(self.store.keys(user)?)
+    }
+
+    fn create_key(&self, spec: &KeySpec) -> Result<NewKey, CliError> {
+        self.audited("keys.create", &spec.user, |a| a.create_key(spec))
+    }
+
+    fn revoke_key(&self, id: uuid::Uuid) -> Result<ApiKey, CliError> {
+        self.audited("keys.revoke", &id.to_string(), |a| a.revoke_key(id))
+    }
+
+    fn roles(&self) -> Result<Vec<Role>, CliError> {
+        Ok(self.store.roles()?)
+    }
+
+    fn create_role(&self, name: &str, description: &str) -> Result<Role, CliError> {
+        self.audited("roles.create", name, |a| a.create_role(name, description))
+    }
+
+    fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError> {
+        self.audited("roles.grant", role, |a| a.grant(role, grant))
+    }
+
+    fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError> {
+        Ok(self.store.audit_entries(before, limit)?)
     }
 }
 
@@ -419,6 +507,52 @@ impl Backend for Remote {
 
     fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError> {
         self.get("/workers")
+    }
+
+    fn users(&self) -> Result<Vec<User>, CliError> {
+        self.get("/users")
+    }
+
+    fn create_user(&self, name: &str, roles: &[String]) -> Result<User, CliError> {
+        self.post("/users", &NewUserBody { name: name.to_owned(), roles: roles.to_vec() })
+    }
+
+    fn user_action(&self, name: &str, action: &str, roles: RolesBody) -> Result<User, CliError> {
+        self.post(&format!("/users/{}/{action}", enc(name)), &roles)
+    }
+
+    fn keys(&self, user: Option<&str>) -> Result<Vec<ApiKey>, CliError> {
+        match user {
+            Some(u) => self.get(&format!("/keys?user={}", enc(u))),
+            None => self.get("/keys"),
+        }
+    }
+
+    fn create_key(&self, spec: &KeySpec) -> Result<NewKey, CliError> {
+        self.post("/keys", spec)
+    }
+
+    fn revoke_key(&self, id: uuid::Uuid) -> Result<ApiKey, CliError> {
+        self.answer(self.auth(self.agent.post(self.url(&format!("/keys/{id}/revoke")))).send_empty())
+    }
+
+    fn roles(&self) -> Result<Vec<Role>, CliError> {
+        self.get("/roles")
+    }
+
+    fn create_role(&self, name: &str, description: &str) -> Result<Role, CliError> {
+        self.post("/roles", &NewRoleBody { name: name.to_owned(), description: description.to_owned() })
+    }
+
+    fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError> {
+        self.post(&format!("/roles/{}/grant", enc(role)), grant)
+    }
+
+    fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError> {
+        match before {
+            Some(b) => self.get(&format!("/audit?limit={limit}&before={b}")),
+            None => self.get(&format!("/audit?limit={limit}")),
+        }
     }
 }
 

@@ -100,6 +100,7 @@ impl ApiBench {
         let reg = admin(agent.post(format!("{base}/assemblies")))
             .query("name", "account-number")
             .query("steps", &steps)
+            .header("Content-Type", "application/wasm")
             .send(&wasm[..])
             .map_err(|e| CliError::new("bench", e.to_string()))?;
         if !reg.status().is_success() {
@@ -162,6 +163,7 @@ fn measure(
                     let resp = agent
                         .post(&url)
                         .header("Content-Type", "application/json")
+                        .header("Authorization", "Bearer bench")
                         .send(format!(r#"{{"name": "bench {i}"}}"#))
                         .map_err(|e| e.to_string())?;
                     if resp.status().as_u16() != 201 {

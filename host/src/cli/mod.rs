@@ -8,6 +8,7 @@ mod entities;
 mod jobs;
 mod plugins;
 mod register;
+mod security;
 mod serve;
 mod service;
 mod status;
@@ -61,6 +62,9 @@ pub(crate) struct Global {
     /// The admin token for --server (default: the data directory's token file).
     #[arg(long, global = true, env = "PLUGHOST_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// An API key to call the server with instead of the admin token (plughost keys create).
+    #[arg(long, global = true, env = "PLUGHOST_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// A TOML configuration file (default: plughost.toml in the data directory).
     #[arg(long, global = true, env = "PLUGHOST_CONFIG")]
     config_file: Option<PathBuf>,
@@ -113,6 +117,18 @@ enum Command {
     /// Create or upgrade a store's schema; copy an embedded store into PostgreSQL.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Users: create, list, disable, enable, and their roles.
+    #[command(subcommand)]
+    Users(security::Users),
+    /// API keys: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Keys(security::Keys),
+    /// Security roles: list, create, grant privileges.
+    #[command(subcommand)]
+    Roles(security::Roles),
+    /// The audit log of administrative actions.
+    #[command(subcommand)]
+    Audit(security::Audit),
 }
 
 impl Cli {
@@ -134,6 +150,10 @@ impl Cli {
             Command::Worker(c) => c.run(&g),
             Command::Workers(c) => c.run(&g),
             Command::Store(c) => c.run(&g),
+            Command::Users(c) => c.run(&g),
+            Command::Keys(c) => c.run(&g),
+            Command::Roles(c) => c.run(&g),
+            Command::Audit(c) => c.run(&g),
         }
     }
 }
@@ -161,7 +181,8 @@ impl Global {
 
     /// The server if one runs (or `--server`), else the store in this process.
     pub(crate) fn backend(&self) -> Result<Box<dyn backend::Backend>, CliError> {
-        backend::connect(self.server.as_deref(), self.token.clone(), &self.data_dir(), self.load_config()?)
+        let credential = self.key.clone().or_else(|| self.token.clone());
+        backend::connect(self.server.as_deref(), credential, &self.data_dir(), self.load_config()?)
     }
 
     /// A runtime that caches compiled code in the data directory, when a store is given.

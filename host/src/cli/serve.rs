@@ -10,6 +10,9 @@ pub(crate) struct Serve {
     /// Address to listen on (default 127.0.0.1:7171; port 0 picks a free one).
     #[arg(long, env = "PLUGHOST_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long, env = "PLUGHOST_INSECURE")]
+    insecure: bool,
 }
 
 impl Serve {
@@ -18,6 +21,7 @@ impl Serve {
         if let Some(addr) = self.listen {
             config.listen = addr;
         }
+        config.insecure |= self.insecure;
         let data_dir = g.data_dir();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -72,6 +72,9 @@ pub(crate) struct Add {
     /// Asynchronous steps: run this step's jobs for one record one at a time, in order.
     #[arg(long)]
     ordered: bool,
+    /// Run the step as this user (Dataverse's impersonating user); default: the caller.
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
     /// Register the step disabled.
     #[arg(long)]
     disabled: bool,
@@ -117,6 +120,7 @@ impl Add {
             delete_job_on_success: self.delete_on_success,
             instance_reuse: self.reuse,
             ordered_per_record: self.ordered,
+            run_as: self.run_as,
         })
     }
 }

@@ -34,7 +34,7 @@ impl Pipeline {
             self.clone(),
             snapshot,
             job.correlation_id,
-            job.context.initiating_user_id,
+            super::Who { initiating: job.context.initiating_user_id, user: job.context.user_id },
             self.defaults.write_bytes,
             stop,
         );
@@ -55,7 +55,12 @@ impl Pipeline {
                     paging_cookie: progress.after.map(|id| format!("id:{id}")),
                     ..query
                 };
-                let found = match scope.retrieve_multiple(&page) {
+                // The job's user deletes what it may read: its own records at user level.
+                let owner = match scope.authorize(scope.who, &Request::RetrieveMultiple { query: page.clone() }, None) {
+                    Ok(owner) => owner,
+                    Err(e) => return JobRun::failed(e.code(), e.to_string()),
+                };
+                let found = match scope.retrieve_multiple(&page, owner) {
                     Ok(found) => found,
                     Err(e) => return JobRun::failed(e.code(), e.to_string()),
                 };
@@ -124,8 +129,9 @@ pub struct NewJob {
 }
 
 impl Pipeline {
-    /// Builds a job for a step from a [`NewJob`]; refuses a bad pattern or step.
-    pub fn new_job(&self, spec: NewJob) -> Result<SystemJob> {
+    /// Builds a job for a step from a [`NewJob`], queued by user `by` (it runs as the
+    /// step's run-as user, else as `by`); refuses a bad pattern or step.
+    pub fn new_job(&self, spec: NewJob, by: Uuid) -> Result<SystemJob> {
         let step = self.store().resolve_step(&spec.step)?;
         if step.mode != Mode::Asynchronous {
             return Err(PipelineError::Invalid(format!(
@@ -143,6 +149,8 @@ impl Pipeline {
             configuration: step.configuration.clone(),
             input_parameters: spec.parameters,
             operation_created_on: now_ms(),
+            initiating_user_id: by,
+            user_id: step.run_as.unwrap_or(by),
             ..ExecutionContext::default()
         };
         let mut job = SystemJob::plugin_execution(&step.name, step.id, assembly, context);
@@ -152,11 +160,12 @@ impl Pipeline {
     }
 
     /// A bulk delete job for `spec`, checked against the entity's definition.
-    pub fn new_bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob> {
+    pub fn new_bulk_delete(&self, spec: BulkDelete, by: Uuid) -> Result<SystemJob> {
         let q = &spec.query;
         let def = self.store().snapshot()?.definition(&q.entity_name)?.ok_or_else(|| unknown_entity(&q.entity_name))?;
         check_query(q, &def)?;
         let mut job = crate::bulk::BulkSpec::Delete { query: spec.query }.job(spec.name);
+        run_by(&mut job, by);
         schedule(&mut job, spec.postpone_until, spec.recurrence_pattern, spec.recurrence_start)?;
         Ok(job)
     }
@@ -168,12 +177,21 @@ impl Pipeline {
         format: crate::bulk::ImportFormat,
         bytes: &[u8],
         name: Option<String>,
+        by: Uuid,
     ) -> Result<(SystemJob, Vec<Entity>)> {
         let def = self.store().snapshot()?.definition(entity)?.ok_or_else(|| unknown_entity(entity))?;
         let rows = crate::bulk::parse_import(&def, format, bytes).map_err(PipelineError::Invalid)?;
         let spec = crate::bulk::BulkSpec::Import { entity: entity.to_owned(), format, rows: rows.len() as u64 };
-        Ok((spec.job(name), rows))
+        let mut job = spec.job(name);
+        run_by(&mut job, by);
+        Ok((job, rows))
     }
+}
+
+/// A bulk job runs as the user who queued it, each row checked against its privileges.
+fn run_by(job: &mut SystemJob, by: Uuid) {
+    job.context.initiating_user_id = by;
+    job.context.user_id = by;
 }
 
 /// What `POST /bulk/delete` and `plughost bulk delete` ask for.

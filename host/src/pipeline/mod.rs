@@ -91,12 +91,28 @@ pub enum Response {
     Custom(Parameters),
 }
 
-/// Who makes a request.
+/// Who makes a request: its user (the nil user is the host itself, SYSTEM).
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
     pub user_id: Uuid,
     /// Joins this request to an existing correlation (a new one otherwise).
     pub correlation_id: Option<Uuid>,
+    /// The caller's principal when the caller was authenticated already (saves a read).
+    pub principal: Option<Arc<crate::security::Principal>>,
+}
+
+/// Whom a message runs for: the user who started the chain, and the user it runs
+/// as now (different under a step's run-as).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Who {
+    pub initiating: Uuid,
+    pub user: Uuid,
+}
+
+impl Who {
+    pub fn user(user: Uuid) -> Who {
+        Who { initiating: user, user }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +136,9 @@ pub enum PipelineError {
     Conflict(String),
     #[error("{0}")]
     WriteLimit(String),
+    /// The user lacks a privilege (`403 forbidden`).
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -137,6 +156,7 @@ impl PipelineError {
             PipelineError::UnknownMessage(_) => "unknown_message",
             PipelineError::Conflict(_) => "conflict",
             PipelineError::WriteLimit(_) => "write_limit",
+            PipelineError::Denied(_) => "forbidden",
             PipelineError::Store(e) => e.code(),
         }
     }
@@ -152,6 +172,7 @@ impl PipelineError {
             PipelineError::AlreadyExists(_) => ServiceError::AlreadyExists(m),
             PipelineError::Invalid(_) => ServiceError::Invalid(m),
             PipelineError::WriteLimit(_) => ServiceError::Limit(m),
+            PipelineError::Denied(_) => ServiceError::Denied(m),
             PipelineError::Conflict(_) | PipelineError::Store(_) => ServiceError::Failed(m),
         }
     }
@@ -257,12 +278,17 @@ impl Pipeline {
                 self.clone(),
                 self.source.view(None)?,
                 correlation_id,
-                caller.user_id,
+                Who::user(caller.user_id),
                 self.defaults.write_bytes,
                 Arc::default(),
             );
-            let response =
-                scope.run(request.clone(), 1, BTreeMap::new()).map(|(r, _)| r).map_err(|e| scope.root_cause(e))?;
+            if let Some(p) = &caller.principal {
+                scope.principals.lock().unwrap_or_else(|p| p.into_inner()).insert(p.user_id, Some(p.clone()));
+            }
+            let response = scope
+                .run(request.clone(), 1, BTreeMap::new(), scope.who)
+                .map(|(r, _)| r)
+                .map_err(|e| scope.root_cause(e))?;
             let changes = scope.into_changes();
             if changes.is_empty() {
                 return Ok(response);
@@ -312,7 +338,7 @@ impl Pipeline {
             self.clone(),
             snapshot,
             job.correlation_id,
-            job.context.initiating_user_id,
+            Who { initiating: job.context.initiating_user_id, user: job.context.user_id },
             limits.write_bytes,
             stop,
         );

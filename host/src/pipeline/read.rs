@@ -14,7 +14,8 @@ use super::{PipelineError, Result, Scope};
 
 impl Scope {
     /// Runs a query over the snapshot plus this request's own writes.
-    pub(super) fn retrieve_multiple(&self, q: &Query) -> Result<EntityCollection> {
+    /// `owner`: only records that user owns (a user-level read privilege).
+    pub(super) fn retrieve_multiple(&self, q: &Query, owner: Option<Uuid>) -> Result<EntityCollection> {
         check_query(q, &self.definition(&q.entity_name)?)?;
         let page = q.page_size.unwrap_or(query::MAX_PAGE_SIZE) as usize;
         let limit = q.top.map_or(usize::MAX, |t| t as usize);
@@ -30,6 +31,9 @@ impl Scope {
         let after = start.after();
         let mut found = Vec::new();
         let keep = |id: Uuid, rec: &StoredRecord| {
+            if owner.is_some() && crate::security::user_of(rec.attributes.get("ownerid")) != owner {
+                return None;
+            }
             let e = rec.to_entity(&q.entity_name, id);
             query::matches(&e, &q.criteria).then_some(e)
         };

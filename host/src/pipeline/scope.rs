@@ -1,7 +1,7 @@
 //! One request in flight (`Scope`): its snapshot, write buffer and jobs; the stage
 //! runner that takes a message through its steps and core operation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -14,11 +14,15 @@ use crate::model::{Entity, EntityCollection, ExecutionContext, ExecutionResult, 
 use crate::query;
 use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord};
 use crate::runtime::{CallContext, ErrorCode, Failure, OrganizationService, ServiceError};
+use crate::security::{self, Action, Depth, Principal};
 use crate::store::{ChangeSet, RecordChange, StoredRecord};
 
 use super::jobs::unknown_entity;
 use super::overlay::{Overlay, Slot, record_bytes};
-use super::{MAX_DEPTH, Pipeline, PipelineError, Request, Response, Result, StepIndex, View, invoke_step};
+use super::{MAX_DEPTH, Pipeline, PipelineError, Request, Response, Result, StepIndex, View, Who, invoke_step};
+
+/// The attribute naming a record's owner.
+const OWNER: &str = "ownerid";
 
 /// One request in flight: its snapshot, its write buffer and its jobs. It is the
 /// organization service the request's plug-ins call.
@@ -29,7 +33,10 @@ pub(super) struct Scope {
     pub(super) snapshot: Box<dyn View>,
     pub(super) overlay: Mutex<Overlay>,
     pub(super) correlation_id: Uuid,
-    pub(super) user_id: Uuid,
+    /// Who the request (or the job's run) is for.
+    pub(super) who: Who,
+    /// The principals this scope checked, by user id (`None`: unknown or disabled).
+    pub(super) principals: Mutex<HashMap<Uuid, Option<Arc<Principal>>>>,
     /// Set when a call went deeper than [`MAX_DEPTH`], to name the root cause.
     pub(super) depth_exceeded: Mutex<Option<String>>,
     /// The most bytes the write buffer may hold now: the request's limit, tightened
@@ -46,7 +53,7 @@ impl Scope {
         pipeline: Arc<Pipeline>,
         snapshot: Box<dyn View>,
         correlation_id: Uuid,
-        user_id: Uuid,
+        who: Who,
         write_bytes: u64,
         stop: Arc<AtomicBool>,
     ) -> Arc<Scope> {
@@ -58,7 +65,8 @@ impl Scope {
             snapshot,
             overlay: Mutex::new(Overlay::default()),
             correlation_id,
-            user_id,
+            who,
+            principals: Mutex::new(HashMap::new()),
             depth_exceeded: Mutex::new(None),
             write_caps: Mutex::new(vec![write_bytes]),
             write_exceeded: Mutex::new(None),
@@ -93,10 +101,10 @@ impl Scope {
         e
     }
 
-    /// Runs `request` at `depth`; if it fails, the overlay is as it was before.
-    pub(super) fn attempt_at(&self, request: Request, depth: u32) -> Result<Response> {
+    /// Runs `request` at `depth` for `who`; if it fails, the overlay is as it was before.
+    pub(super) fn attempt_at(&self, request: Request, depth: u32, who: Who) -> Result<Response> {
         let savepoint = self.overlay().savepoint();
-        let result = self.run(request, depth, BTreeMap::new());
+        let result = self.run(request, depth, BTreeMap::new(), who);
         self.overlay().close(savepoint, result.is_err());
         result.map(|(response, _)| response)
     }
@@ -104,7 +112,7 @@ impl Scope {
     /// Runs one top-level request of a batch (a bulk job's row), naming the root
     /// cause of a failure as a request would.
     pub(super) fn attempt(&self, request: Request) -> Result<Response> {
-        self.attempt_at(request, 1).map_err(|e| self.root_cause(e))
+        self.attempt_at(request, 1, self.who).map_err(|e| self.root_cause(e))
     }
 
     pub(super) fn into_changes(self: Arc<Self>) -> ChangeSet {
@@ -169,12 +177,13 @@ impl Scope {
         self.snapshot.definition(entity)?.ok_or_else(|| unknown_entity(entity))
     }
 
-    /// Runs one message at `depth`; returns the response and the shared variables.
+    /// Runs one message at `depth` for `who`; returns the response and the shared variables.
     pub(super) fn run(
         &self,
         request: Request,
         depth: u32,
         shared: BTreeMap<String, Value>,
+        who: Who,
     ) -> Result<(Response, BTreeMap<String, Value>)> {
         if depth > MAX_DEPTH {
             let m = format!(
@@ -189,8 +198,8 @@ impl Scope {
             message_name: message.clone(),
             depth,
             correlation_id: self.correlation_id,
-            initiating_user_id: self.user_id,
-            user_id: self.user_id,
+            initiating_user_id: who.initiating,
+            user_id: who.user,
             operation_created_on: now_ms(),
             shared_variables: shared,
             ..ExecutionContext::default()
@@ -247,6 +256,8 @@ impl Scope {
                 ctx.input_parameters.extend(parameters.clone());
             }
         }
+        // Checked before any plug-in runs: a denied request triggers nothing.
+        let owner_filter = self.authorize(who, &request, pre_state.as_ref())?;
         let entity = ctx.primary_entity_name.clone();
         // The steps of (stage, mode) that fire for this request, in rank order.
         let firing = |stage: Stage, mode: Mode| -> Vec<StepRecord> {
@@ -263,7 +274,7 @@ impl Scope {
             }
         }
 
-        let post_state = self.core_operation(&request, definition.as_ref(), &mut ctx)?;
+        let post_state = self.core_operation(&request, definition.as_ref(), &mut ctx, owner_filter)?;
 
         for step in &firing(Stage::PostOperation, Mode::Synchronous) {
             self.run_step(step, &mut ctx, Stage::PostOperation, pre_state.as_ref(), post_state.as_ref())?;
@@ -280,7 +291,9 @@ impl Scope {
         request: &Request,
         definition: Option<&EntityDefinition>,
         ctx: &mut ExecutionContext,
+        owner_filter: Option<Uuid>,
     ) -> Result<Option<Entity>> {
+        let user = ctx.user_id;
         let check = |target: &mut Entity| {
             definition.expect("data messages have a definition").check_record(target).map_err(PipelineError::Invalid)
         };
@@ -298,6 +311,21 @@ impl Scope {
                     return Err(PipelineError::Invalid("a plug-in changed the Target's entity".into()));
                 }
                 check(&mut target)?;
+                // The owner: the caller, unless the record names another (which needs
+                // organization-level create: Dataverse's assign).
+                let owner = security::user_of(target.attributes.get(OWNER)).unwrap_or(user);
+                if owner != user {
+                    self.need(
+                        user,
+                        &target.logical_name,
+                        Action::Create,
+                        Depth::Organization,
+                        "to create a record another user owns",
+                    )?;
+                }
+                target.attributes.insert(OWNER.into(), security::user_ref(owner));
+                target.attributes.insert("createdby".into(), security::user_ref(user));
+                target.attributes.insert("modifiedby".into(), security::user_ref(user));
                 // Sequential ids, as Dataverse gives: new records land at the end of the
                 // table instead of dirtying a random page each.
                 let id = target.id.unwrap_or_else(Uuid::now_v7);
@@ -324,6 +352,18 @@ impl Scope {
                 check(&mut target)?;
                 let mut stored =
                     self.read(&target.logical_name, id)?.ok_or_else(|| not_found(&target.logical_name, id))?;
+                if let Some(new_owner) = target.attributes.get(OWNER)
+                    && security::user_of(Some(new_owner)) != security::user_of(stored.attributes.get(OWNER))
+                {
+                    self.need(
+                        user,
+                        &target.logical_name,
+                        Action::Write,
+                        Depth::Organization,
+                        "to assign a record to another user",
+                    )?;
+                }
+                target.attributes.insert("modifiedby".into(), security::user_ref(user));
                 stored.attributes.extend(target.attributes);
                 stored.version += 1;
                 stored.modified_on = now;
@@ -348,7 +388,7 @@ impl Scope {
                     Some(ParameterValue::Query(q)) => q.clone(),
                     _ => return Err(PipelineError::Invalid("the Query parameter must be a query".into())),
                 };
-                let collection = self.retrieve_multiple(&q)?;
+                let collection = self.retrieve_multiple(&q, owner_filter)?;
                 ctx.output_parameters
                     .insert("BusinessEntityCollection".into(), ParameterValue::Entities(collection.entities));
                 ctx.output_parameters
@@ -438,6 +478,10 @@ impl Scope {
         c.mode = step.mode;
         c.step_id = Some(step.id);
         c.configuration = step.configuration.clone();
+        // Dataverse's impersonating user: the step runs as it; the initiating user stays.
+        if let Some(run_as) = step.run_as {
+            c.user_id = run_as;
+        }
         for image in &step.images {
             let (source, images) = match image.kind {
                 ImageKind::Pre => (pre, &mut c.pre_entity_images),
@@ -470,8 +514,76 @@ impl Scope {
 
     /// Runs a nested request for a plug-in; on failure, undoes what it wrote.
     pub(super) fn nested(&self, caller: &CallContext, request: Request) -> std::result::Result<Response, ServiceError> {
-        self.attempt_at(request, caller.depth + 1).map_err(|e| e.to_service_error())
+        let who = Who { initiating: caller.initiating_user_id, user: caller.user_id };
+        self.attempt_at(request, caller.depth + 1, who).map_err(|e| e.to_service_error())
     }
+}
+
+impl Scope {
+    /// The principal of `user` as this request sees it (read once per scope).
+    pub(super) fn principal(&self, user: Uuid) -> Result<Arc<Principal>> {
+        if let Some(p) = self.principals.lock().unwrap_or_else(|p| p.into_inner()).get(&user) {
+            return p.clone().ok_or_else(|| unknown_user(user));
+        }
+        let p = self.snapshot.principal(user)?.map(Arc::new);
+        self.principals.lock().unwrap_or_else(|p| p.into_inner()).insert(user, p.clone());
+        p.ok_or_else(|| unknown_user(user))
+    }
+
+    /// Refuses unless `user` holds `action` on `entity` at `depth` or deeper.
+    fn need(&self, user: Uuid, entity: &str, action: Action, depth: Depth, why: &str) -> Result<()> {
+        let p = self.principal(user)?;
+        match p.privileges.depth(entity, action) {
+            Some(d) if d >= depth => Ok(()),
+            _ => Err(PipelineError::Denied(format!(
+                "{} ({why}: '{}' on {entity} at {} depth)",
+                p.denied(entity, action, depth),
+                action.name(),
+                depth.name()
+            ))),
+        }
+    }
+
+    /// Checks `who`'s privileges for `request` (the record's owner, for a user-level
+    /// privilege). For a query at user level, gives the owner its results are kept to.
+    pub(super) fn authorize(&self, who: Who, request: &Request, pre: Option<&Entity>) -> Result<Option<Uuid>> {
+        let p = self.principal(who.user)?;
+        let record_check = |entity: &str, action: Action| -> Result<()> {
+            match p.privileges.depth(entity, action) {
+                Some(Depth::Organization) => Ok(()),
+                Some(Depth::User) if pre.and_then(|e| security::user_of(e.attributes.get(OWNER))) == Some(who.user) => {
+                    Ok(())
+                }
+                _ => Err(PipelineError::Denied(p.denied(entity, action, Depth::User).0)),
+            }
+        };
+        match request {
+            Request::Create { record } => match p.privileges.depth(&record.logical_name, Action::Create) {
+                Some(_) => Ok(None),
+                None => Err(PipelineError::Denied(p.denied(&record.logical_name, Action::Create, Depth::User).0)),
+            },
+            Request::Update { record } => record_check(&record.logical_name, Action::Write).map(|()| None),
+            Request::Delete { target } => record_check(&target.logical_name, Action::Delete).map(|()| None),
+            Request::Retrieve { target, .. } => record_check(&target.logical_name, Action::Read).map(|()| None),
+            Request::RetrieveMultiple { query } => match p.privileges.depth(&query.entity_name, Action::Read) {
+                Some(Depth::Organization) => Ok(None),
+                Some(Depth::User) => Ok(Some(who.user)),
+                None => Err(PipelineError::Denied(p.denied(&query.entity_name, Action::Read, Depth::User).0)),
+            },
+            Request::Custom { message, .. } => match p.privileges.any_data() {
+                true => Ok(None),
+                false => Err(PipelineError::Denied(format!(
+                    "user '{}' holds no privilege on records, which custom message '{message}' needs (roles: {})",
+                    p.name,
+                    p.role_list()
+                ))),
+            },
+        }
+    }
+}
+
+fn unknown_user(user: Uuid) -> PipelineError {
+    PipelineError::Denied(format!("user {user} does not exist or is disabled"))
 }
 
 pub(super) fn not_found(entity: &str, id: Uuid) -> PipelineError {

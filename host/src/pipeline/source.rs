@@ -10,6 +10,7 @@ use crate::jobs::SystemJob;
 use crate::metadata::EntityDefinition;
 use crate::model::{AssemblyHash, Entity};
 use crate::records::{PluginRecord, StepRecord};
+use crate::security::Principal;
 use crate::store::{Snapshot, Store, StoreError, StoredRecord};
 
 /// The records and definitions one request or job run reads.
@@ -27,6 +28,8 @@ pub trait View: Send + Sync {
         f: &mut dyn FnMut(Uuid, StoredRecord) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
     fn definition(&self, entity: &str) -> Result<Option<EntityDefinition>, StoreError>;
+    /// The principal of an enabled user (`None`: unknown or disabled).
+    fn principal(&self, user: Uuid) -> Result<Option<Principal>, StoreError>;
 }
 
 /// What the pipeline needs besides a view: the registry and assemblies, and a bulk
@@ -58,6 +61,10 @@ impl View for Snapshot {
 
     fn definition(&self, entity: &str) -> Result<Option<EntityDefinition>, StoreError> {
         Snapshot::definition(self, entity)
+    }
+
+    fn principal(&self, user: Uuid) -> Result<Option<Principal>, StoreError> {
+        Snapshot::principal(self, user)
     }
 }
 

@@ -175,6 +175,13 @@ impl View for RemoteView {
         self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert(entity.to_owned(), def.clone());
         Ok(def)
     }
+
+    fn principal(&self, user: Uuid) -> Result<Option<crate::security::Principal>, StoreError> {
+        match self.read(Read::Principal { user })? {
+            ReadAnswer::Principal(p) => Ok(p),
+            _ => Err(StoreError::Db("the server answered a principal read with something else".into())),
+        }
+    }
 }
 
 /// The compile cache's digests as files beside the cache (a worker has no store): a

@@ -1,10 +1,11 @@
 //! Routes and handlers of `/api/v1`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request as HttpRequest, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, Query, Request as HttpRequest, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::auth::{self, Access};
 use super::{ApiError, AppState};
 use crate::admin::{Admin, AdminError, JobFilter, PluginDetails, ServiceAction, ServiceStatus, UnregisteredPlugin};
 use crate::jobs::{JobView, SystemJob};
@@ -21,78 +23,66 @@ use crate::metadata::{AttributeType, EntityDefinition};
 use crate::model::{Entity, EntityReference, Parameters, Value, parse_guid};
 use crate::pipeline::{Caller, Request, Response};
 use crate::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
+use crate::security::{Capability, Principal};
 use crate::store::JobAction;
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
 
-/// The whole HTTP surface.
+/// The whole HTTP surface. Every route but `/healthz` (and `/metrics` if configured
+/// public) needs an API key; each group needs its privilege (`auth::Access`).
 pub fn app(state: AppState) -> Router {
+    let need = |access: Access| middleware::from_fn(move |r: HttpRequest, n: Next| auth::require(access, r, n));
     let data = Router::new()
         .route("/entities/{entity}", post(create).get(list))
         .route("/entities/{entity}/{id}", get(retrieve).patch(update).delete(delete))
         .route("/query", post(query))
-        .route("/messages/{message}", post(custom_message));
-    let data = limited(data, state.config.max_body_bytes, "max_body_bytes");
+        .route("/messages/{message}", post(custom_message))
+        .route("/metadata/entities", get(definitions))
+        .route("/jobs", get(jobs).post(create_job))
+        .route("/bulk/delete", post(bulk_delete))
+        .route("/bulk/import", post(bulk_import))
+        .route("/jobs/{id}", get(job).delete(delete_job))
+        .route("/jobs/{id}/{action}", post(job_action))
+        .route("/service", get(service));
+    let data = limited(data, state.config.max_body_bytes, "max_body_bytes").route_layer(need(Access::Member));
     let uploads = Router::new().route("/assemblies", post(register).get(assemblies));
     let uploads = limited(uploads, state.config.max_assembly_bytes, "max_assembly_bytes");
-    let admin = Router::new()
+    let registration = Router::new()
         .route("/assemblies/{hash}", axum::routing::delete(unregister_assembly))
         .route("/plugins", get(plugins))
         .route("/plugins/{name}", get(plugin).delete(unregister_plugin))
         .route("/steps", get(steps).post(add_step))
         .route("/steps/{step}", get(step).delete(remove_step))
         .route("/steps/{step}/enable", post(enable_step))
-        .route("/steps/{step}/disable", post(disable_step))
-        .route("/metadata/entities", get(definitions))
-        .route("/metadata/entities/{name}", axum::routing::put(define_entity))
-        .route("/jobs", get(jobs).post(create_job))
-        .route("/bulk/delete", post(bulk_delete))
-        .route("/bulk/import", post(bulk_import))
-        .route("/jobs/{id}", get(job).delete(delete_job))
-        .route("/jobs/{id}/{action}", post(job_action))
-        .route("/service", get(service))
-        .route("/service/{action}", post(service_action))
-        .route("/workers", get(super::workers::list));
-    let admin = limited(admin, state.config.max_body_bytes, "max_body_bytes")
+        .route("/steps/{step}/disable", post(disable_step));
+    let registration = limited(registration, state.config.max_body_bytes, "max_body_bytes")
         .merge(uploads)
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(need(Access::Capability(Capability::Registration)));
+    let customization = Router::new().route("/metadata/entities/{name}", axum::routing::put(define_entity));
+    let customization = limited(customization, state.config.max_body_bytes, "max_body_bytes")
+        .route_layer(need(Access::Capability(Capability::Customization)));
+    let service = Router::new()
+        .route("/service/{action}", post(service_action))
+        .route("/workers", get(super::workers::list))
+        .route_layer(need(Access::Capability(Capability::Service)));
+    let api = data
+        .merge(registration)
+        .merge(customization)
+        .merge(service)
+        .merge(super::identity::routes(&state))
+        .merge(super::workers::routes(&state))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let mut metrics_route = Router::new().route("/metrics", get(metrics));
+    if !state.config.http.public_metrics {
+        metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    }
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", data.merge(admin).merge(super::workers::routes(&state)))
+        .merge(metrics_route)
+        .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route: see the API reference in README.md") })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)
-}
-
-/// The bearer token a request presents ("" without one).
-pub(super) fn bearer(request: &HttpRequest) -> &str {
-    request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-}
-
-async fn require_admin(State(state): State<AppState>, request: HttpRequest, next: Next) -> HttpResponse {
-    let presented = bearer(&request);
-    if constant_time_eq(presented.as_bytes(), state.worker_token.as_bytes()) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the worker token may only call the worker routes (/api/v1/worker/...); this route needs the admin token",
-        )
-        .into_response();
-    }
-    if !constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "admin routes need 'Authorization: Bearer TOKEN' (see `plughost status --show-token`)",
-        )
-        .into_response();
-    }
-    next.run(request).await
 }
 
 /// Limits request bodies to `limit` bytes; a body that declares a larger length is
@@ -115,10 +105,6 @@ async fn refuse_oversize(limit: usize, setting: &'static str, request: HttpReque
         .into_response(),
         _ => next.run(request).await,
     }
-}
-
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Runs blocking work (plug-ins, durable writes) off the async threads.
@@ -158,7 +144,9 @@ pub(super) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not valid: {e}")))
 }
 
-fn caller(headers: &HeaderMap) -> ApiResult<Caller> {
+/// The caller of a data request: the key's user (never a header), and the
+/// correlation it joins.
+fn caller(headers: &HeaderMap, who: &Arc<Principal>) -> ApiResult<Caller> {
     let guid = |name: &str| -> ApiResult<Option<Uuid>> {
         headers
             .get(name)
@@ -168,7 +156,7 @@ fn caller(headers: &HeaderMap) -> ApiResult<Caller> {
             })
             .transpose()
     };
-    Ok(Caller { user_id: guid("x-plughost-user")?.unwrap_or_default(), correlation_id: guid("x-correlation-id")? })
+    Ok(Caller { user_id: who.user_id, correlation_id: guid("x-correlation-id")?, principal: Some(who.clone()) })
 }
 
 fn guid_param(s: &str) -> ApiResult<Uuid> {
@@ -186,6 +174,21 @@ pub(super) async fn admin<T: Send + 'static>(
 
 async fn run(state: &AppState, request: Request, caller: Caller) -> ApiResult<Response> {
     admin(state, move |a| a.execute(request, &caller)).await
+}
+
+/// The authenticated caller of a route (see `auth::authenticate`).
+pub(super) type Who = Extension<Arc<Principal>>;
+
+/// Runs an administrative operation for `who`, recorded in the audit log.
+pub(super) async fn audited<T: Send + 'static>(
+    state: &AppState,
+    who: &Arc<Principal>,
+    action: &'static str,
+    target: impl Into<String>,
+    op: impl FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
+) -> ApiResult<T> {
+    let (who, target) = (who.clone(), target.into());
+    admin(state, move |a| a.audited(&who, action, &target, op)).await
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -213,6 +216,7 @@ async fn create(
     Path(entity): Path<String>,
     Params(q): Params<CreateQuery>,
     headers: HeaderMap,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let attributes: BTreeMap<String, Value> = json_body(body)?;
@@ -220,7 +224,7 @@ async fn create(
     record.id = q.id.as_deref().map(guid_param).transpose()?;
     record.attributes = attributes;
     record.validate().map_err(ApiError::bad_request)?;
-    match run(&state, Request::Create { record }, caller(&headers)?).await? {
+    match run(&state, Request::Create { record }, caller(&headers, &who)?).await? {
         Response::Created(id) => {
             let location = format!("/api/v1/entities/{entity}/{id}");
             Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(IdBody { id })))
@@ -247,9 +251,10 @@ async fn retrieve(
     Path((entity, id)): Path<(String, String)>,
     Params(c): Params<Columns>,
     headers: HeaderMap,
+    Extension(who): Who,
 ) -> ApiResult<Json<Entity>> {
     let target = EntityReference { logical_name: entity, id: guid_param(&id)? };
-    match run(&state, Request::Retrieve { target, columns: split_columns(c.columns) }, caller(&headers)?).await? {
+    match run(&state, Request::Retrieve { target, columns: split_columns(c.columns) }, caller(&headers, &who)?).await? {
         Response::Retrieved(e) => Ok(Json(e)),
         other => Err(unexpected(&other)),
     }
@@ -259,6 +264,7 @@ async fn update(
     State(state): State<AppState>,
     Path((entity, id)): Path<(String, String)>,
     headers: HeaderMap,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<IdBody>> {
     let attributes: BTreeMap<String, Value> = json_body(body)?;
@@ -267,7 +273,7 @@ async fn update(
     record.id = Some(id);
     record.attributes = attributes;
     record.validate().map_err(ApiError::bad_request)?;
-    run(&state, Request::Update { record }, caller(&headers)?).await?;
+    run(&state, Request::Update { record }, caller(&headers, &who)?).await?;
     Ok(Json(IdBody { id }))
 }
 
@@ -275,9 +281,10 @@ async fn delete(
     State(state): State<AppState>,
     Path((entity, id)): Path<(String, String)>,
     headers: HeaderMap,
+    Extension(who): Who,
 ) -> ApiResult<StatusCode> {
     let target = EntityReference { logical_name: entity, id: guid_param(&id)? };
-    run(&state, Request::Delete { target }, caller(&headers)?).await?;
+    run(&state, Request::Delete { target }, caller(&headers, &who)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -294,6 +301,7 @@ async fn list(
     Path(entity): Path<String>,
     Params(l): Params<ListQuery>,
     headers: HeaderMap,
+    Extension(who): Who,
 ) -> ApiResult<Json<crate::model::EntityCollection>> {
     let query = crate::model::Query {
         entity_name: entity,
@@ -304,23 +312,25 @@ async fn list(
         page_size: Some(l.page_size.unwrap_or(100)),
         paging_cookie: l.cookie,
     };
-    query_response(&state, query, &headers).await
+    query_response(&state, query, &headers, &who).await
 }
 
 async fn query(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<crate::model::EntityCollection>> {
-    query_response(&state, json_body(body)?, &headers).await
+    query_response(&state, json_body(body)?, &headers, &who).await
 }
 
 async fn query_response(
     state: &AppState,
     query: crate::model::Query,
     headers: &HeaderMap,
+    who: &Arc<Principal>,
 ) -> ApiResult<Json<crate::model::EntityCollection>> {
-    match run(state, Request::RetrieveMultiple { query }, caller(headers)?).await? {
+    match run(state, Request::RetrieveMultiple { query }, caller(headers, who)?).await? {
         Response::Collection(c) => Ok(Json(c)),
         other => Err(unexpected(&other)),
     }
@@ -338,11 +348,12 @@ async fn custom_message(
     State(state): State<AppState>,
     Path(message): Path<String>,
     headers: HeaderMap,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<MessageBody>> {
     let body: MessageBody = json_body(body)?;
     let request = Request::Custom { message, target: body.target, parameters: body.parameters };
-    match run(&state, request, caller(&headers)?).await? {
+    match run(&state, request, caller(&headers, &who)?).await? {
         Response::Custom(parameters) => Ok(Json(MessageBody { target: None, parameters })),
         other => Err(unexpected(&other)),
     }
@@ -361,6 +372,7 @@ struct RegisterQuery {
 async fn register(
     State(state): State<AppState>,
     Params(q): Params<RegisterQuery>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Registration>)> {
     let bytes = raw_body(body)?;
@@ -368,7 +380,9 @@ async fn register(
         Some(json) => serde_json::from_str(json).map_err(|e| ApiError::bad_request(format!("steps: {e}")))?,
         None => Vec::new(),
     };
-    let reg = admin(&state, move |a| a.register(&bytes, &q.name, q.description, steps)).await?;
+    let target = q.name.clone();
+    let reg =
+        audited(&state, &who, "register", target, move |a| a.register(&bytes, &q.name, q.description, steps)).await?;
     Ok((StatusCode::CREATED, Json(reg)))
 }
 
@@ -379,8 +393,9 @@ async fn assemblies(State(state): State<AppState>) -> ApiResult<Json<Vec<Assembl
 async fn unregister_assembly(
     State(state): State<AppState>,
     Path(hash): Path<String>,
+    Extension(who): Who,
 ) -> ApiResult<Json<AssemblyRecord>> {
-    admin(&state, move |a| a.unregister_assembly(&hash)).await.map(Json)
+    audited(&state, &who, "unregister.assembly", hash.clone(), move |a| a.unregister_assembly(&hash)).await.map(Json)
 }
 
 async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginRecord>>> {
@@ -401,8 +416,11 @@ async fn unregister_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Params(q): Params<UnregisterPluginQuery>,
+    Extension(who): Who,
 ) -> ApiResult<Json<UnregisteredPlugin>> {
-    admin(&state, move |a| a.unregister_plugin(&name, q.with_steps)).await.map(Json)
+    audited(&state, &who, "unregister.plugin", name.clone(), move |a| a.unregister_plugin(&name, q.with_steps))
+        .await
+        .map(Json)
 }
 
 async fn steps(State(state): State<AppState>) -> ApiResult<Json<Vec<StepRecord>>> {
@@ -411,10 +429,12 @@ async fn steps(State(state): State<AppState>) -> ApiResult<Json<Vec<StepRecord>>
 
 async fn add_step(
     State(state): State<AppState>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<StepRecord>)> {
     let spec: StepSpec = json_body(body)?;
-    let record = admin(&state, move |a| a.add_step(spec)).await?;
+    let target = format!("{} {} {}", spec.plugin, spec.message, spec.entity.as_deref().unwrap_or("*"));
+    let record = audited(&state, &who, "steps.add", target, move |a| a.add_step(spec)).await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
@@ -422,16 +442,28 @@ async fn step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResu
     admin(&state, move |a| a.step(&key)).await.map(Json)
 }
 
-async fn remove_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
-    admin(&state, move |a| a.remove_step(&key)).await.map(Json)
+async fn remove_step(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<StepRecord>> {
+    audited(&state, &who, "steps.remove", key.clone(), move |a| a.remove_step(&key)).await.map(Json)
 }
 
-async fn enable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
-    admin(&state, move |a| a.set_step_enabled(&key, true)).await.map(Json)
+async fn enable_step(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<StepRecord>> {
+    audited(&state, &who, "steps.enable", key.clone(), move |a| a.set_step_enabled(&key, true)).await.map(Json)
 }
 
-async fn disable_step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
-    admin(&state, move |a| a.set_step_enabled(&key, false)).await.map(Json)
+async fn disable_step(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<StepRecord>> {
+    audited(&state, &who, "steps.disable", key.clone(), move |a| a.set_step_enabled(&key, false)).await.map(Json)
 }
 
 // ---- metadata ----
@@ -449,15 +481,16 @@ pub struct DefineBody {
 async fn define_entity(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<EntityDefinition>> {
     let body: DefineBody = json_body(body)?;
-    let def = EntityDefinition { name, attributes: body.attributes };
-    admin(&state, move |a| a.define_entity(&def)).await.map(Json)
+    let def = EntityDefinition { name: name.clone(), attributes: body.attributes };
+    audited(&state, &who, "entities.define", name, move |a| a.define_entity(&def)).await.map(Json)
 }
 
 /// Query parameters whose errors are JSON, like every other error of the API.
-struct Params<T>(T);
+pub(super) struct Params<T>(pub(super) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
@@ -493,30 +526,43 @@ impl IntoResponse for Jobs<Vec<SystemJob>> {
     }
 }
 
-async fn jobs(State(state): State<AppState>, Params(filter): Params<JobFilter>) -> ApiResult<Jobs<Vec<SystemJob>>> {
-    let query = filter.query()?;
-    admin(&state, move |a| a.jobs(&query)).await.map(Jobs)
+async fn jobs(
+    State(state): State<AppState>,
+    Params(filter): Params<JobFilter>,
+    Extension(who): Who,
+) -> ApiResult<Jobs<Vec<SystemJob>>> {
+    filter.query()?;
+    admin(&state, move |a| a.jobs_of(&who, &filter)).await.map(Jobs)
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Jobs<SystemJob>> {
+async fn job(State(state): State<AppState>, Path(id): Path<String>, Extension(who): Who) -> ApiResult<Jobs<SystemJob>> {
     let id = guid_param(&id)?;
-    admin(&state, move |a| a.job(id)).await.map(Jobs)
+    admin(&state, move |a| a.job_of(&who, id)).await.map(Jobs)
 }
 
 async fn create_job(
     State(state): State<AppState>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let spec: crate::pipeline::NewJob = json_body(body)?;
-    Ok((StatusCode::CREATED, Jobs(admin(&state, move |a| a.create_job(spec)).await?)))
+    let by = who.user_id;
+    let job = audited(&state, &who, "jobs.create", spec.step.clone(), move |a| a.create_job(spec, by)).await?;
+    Ok((StatusCode::CREATED, Jobs(job)))
 }
 
 async fn bulk_delete(
     State(state): State<AppState>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let spec: crate::pipeline::BulkDelete = json_body(body)?;
-    Ok((StatusCode::CREATED, Jobs(admin(&state, move |a| a.bulk_delete(spec)).await?)))
+    let by = who.user_id;
+    let target = spec.query.entity_name.clone();
+    Ok((
+        StatusCode::CREATED,
+        Jobs(audited(&state, &who, "bulk.delete", target, move |a| a.bulk_delete(spec, by)).await?),
+    ))
 }
 
 /// The query of `POST /bulk/import`; the body is the file.
@@ -534,10 +580,16 @@ pub struct ImportQuery {
 async fn bulk_import(
     State(state): State<AppState>,
     Params(q): Params<ImportQuery>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Jobs<SystemJob>)> {
     let bytes = raw_body(body)?;
-    let job = admin(&state, move |a| a.bulk_import(&q.entity, q.format.as_deref(), &bytes, q.name)).await?;
+    let by = who.user_id;
+    let target = q.entity.clone();
+    let job = audited(&state, &who, "bulk.import", target, move |a| {
+        a.bulk_import(&q.entity, q.format.as_deref(), &bytes, q.name, by)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Jobs(job)))
 }
 
@@ -551,6 +603,7 @@ pub struct PostponeBody {
 async fn job_action(
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
+    Extension(who): Who,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Jobs<Option<SystemJob>>> {
     let id = guid_param(&id)?;
@@ -560,13 +613,26 @@ async fn job_action(
     } else {
         None
     };
+    let name: &'static str = match action.as_str() {
+        "cancel" => "jobs.cancel",
+        "pause" => "jobs.pause",
+        "resume" => "jobs.resume",
+        "postpone" => "jobs.postpone",
+        "retry" => "jobs.retry",
+        _ => "jobs.action",
+    };
     let action = JobAction::parse(&action, until).map_err(ApiError::not_found)?;
-    admin(&state, move |a| a.manage_job(id, action)).await.map(Jobs)
+    audited(&state, &who.clone(), name, id.to_string(), move |a| a.manage_job_of(&who, id, action)).await.map(Jobs)
 }
 
-async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<StatusCode> {
     let id = guid_param(&id)?;
-    admin(&state, move |a| a.manage_job(id, JobAction::Delete)).await?;
+    audited(&state, &who.clone(), "jobs.delete", id.to_string(), move |a| a.manage_job_of(&who, id, JobAction::Delete))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -574,9 +640,14 @@ async fn service(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>
     admin(&state, |a| a.service(None)).await.map(Json)
 }
 
-async fn service_action(State(state): State<AppState>, Path(action): Path<String>) -> ApiResult<Json<ServiceStatus>> {
-    let action: ServiceAction = action.parse().map_err(ApiError::not_found)?;
-    admin(&state, move |a| a.service(Some(action))).await.map(Json)
+async fn service_action(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<ServiceStatus>> {
+    let parsed: ServiceAction = action.parse().map_err(ApiError::not_found)?;
+    let name = if parsed == ServiceAction::Pause { "service.pause" } else { "service.resume" };
+    audited(&state, &who, name, "asynchronous service", move |a| a.service(Some(parsed))).await.map(Json)
 }
 
 /// Prometheus text exposition.

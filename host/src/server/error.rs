@@ -67,6 +67,7 @@ impl From<PipelineError> for ApiError {
             }
             PipelineError::AlreadyExists(_) | PipelineError::Conflict(_) => StatusCode::CONFLICT,
             PipelineError::WriteLimit(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PipelineError::Denied(_) => StatusCode::FORBIDDEN,
             PipelineError::Store(s) => store_status(s),
         };
         let message = match &e {
@@ -105,6 +106,7 @@ impl From<crate::admin::AdminError> for ApiError {
             AdminError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string()),
             AdminError::Invalid { code, message } => ApiError::new(StatusCode::BAD_REQUEST, code, message),
             AdminError::Unavailable { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            AdminError::Denied(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
         }
     }
 }

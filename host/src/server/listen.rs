@@ -34,11 +34,27 @@ pub struct HttpConfig {
     pub body_timeout_ms: u64,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Host names (without port) answered besides localhost, 127.0.0.1 and [::1] while
+    /// listening on loopback (a defence against DNS rebinding). On other addresses
+    /// every host is answered.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://app.example`) allowed to call the API from a browser (CORS);
+    /// empty: none but the server's own.
+    pub cors_origins: Vec<String>,
+    /// Serve `/metrics` without a key.
+    pub public_metrics: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { header_timeout_ms: 10_000, body_timeout_ms: 60_000, max_connections: 1024 }
+        HttpConfig {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            max_connections: 1024,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            public_metrics: false,
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! rule lives here. Pipeline work runs on blocking threads (plug-ins block).
 
 mod api;
+mod auth;
 mod error;
+mod identity;
 mod listen;
 mod workers;
 
@@ -16,12 +18,15 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use self::api::{DefineBody, IdBody, ImportQuery, MessageBody, PostponeBody, app};
+pub use self::auth::{Authenticator, USER_HEADER};
 pub use self::error::{ApiError, ErrorBody, ErrorDetail};
+pub use self::identity::{NewRoleBody, NewUserBody, RolesBody};
 pub use self::listen::HttpConfig;
 use crate::admin::Admin;
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
 use crate::runtime::{ArtifactIndex, Runtime};
+use crate::security::{ADMIN_USER, SYSTEM_ADMINISTRATOR, WORKER_ROLE, WORKER_USER};
 use crate::store::{Committer, JobQueue, Store};
 use crate::worker::{WorkQueue, WorkerPool};
 
@@ -30,9 +35,10 @@ use crate::worker::{WorkQueue, WorkerPool};
 pub struct AppState {
     /// The operations every handler calls.
     pub admin: Arc<Admin>,
-    pub admin_token: Arc<str>,
-    /// The credential of remote workers: the worker routes only.
-    pub worker_token: Arc<str>,
+    /// Checks API keys (the admin and worker tokens are keys too).
+    pub auth: Arc<Authenticator>,
+    /// Listening on loopback only: foreign `Host` headers are refused.
+    pub loopback: bool,
     pub config: Arc<Config>,
 }
 
@@ -74,8 +80,36 @@ pub async fn serve(
     let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone())
         .with_max_lease_expirations(config.workers.max_lease_expirations);
     tokio::task::block_in_place(|| queue.ensure_deletion_service(deletion_service.as_deref()))?;
-    let admin_token: Arc<str> = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?.into();
-    let worker_token: Arc<str> = config.worker_token(&data_dir).map_err(anyhow::Error::msg)?.into();
+    let admin_token = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?;
+    let worker_token = config.worker_token(&data_dir).map_err(anyhow::Error::msg)?;
+    // The tokens are keys: the admin token of the first System Administrator, the
+    // worker token of the worker user.
+    tokio::task::block_in_place(|| {
+        let store = pipeline.store();
+        // Labelled by this instance: a new token here revokes this instance's old one,
+        // never another instance's on a shared store.
+        let instance = format!("{}:{}", crate::worker::hostname(), data_dir.display());
+        store.ensure_token_key(
+            ADMIN_USER,
+            SYSTEM_ADMINISTRATOR,
+            &format!("admin token of {instance}"),
+            &admin_token,
+        )?;
+        store.ensure_token_key(WORKER_USER, WORKER_ROLE, &format!("worker token of {instance}"), &worker_token)
+    })?;
+    if !config.listen.ip().is_loopback() && !config.insecure {
+        anyhow::bail!(
+            "refusing to serve plain HTTP on {}, which is not a loopback address: API keys would cross the network in the clear. TLS is not built in yet: put a TLS-terminating proxy in front and pass --insecure (or insecure = true) to accept this",
+            config.listen
+        );
+    }
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (--insecure)");
+        eprintln!(
+            "plughost: WARNING: plain HTTP on {} (--insecure): keys cross the network in the clear",
+            config.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {}: {e} (is another server running? use --listen)", config.listen)
     })?;
@@ -99,7 +133,9 @@ pub async fn serve(
     if let Some(w) = &workers {
         admin = admin.with_workers(w.clone(), config.workers.workers);
     }
-    let state = AppState { admin: Arc::new(admin), admin_token, worker_token, config: Arc::new(config) };
+    let auth = Arc::new(Authenticator::new(pipeline.store().clone()));
+    let loopback = addr.ip().is_loopback();
+    let state = AppState { admin: Arc::new(admin), auth, loopback, config: Arc::new(config) };
     if pipeline.store().is_shared() {
         // Other `serve` processes on the same database change the registry and the
         // service state: follow them (correctness of jobs never depends on this).

@@ -4,21 +4,21 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request as HttpRequest, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::api::{ApiResult, admin, bearer, constant_time_eq, json_body, raw_body};
-use super::{ApiError, AppState};
+use super::AppState;
+use super::api::{ApiResult, admin, json_body, raw_body};
 use crate::protocol::{Leased, ReadAnswer, Registry, Renewed, Welcome, WireOutcome, WorkerInfo};
 
 /// Largest body a worker may send (a batch of completions with their effects).
 pub(super) const MAX_WORKER_BODY_BYTES: usize = 256 << 20;
 
-pub(super) fn routes(state: &AppState) -> Router<AppState> {
+pub(super) fn routes(_state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/worker/hello", post(hello))
         .route("/worker/lease", post(lease))
@@ -29,24 +29,9 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         .route("/worker/registry", get(registry))
         .route("/worker/assemblies/{hash}", get(assembly))
         .layer(DefaultBodyLimit::max(MAX_WORKER_BODY_BYTES))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_worker))
-}
-
-async fn require_worker(State(state): State<AppState>, request: HttpRequest, next: Next) -> HttpResponse {
-    let presented = bearer(&request);
-    if constant_time_eq(presented.as_bytes(), state.worker_token.as_bytes()) {
-        return next.run(request).await;
-    }
-    let (status, message) = if constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
-        (StatusCode::FORBIDDEN, "the worker routes take the worker token, not the admin token")
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            "worker routes need 'Authorization: Bearer WORKER_TOKEN' (the server's <data-dir>/worker-token, or its worker_token setting)",
-        )
-    };
-    let code = if status == StatusCode::FORBIDDEN { "forbidden" } else { "unauthorized" };
-    ApiError::new(status, code, message).into_response()
+        .route_layer(middleware::from_fn(|r, n: Next| {
+            super::auth::require(super::auth::Access::Capability(crate::security::Capability::Worker), r, n)
+        }))
 }
 
 async fn hello(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Welcome>> {

@@ -44,6 +44,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The principal of an enabled user as of this snapshot.
+    pub fn principal(&self, user: Uuid) -> Result<Option<crate::security::Principal>> {
+        super::identity::principal_in(&self.txn, user)
+    }
+
     pub fn record(&self, entity: &str, id: Uuid) -> Result<Option<StoredRecord>> {
         get(&self.txn, &RECORDS, &(entity.to_owned(), id.as_u128()))
     }
@@ -126,18 +131,61 @@ impl Store {
             return Ok(out);
         }
         let txn = self.read()?;
-        txn.scan(&JOBS, low..=high, query.newest_first, |_, v| {
-            let job: SystemJob = codec::decode(&v)?;
+        let mut take = |job: SystemJob| {
             if query.matches(&job) {
                 out.push(job);
                 if out.len() == limit {
-                    return Ok(ControlFlow::Break(()));
+                    return ControlFlow::Break(());
                 }
             }
-            Ok(ControlFlow::Continue(()))
-        })?;
+            ControlFlow::Continue(())
+        };
+        match query.owner {
+            // One user's jobs: its index, in the same id order.
+            Some(owner) => {
+                let owner = owner.as_u128();
+                let mut ids = Vec::new();
+                txn.scan(
+                    &super::identity::JOBS_BY_OWNER,
+                    (owner, low)..=(owner, high),
+                    query.newest_first,
+                    |(_, id), ()| {
+                        ids.push(id);
+                        Ok(if ids.len() >= 256 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+                    },
+                )?;
+                // Pages of the index until the page of jobs is full or the index ends.
+                while let Some(&last) = ids.last() {
+                    let full = ids.len() >= 256;
+                    for id in std::mem::take(&mut ids) {
+                        if let Some(v) = txn.get(&JOBS, &id)?
+                            && take(codec::decode(&v)?).is_break()
+                        {
+                            return self.with_contexts(&txn, out);
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                    let range = match query.newest_first {
+                        true if last > low => (owner, low)..=(owner, last - 1),
+                        false if last < high => (owner, last + 1)..=(owner, high),
+                        _ => break,
+                    };
+                    txn.scan(&super::identity::JOBS_BY_OWNER, range, query.newest_first, |(_, id), ()| {
+                        ids.push(id);
+                        Ok(if ids.len() >= 256 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+                    })?;
+                }
+            }
+            None => txn.scan(&JOBS, low..=high, query.newest_first, |_, v| Ok(take(codec::decode(&v)?)))?,
+        }
+        self.with_contexts(&txn, out)
+    }
+
+    fn with_contexts(&self, txn: &super::kv::Read, mut out: Vec<SystemJob>) -> Result<Vec<SystemJob>> {
         for job in &mut out {
-            fill_context(&txn, job)?;
+            fill_context(txn, job)?;
         }
         Ok(out)
     }

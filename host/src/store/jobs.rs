@@ -147,6 +147,11 @@ pub(crate) fn put_job(
             // The context lives in its own table, written once; the record stays small.
             if old.is_none() {
                 t.w.insert(&JOB_CONTEXTS, &n.id.as_u128(), &codec::encode(&n.context)?)?;
+                // Who queued it (`createdby`): users list their own jobs by this index.
+                let owner = n.context.initiating_user_id;
+                if owner != crate::security::SYSTEM_USER {
+                    t.w.insert(&super::identity::JOBS_BY_OWNER, &(owner.as_u128(), n.id.as_u128()), &())?;
+                }
             }
             // The record never holds the context (`SystemJob::context` is skipped).
             let record = codec::encode(n)?;
@@ -156,6 +161,12 @@ pub(crate) fn put_job(
         None => {
             if let Some(o) = old {
                 let id = o.id.as_u128();
+                // The owner's index entry goes with the job (its context names the owner).
+                if let Some(c) = get::<_, crate::model::ExecutionContext>(t.w, &JOB_CONTEXTS, &id)?
+                    && c.initiating_user_id != crate::security::SYSTEM_USER
+                {
+                    t.w.remove(&super::identity::JOBS_BY_OWNER, &(c.initiating_user_id.as_u128(), id))?;
+                }
                 t.w.remove(&JOBS, &id)?;
                 t.w.remove(&JOB_CONTEXTS, &id)?;
                 if o.operation_type == crate::jobs::OperationType::BulkImport {

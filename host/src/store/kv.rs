@@ -206,7 +206,7 @@ impl<K, V> Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableId(pub(crate) u8, pub(crate) &'static str);
 
-pub(crate) const ALL_TABLES: [TableId; 18] = [
+pub(crate) const ALL_TABLES: [TableId; 25] = [
     TableId(0, "meta"),
     TableId(1, "assemblies"),
     TableId(2, "assembly_bytes"),
@@ -225,6 +225,13 @@ pub(crate) const ALL_TABLES: [TableId; 18] = [
     TableId(15, "jobs_completed"),
     TableId(16, "bulk_rows"),
     TableId(17, "jobs_status_counts"),
+    TableId(18, "users"),
+    TableId(19, "user_names"),
+    TableId(20, "roles"),
+    TableId(21, "api_keys"),
+    TableId(22, "api_key_ids"),
+    TableId(23, "audit"),
+    TableId(24, "jobs_by_owner"),
 ];
 
 /// redb's table for a logical table (a name apart from schema 4's typed tables).
@@ -232,7 +239,7 @@ pub(super) fn redb_table(id: TableId) -> TableDefinition<'static, &'static [u8],
     TableDefinition::new(REDB_NAMES[id.0 as usize])
 }
 
-const REDB_NAMES: [&str; 18] = [
+const REDB_NAMES: [&str; 25] = [
     "kv:meta",
     "kv:assemblies",
     "kv:assembly_bytes",
@@ -251,6 +258,13 @@ const REDB_NAMES: [&str; 18] = [
     "kv:jobs_completed",
     "kv:bulk_rows",
     "kv:jobs_status_counts",
+    "kv:users",
+    "kv:user_names",
+    "kv:roles",
+    "kv:api_keys",
+    "kv:api_key_ids",
+    "kv:audit",
+    "kv:jobs_by_owner",
 ];
 
 /// Creates every table of a redb store (so readers never meet a missing one).

@@ -68,16 +68,10 @@ pub(super) fn prepare_redb(db: &Database, path: &Path) -> Result<()> {
         kv::create_redb_tables(&txn)?;
         txn.open_table(kv::redb_table(ALL_TABLES[0]))?.insert(
             kv::Key::encode(&"schema_version".to_owned()).as_slice(),
-            codec::encode(&super::SCHEMA_VERSION)?.as_slice(),
+            // Schema 5's layout; `Store::check_schema` takes it on from there.
+            codec::encode(&5u32)?.as_slice(),
         )?;
-        tracing::info!(
-            upgraded,
-            steps,
-            indexed,
-            moved,
-            "store migrated from schema {found} to {}",
-            super::SCHEMA_VERSION
-        );
+        tracing::info!(upgraded, steps, indexed, moved, "store migrated from schema {found} to 5");
     } else {
         kv::create_redb_tables(&txn)?;
     }
@@ -442,6 +436,7 @@ impl From<StepV3> for crate::records::StepRecord {
             instance_reuse: s.instance_reuse,
             ordered_per_record: s.ordered_per_record,
             created_at: s.created_at,
+            run_as: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 pub(crate) mod baseline;
 mod commit;
 mod data;
+mod identity;
 mod jobs;
 pub(crate) mod kv;
 mod legacy;
@@ -24,6 +25,7 @@ mod rows;
 pub use crate::jobs::JobResult;
 pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
+pub use identity::MAX_AUDIT_PAGE;
 pub use jobs::{HOUSEKEEPER_TTL_MS, Housekeeper, Renewal};
 pub use pg::DEFAULT_CONNECTIONS;
 pub use queue::{
@@ -41,8 +43,9 @@ use kv::{ALL_TABLES, Read, Reads, Table, Write};
 /// when they change (`Store::check_schema`): 2 added `jobs_completed`, 3 the jobs'
 /// `output` and `bulk_rows`, 4 job records without their context (it has its own
 /// table) and with lease-expiration and recurrence-run counters, and the steps' write
-/// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables.
-pub const SCHEMA_VERSION: u32 = 5;
+/// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables; 6
+/// users, keys, roles, the audit log, jobs by owner, and the steps' run-as user.
+pub const SCHEMA_VERSION: u32 = 6;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -315,6 +318,11 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew { path: path.clone(), found: v }),
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
+                Some(5) => {
+                    let steps = upgrade_steps_to_6(w)?;
+                    tracing::info!(steps, "store migrated from schema 5 to {SCHEMA_VERSION}");
+                    w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
+                }
                 Some(v) => Err(corrupt(format!("unknown schema version {v}"))),
                 None => w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?),
             }
@@ -603,6 +611,23 @@ impl ArtifactIndex for Store {
     fn record_artifact(&self, key: &str, digest: [u8; 32]) -> anyhow::Result<()> {
         Ok(self.write(|w| w.insert(&ARTIFACTS, &key.to_owned(), &digest))?)
     }
+}
+
+/// Schema 6 appended the steps' `run_as` (`None`: one zero byte) to their rows; a
+/// row that already has it (re-encoded by an older migration) stays.
+fn upgrade_steps_to_6(w: &Write<'_>) -> Result<usize> {
+    let mut n = 0;
+    for (id, v) in w.all(&STEPS)? {
+        if rows::decode::<StepRecord>(&v).is_ok() {
+            continue;
+        }
+        let mut upgraded = v;
+        upgraded.push(0);
+        rows::decode::<StepRecord>(&upgraded)?;
+        w.insert(&STEPS, &id, &upgraded)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// A value by key, decoded by `codec`.

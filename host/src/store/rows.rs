@@ -223,6 +223,8 @@ pub(crate) struct StepRow {
     instance_reuse: u32,
     ordered_per_record: bool,
     created_at: i64,
+    /// Schema 6: the user the step runs as (`None`: the caller).
+    run_as: Option<Uuid>,
 }
 
 impl Stored for StepRecord {
@@ -249,6 +251,7 @@ impl From<&StepRecord> for StepRow {
             instance_reuse: s.instance_reuse,
             ordered_per_record: s.ordered_per_record,
             created_at: s.created_at,
+            run_as: s.run_as,
         }
     }
 }
@@ -273,6 +276,7 @@ impl From<StepRow> for StepRecord {
             instance_reuse: r.instance_reuse,
             ordered_per_record: r.ordered_per_record,
             created_at: r.created_at,
+            run_as: r.run_as,
         }
     }
 }
@@ -330,6 +334,7 @@ mod tests {
             instance_reuse: 3,
             ordered_per_record: true,
             created_at: 9,
+            run_as: None,
         }
     }
 
@@ -346,7 +351,8 @@ mod tests {
         assert_eq!(
             hex(&bytes),
             "011000000000000000000000000000000102017301700643726561746501076163636f756e740301\
-             0101046e616d65000101016900010500000000000001070100030112"
+             0101046e616d65000101016900010500000000000001070100030112\
+             00"
         );
         assert_eq!(decode::<StepRecord>(&bytes).unwrap(), step);
 

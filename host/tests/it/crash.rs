@@ -24,14 +24,16 @@ impl Lcg {
 }
 
 /// Creates accounts until the server goes away or `stop` is set; returns how many were acknowledged.
-pub(crate) fn load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+pub(crate) fn load(url: String, token: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let mut acked = Vec::new();
         let mut i = 0;
         while !stop.load(Ordering::Relaxed) && i < 200 {
             i += 1;
-            match agent.post(format!("{url}/api/v1/entities/account")).send_json(json!({"name": format!("load {i}")})) {
+            let req =
+                agent.post(format!("{url}/api/v1/entities/account")).header("Authorization", format!("Bearer {token}"));
+            match req.send_json(json!({"name": format!("load {i}")})) {
                 Ok(mut r) if r.status() == 201 => {
                     let body: Value = r.body_mut().read_json().unwrap();
                     acked.push(body["id"].as_str().unwrap().to_owned());
@@ -57,7 +59,7 @@ fn killed_at_random_moments_every_job_completes_exactly_once() {
     let mut acknowledged = Vec::new();
     for round in 0..5 {
         let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..4).map(|_| load(s.url.clone(), stop.clone())).collect();
+        let writers: Vec<_> = (0..4).map(|_| load(s.url.clone(), s.token.clone(), stop.clone())).collect();
         std::thread::sleep(Duration::from_millis(150 + rng.below(500)));
         let cli = s.kill();
         stop.store(true, Ordering::Relaxed);

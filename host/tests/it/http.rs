@@ -45,7 +45,8 @@ fn bodies_that_are_broken_too_large_or_too_slow_get_their_own_errors() {
     let path = "/api/v1/entities/account";
     write!(
         c,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": "
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": ",
+        s.token
     )
     .unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
@@ -54,8 +55,12 @@ fn bodies_that_are_broken_too_large_or_too_slow_get_their_own_errors() {
     assert!(!answer.contains("payload_too_large"), "{answer}");
     // A body that stalls: 408 once the body timeout passes.
     let mut c = connect(&s);
-    write!(c, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{")
-        .unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        s.token
+    )
+    .unwrap();
     let answer = read_to_close(&mut c, Duration::from_secs(30)).expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
     // An upload over the limit is refused before it is sent, saying its size and the limit.
@@ -63,7 +68,7 @@ fn bodies_that_are_broken_too_large_or_too_slow_get_their_own_errors() {
     let size = (64u64 << 20) + 1;
     write!(
         c,
-        "POST /api/v1/assemblies?name=big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {size}\r\n\r\n",
+        "POST /api/v1/assemblies?name=big HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/wasm\r\nContent-Length: {size}\r\n\r\n",
         s.token
     )
     .unwrap();
@@ -81,11 +86,11 @@ fn slow_and_idle_connections_are_closed_and_connections_are_bounded() {
     );
     // Headers that never finish: the server closes the connection.
     let mut slow = connect(&s);
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").unwrap();
     assert!(read_to_close(&mut slow, Duration::from_secs(30)).is_some(), "a slow client was not cut off");
     // A kept-alive connection that goes idle after its request: closed too.
     let mut idle = connect(&s);
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let answer = read_to_close(&mut idle, Duration::from_secs(30)).expect("the idle connection was not closed");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
@@ -97,7 +102,7 @@ fn slow_and_idle_connections_are_closed_and_connections_are_bounded() {
     let held: Vec<TcpStream> = (0..2).map(|_| connect(&s)).collect();
     // Let the server accept both before the third arrives.
     let mut probe = connect(&s);
-    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     assert!(read_to_close(&mut probe, Duration::from_millis(700)).is_none(), "a third connection was served at once");
     drop(held);
     let started = Instant::now();

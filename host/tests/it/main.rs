@@ -10,6 +10,7 @@ mod queue;
 mod registry;
 mod remote;
 mod sandbox;
+mod security;
 mod server;
 mod shared;
 

@@ -105,7 +105,7 @@ fn async_jobs_run_and_commit_their_effects_once() {
     created.sort_by_key(|v| v.to_string());
     task_ids.sort_by_key(|v| v.to_string());
     assert_eq!(created, task_ids, "{jobs:#?}");
-    let metrics = s.get_anonymous("/metrics");
+    let metrics = s.get("/metrics");
     assert_eq!(metrics.status, 200);
     let text = metrics.body.as_str().unwrap().to_owned();
     assert!(text.contains("plughost_jobs{status=\"Succeeded\",code=\"30\"} 5"), "{text}");
@@ -226,12 +226,13 @@ fn unregistering_a_step_fails_exactly_its_queued_jobs() {
     s.post("/api/v1/service/pause", &json!({})).expect(200);
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let url = s.url.clone();
+            let (url, token) = (s.url.clone(), s.token.clone());
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
                 for i in 0..125 {
                     let r = agent
                         .post(format!("{url}/api/v1/entities/account"))
+                        .header("Authorization", format!("Bearer {token}"))
                         .send_json(json!({"name": format!("w{w}-{i}")}))
                         .unwrap();
                     assert_eq!(r.status(), 201);
@@ -271,7 +272,7 @@ fn unregistering_a_step_fails_exactly_its_queued_jobs() {
 
 /// A counter of `/metrics`.
 pub(crate) fn metric(s: &TestServer, name: &str) -> u64 {
-    let text = s.get_anonymous("/metrics").body.as_str().unwrap().to_owned();
+    let text = s.get("/metrics").body.as_str().unwrap().to_owned();
     let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
     line[name.len() + 1..].parse().unwrap()
 }
@@ -579,7 +580,7 @@ fn the_deletion_service_purges_old_completed_jobs_on_its_recurrence() {
     let shown = s.run(&["jobs", "show", id]).ok().stdout;
     assert!(shown.contains("message   deleted 3 jobs") && shown.contains("output    deleted = 3"), "{shown}");
     assert_eq!(query(&s, "task").len(), 4, "deleting jobs leaves their effects");
-    let metrics = s.get_anonymous("/metrics").body.as_str().unwrap().to_owned();
+    let metrics = s.get("/metrics").body.as_str().unwrap().to_owned();
     assert!(metrics.contains("plughost_jobs{status=\"Succeeded\",code=\"30\"} 1"), "counts follow: {metrics}");
 
     // A restart keeps the one service job; a restart that keeps every job removes it.

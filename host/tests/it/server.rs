@@ -291,7 +291,16 @@ fn bad_requests_get_clear_json_errors_and_change_nothing() {
         (s.get("/api/v1/nowhere"), 404, "not_found"),
         (s.get_anonymous("/api/v1/plugins"), 401, "unauthorized"),
         (s.put("/api/v1/metadata/entities/account", &json!({"attributes": {"name": "integer"}})), 409, "conflict"),
-        (s.post_raw("/api/v1/assemblies?name=junk", b"not wasm"), 400, "not_wasm"),
+        (
+            s.raw(
+                &[("Authorization", &format!("Bearer {}", s.token)), ("Content-Type", "application/wasm")],
+                "POST",
+                "/api/v1/assemblies?name=junk",
+                b"not wasm",
+            ),
+            400,
+            "not_wasm",
+        ),
     ];
     for (i, (reply, status, code)) in cases.into_iter().enumerate() {
         assert_eq!((reply.status, reply.code()), (status, code), "case {i}: {}", reply.body);

@@ -65,8 +65,12 @@ fn two_servers_on_one_database_killed_at_random_run_every_job_exactly_once() {
     let mut acknowledged = Vec::new();
     for round in 0..3 {
         let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> =
-            (0..4).map(|i| load(if i % 2 == 0 { a.url.clone() } else { b.url.clone() }, stop.clone())).collect();
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let s = if i % 2 == 0 { &a } else { &b };
+                load(s.url.clone(), s.token.clone(), stop.clone())
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(300 + rng.below(500)));
         let cli = b.kill();
         std::thread::sleep(Duration::from_millis(100));
@@ -192,7 +196,11 @@ fn housekeeping_passes_to_another_server_within_seconds_when_its_holder_dies() {
 
 /// Creates accounts until `stop`, carrying on through failures; returns the ids
 /// acknowledged, how many were refused, and every refusal's error code.
-fn steady_load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+fn steady_load(
+    url: String,
+    token: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
     std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -203,8 +211,9 @@ fn steady_load(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(V
         let mut i = 0;
         while !stop.load(Ordering::Relaxed) {
             i += 1;
-            match agent.post(format!("{url}/api/v1/entities/account")).send_json(json!({"name": format!("steady {i}")}))
-            {
+            let req =
+                agent.post(format!("{url}/api/v1/entities/account")).header("Authorization", format!("Bearer {token}"));
+            match req.send_json(json!({"name": format!("steady {i}")})) {
                 Ok(mut r) => {
                     let body: Value = r.body_mut().read_json().unwrap_or(Value::Null);
                     if r.status() == 201 {
@@ -231,7 +240,7 @@ fn a_postgresql_restart_under_load_fails_requests_cleanly_and_the_service_carrie
     let s = TestServer::start_in(BIN, TestCommand::on_store(BIN, &url), ENV);
     follow_up_setup(&s, false);
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3).map(|_| steady_load(s.url.clone(), stop.clone())).collect();
+    let writers: Vec<_> = (0..3).map(|_| steady_load(s.url.clone(), s.token.clone(), stop.clone())).collect();
     std::thread::sleep(Duration::from_millis(700));
     pg.restart();
     let restarted = Instant::now();

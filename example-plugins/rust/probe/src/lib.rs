@@ -11,6 +11,8 @@
 //! | `count` | outputs `count`: how many times this instance has run (shows instance reuse) |
 //! | `slow-audit` | works for half a second, then does what `audit` does (time to cancel it while it runs) |
 //! | `append` | appends the Target's `name` to its record's `description` (shows execution order) |
+//! | `whoami` | a custom message: outputs `UserId` and `InitiatingUserId` (shows run-as) |
+//! | `peek` | a custom message: reads every record of the entity named by input `Entity` through the service, outputs `Names` (comma-separated, sorted) — what the user it runs as may read |
 
 use plughost_sdk::prelude::*;
 
@@ -81,6 +83,22 @@ impl Plugin for Probe {
                 let mut me = Entity::new(ctx.entity_name()).with_id(&id);
                 me.set("description", description);
                 service::update(&me)?;
+            }
+            "whoami" => {
+                let (user, initiating) = (ctx.user_id().to_owned(), ctx.initiating_user_id().to_owned());
+                ctx.set_output("UserId", ParameterValue::Value(Value::Text(user)));
+                ctx.set_output("InitiatingUserId", ParameterValue::Value(Value::Text(initiating)));
+            }
+            "peek" => {
+                let entity = match ctx.input("Entity") {
+                    Some(ParameterValue::Value(Value::Text(e))) => e.clone(),
+                    _ => return Err(PluginError::permanent("peek needs a text parameter 'Entity'")),
+                };
+                let found = service::retrieve_multiple(&Query::new(&entity))?;
+                let mut names: Vec<String> =
+                    found.entities.iter().filter_map(|e| e.text("name").map(str::to_owned)).collect();
+                names.sort();
+                ctx.set_output("Names", ParameterValue::Value(Value::Text(names.join(","))));
             }
             other => return Err(PluginError::permanent(format!("probe: unknown configuration '{other}'"))),
         }

@@ -1,0 +1,171 @@
+//! Users, keys, roles (`security` privilege) and the audit log (`audit`):
+//! `/api/v1/users`, `/keys`, `/roles`, `/audit`. Every change is audited and drops
+//! this server's cache of keys at once.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::api::{ApiResult, Params, Who, admin, audited, json_body};
+use super::auth::{self, Access};
+use super::{ApiError, AppState};
+use crate::accounts::{Grant, KeySpec};
+use crate::admin::{Admin, AdminError};
+use crate::security::{ApiKey, AuditEntry, Capability, NewKey, Role, User};
+
+pub(super) fn routes(_state: &AppState) -> axum::Router<AppState> {
+    let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));
+    let security = Router::new()
+        .route("/users", get(users).post(create_user))
+        .route("/users/{name}/{action}", post(user_action))
+        .route("/keys", get(keys).post(create_key))
+        .route("/keys/{id}/revoke", post(revoke_key))
+        .route("/roles", get(roles).post(create_role))
+        .route("/roles/{name}/grant", post(grant))
+        .route_layer(need(Access::Capability(Capability::Security)));
+    let audit = Router::new().route("/audit", get(audit)).route_layer(need(Access::Capability(Capability::Audit)));
+    security.merge(audit)
+}
+
+/// A security change: audited, then this server forgets the keys it knew.
+async fn changed<T: Send + 'static>(
+    state: &AppState,
+    who: &std::sync::Arc<crate::security::Principal>,
+    action: &'static str,
+    target: String,
+    op: impl FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
+) -> ApiResult<T> {
+    let out = audited(state, who, action, target, op).await;
+    state.auth.invalidate();
+    out
+}
+
+/// The body of `POST /users`.
+#[derive(Serialize, Deserialize)]
+pub struct NewUserBody {
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The body of `POST /users/{name}/roles`.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RolesBody {
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+/// The body of `POST /roles`.
+#[derive(Serialize, Deserialize)]
+pub struct NewRoleBody {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+async fn users(State(state): State<AppState>) -> ApiResult<Json<Vec<User>>> {
+    admin(&state, |a| a.users()).await.map(Json)
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let b: NewUserBody = json_body(body)?;
+    let user = changed(&state, &who, "users.create", b.name.clone(), move |a| a.create_user(&b.name, &b.roles)).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+async fn user_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<User>> {
+    match action.as_str() {
+        "disable" => {
+            changed(&state, &who, "users.disable", name.clone(), move |a| a.set_user_disabled(&name, true)).await
+        }
+        "enable" => {
+            changed(&state, &who, "users.enable", name.clone(), move |a| a.set_user_disabled(&name, false)).await
+        }
+        "roles" => {
+            let b: RolesBody = json_body(body)?;
+            changed(&state, &who, "users.roles", name.clone(), move |a| a.change_user_roles(&name, &b.add, &b.remove))
+                .await
+        }
+        other => Err(ApiError::not_found(format!("no user action '{other}': disable, enable or roles"))),
+    }
+    .map(Json)
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    user: Option<String>,
+}
+
+async fn keys(State(state): State<AppState>, Params(q): Params<KeysQuery>) -> ApiResult<Json<Vec<ApiKey>>> {
+    admin(&state, move |a| a.keys(q.user.as_deref())).await.map(Json)
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<NewKey>)> {
+    let spec: KeySpec = json_body(body)?;
+    let key = changed(&state, &who, "keys.create", spec.user.clone(), move |a| a.create_key(&spec)).await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<ApiKey>> {
+    let id = crate::model::parse_guid(&id).map_err(ApiError::bad_request)?;
+    changed(&state, &who, "keys.revoke", id.to_string(), move |a| a.revoke_key(id)).await.map(Json)
+}
+
+async fn roles(State(state): State<AppState>) -> ApiResult<Json<Vec<Role>>> {
+    admin(&state, |a| a.roles()).await.map(Json)
+}
+
+async fn create_role(
+    State(state): State<AppState>,
+    Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Role>)> {
+    let b: NewRoleBody = json_body(body)?;
+    let role =
+        changed(&state, &who, "roles.create", b.name.clone(), move |a| a.create_role(&b.name, &b.description)).await?;
+    Ok((StatusCode::CREATED, Json(role)))
+}
+
+async fn grant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Role>> {
+    let g: Grant = json_body(body)?;
+    changed(&state, &who, "roles.grant", name.clone(), move |a| a.grant(&name, &g)).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    before: Option<Uuid>,
+    limit: Option<usize>,
+}
+
+async fn audit(State(state): State<AppState>, Params(q): Params<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
+    admin(&state, move |a| a.audit_log(q.before, q.limit)).await.map(Json)
+}
