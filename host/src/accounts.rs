@@ -80,15 +80,21 @@ impl Admin {
     }
 
     pub fn create_user(&self, name: &str, roles: &[String]) -> Result<User> {
-        Ok(self.store().create_user(name, roles)?)
+        let out = self.store().create_user(name, roles)?;
+        self.pipeline().forget_principals();
+        Ok(out)
     }
 
     pub fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<User> {
-        Ok(self.store().set_user_disabled(name, disabled)?)
+        let out = self.store().set_user_disabled(name, disabled)?;
+        self.pipeline().forget_principals();
+        Ok(out)
     }
 
     pub fn change_user_roles(&self, name: &str, add: &[String], remove: &[String]) -> Result<User> {
-        Ok(self.store().change_user_roles(name, add, remove)?)
+        let out = self.store().change_user_roles(name, add, remove)?;
+        self.pipeline().forget_principals();
+        Ok(out)
     }
 
     /// Creates a key; its secret is in the answer and nowhere else.
@@ -109,7 +115,9 @@ impl Admin {
     }
 
     pub fn revoke_key(&self, id: Uuid) -> Result<ApiKey> {
-        Ok(self.store().revoke_key(id)?)
+        let out = self.store().revoke_key(id)?;
+        self.pipeline().forget_principals();
+        Ok(out)
     }
 
     pub fn roles(&self) -> Result<Vec<Role>> {
@@ -117,11 +125,15 @@ impl Admin {
     }
 
     pub fn create_role(&self, name: &str, description: &str) -> Result<Role> {
-        Ok(self.store().create_role(name, description)?)
+        let out = self.store().create_role(name, description)?;
+        self.pipeline().forget_principals();
+        Ok(out)
     }
 
     pub fn grant(&self, role: &str, grant: &Grant) -> Result<Role> {
-        Ok(self.store().grant(role, &grant.privileges, &grant.capabilities)?)
+        let out = self.store().grant(role, &grant.privileges, &grant.capabilities)?;
+        self.pipeline().forget_principals();
+        Ok(out)
     }
 
     pub fn audit_log(&self, before: Option<Uuid>, limit: Option<usize>) -> Result<Vec<AuditEntry>> {

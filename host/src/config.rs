@@ -24,8 +24,11 @@ pub const SERVER_FILE: &str = "server.json";
 pub struct Config {
     pub listen: SocketAddr,
     /// Serve plain HTTP on a non-loopback address (keys then cross the network in
-    /// the clear: only behind a TLS-terminating proxy). Without it, `serve` refuses.
+    /// the clear: only behind a TLS-terminating proxy). Without it and without TLS,
+    /// `serve` refuses.
     pub insecure: bool,
+    /// HTTPS: the server's certificate and key, and the CA clients trust.
+    pub tls: TlsSection,
     /// The admin bearer token; when unset, one is created in the data directory.
     pub admin_token: Option<String>,
     /// The worker token (`plughost worker --token`): lease, renew, complete and read
@@ -61,6 +64,19 @@ pub struct RuntimeSection {
     pub pooling: bool,
 }
 
+/// `[tls]`: `serve` speaks HTTPS when `cert` and `key` are set; the CLI and
+/// `plughost worker` trust `ca` (else the web PKI roots) for `https://` servers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain, PEM (PLUGHOST_TLS_CERT).
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM (PLUGHOST_TLS_KEY).
+    pub key: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust as a client (PLUGHOST_TLS_CA).
+    pub ca: Option<PathBuf>,
+}
+
 impl Default for RuntimeSection {
     fn default() -> Self {
         let d = RuntimeConfig::default();
@@ -73,6 +89,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             insecure: false,
+            tls: TlsSection::default(),
             admin_token: None,
             worker_token: None,
             max_body_bytes: 8 << 20,
@@ -116,6 +133,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.workers.validate()?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("tls.cert and tls.key go together: set both, or neither".into());
+        }
         self.http.validate()
     }
 
@@ -153,6 +173,15 @@ impl Config {
         }
         if let Some(v) = var("PLUGHOST_WORKER_TOKEN") {
             self.worker_token = Some(v);
+        }
+        for (name, slot) in [
+            ("PLUGHOST_TLS_CERT", &mut self.tls.cert),
+            ("PLUGHOST_TLS_KEY", &mut self.tls.key),
+            ("PLUGHOST_TLS_CA", &mut self.tls.ca),
+        ] {
+            if let Some(v) = var(name).filter(|v| !v.is_empty()) {
+                *slot = Some(PathBuf::from(v));
+            }
         }
         Ok(())
     }

@@ -103,6 +103,11 @@ fn variant(rng: &mut Rng, seeds: &[&[u8]]) -> Vec<u8> {
     b
 }
 
+/// A variant as text (lossy: what a text field would receive).
+fn text_variant(rng: &mut Rng, seeds: &[&[u8]]) -> String {
+    String::from_utf8_lossy(&variant(rng, seeds)).into_owned()
+}
+
 fn cases(base: usize) -> usize {
     base * std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
@@ -134,7 +139,7 @@ fn rrules() {
         b"FREQ=HOURLY",
     ];
     run("rrule", cases(3000), |rng| {
-        let text = String::from_utf8_lossy(&variant(rng, seeds)).into_owned();
+        let text = text_variant(rng, seeds);
         let start = 1_790_000_000_000 + rng.below(1 << 30) as i64;
         match crate::recurrence::validate(&text, start) {
             Ok(()) => {
@@ -246,7 +251,7 @@ fn json_values_queries_and_paging_cookies() {
     });
     run("paging cookie", cases(3000), |rng| {
         let seeds: &[&[u8]] = &[b"id:6d1b1a9e-7f0e-4a57-9d0a-3c1e5c1f1a01", b"offset:25", b"offset:0", b""];
-        let cookie = String::from_utf8_lossy(&variant(rng, seeds)).into_owned();
+        let cookie = text_variant(rng, seeds);
         let mut q = Query { entity_name: "account".into(), paging_cookie: Some(cookie), ..Query::default() };
         if rng.below(2) == 0 {
             q.orders.push(crate::model::Order { attribute: "name".into(), descending: false });
@@ -270,8 +275,7 @@ fn job_list_parameters() {
         b"oldest",
     ];
     run("job filter", cases(3000), |rng| {
-        let field =
-            |rng: &mut Rng| (rng.below(3) != 0).then(|| String::from_utf8_lossy(&variant(rng, seeds)).into_owned());
+        let field = |rng: &mut Rng| (rng.below(3) != 0).then(|| text_variant(rng, seeds));
         let filter = crate::admin::JobFilter {
             status: field(rng),
             step: field(rng),
@@ -303,7 +307,7 @@ fn configuration_files() {
         b"store = \"postgres://u@h:5432/db\"\nstore_connections = 16\ninsecure = false\n",
     ];
     run("plughost.toml", cases(3000), |rng| {
-        let text = String::from_utf8_lossy(&variant(rng, seeds)).into_owned();
+        let text = text_variant(rng, seeds);
         if let Err(e) = crate::config::Config::from_toml(&text) {
             assert!(clear(&e));
         }

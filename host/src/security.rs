@@ -177,14 +177,8 @@ pub fn builtin_roles() -> Vec<Role> {
         role(
             SYSTEM_ADMINISTRATOR,
             "everything: every record, registration, metadata, every job, the service, users and roles, the audit log",
-            &[
-                Capability::Registration,
-                Capability::Customization,
-                Capability::ManageJobs,
-                Capability::Service,
-                Capability::Security,
-                Capability::Audit,
-            ],
+            // Every capability but the worker's: an administrator does not lease jobs.
+            &Capability::ALL.into_iter().filter(|c| *c != Capability::Worker).collect::<Vec<_>>(),
             every_entity(Depth::Organization),
         ),
         role(
@@ -314,8 +308,8 @@ impl Principal {
         if self.roles.is_empty() { "none".into() } else { self.roles.join(", ") }
     }
 
-    /// A denial of `action` on `entity` (at `depth` if it needed more than the user has).
-    pub fn denied(&self, entity: &str, action: Action, needed: Depth) -> Denied {
+    /// A denial of `action` on `entity`: what the user lacks, or has at too shallow a depth.
+    pub fn denied(&self, entity: &str, action: Action) -> Denied {
         let has = self.privileges.depth(entity, action);
         let what = match has {
             Some(d) => format!(
@@ -325,7 +319,6 @@ impl Principal {
             ),
             None => format!("lacks the '{}' privilege on {entity}", action.name()),
         };
-        let _ = needed;
         Denied(format!("user '{}' {what} (roles: {})", self.name, self.role_list()))
     }
 }

@@ -267,8 +267,9 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
-    pub(crate) fn new(url: &str, token: Option<String>) -> Remote {
+    pub(crate) fn new(url: &str, token: Option<String>, tls: ureq::tls::TlsConfig) -> Remote {
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
             .build()
@@ -566,11 +567,13 @@ pub(crate) fn connect(
 ) -> Result<Box<dyn Backend>, CliError> {
     let token = token
         .or_else(|| std::fs::read_to_string(plughost::config::token_path(data_dir)).ok().map(|t| t.trim().to_owned()));
+    let tls =
+        plughost::server::tls_client_config(config.tls.ca.as_deref()).map_err(|m| CliError::new("bad_config", m))?;
     if let Some(url) = server {
-        return Ok(Box::new(Remote::new(url, token)));
+        return Ok(Box::new(Remote::new(url, token, tls)));
     }
     if let Some(info) = ServerInfo::read(data_dir) {
-        let remote = Remote::new(&info.url, token);
+        let remote = Remote::new(&info.url, token, tls);
         if remote.alive() {
             return Ok(Box::new(remote));
         }

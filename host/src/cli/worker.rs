@@ -71,6 +71,8 @@ impl Worker {
             cache_dir,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             poll: Duration::from_millis(config.workers.poll_ms.max(50)),
+            tls: plughost::server::tls_client_config(config.tls.ca.as_deref())
+                .map_err(|m| CliError::new("bad_config", m))?,
         };
         let worker = RemoteWorker::start(options, Duration::from_millis(self.connect_timeout_ms))
             .map_err(|e| CliError::new("worker_failed", format!("{e:#}")))?;

@@ -190,7 +190,21 @@ pub struct Pipeline {
     steps: RwLock<Arc<StepIndex>>,
     /// Counts registry reloads: remote workers reload theirs when it changes.
     generation: AtomicU64,
+    /// Principals read lately, so a job run does not read its user's roles each time.
+    principals: PrincipalCache,
 }
+
+/// How long a principal read for a job run or a nested call is reused. Changes made
+/// through this process drop the cache at once; others (another server on a shared
+/// store) reach running jobs within this.
+pub const PRINCIPAL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most principals kept (past it the cache starts over).
+const MAX_CACHED_PRINCIPALS: usize = 10_000;
+
+#[derive(Default)]
+struct PrincipalCache(
+    std::sync::Mutex<std::collections::HashMap<Uuid, (std::time::Instant, Arc<crate::security::Principal>)>>,
+);
 
 struct Local {
     store: Arc<Store>,
@@ -221,7 +235,15 @@ impl Pipeline {
         defaults: Limits,
     ) -> Result<Arc<Pipeline>> {
         let steps = RwLock::new(Arc::new(StepIndex::load(source.as_ref())?));
-        Ok(Arc::new(Pipeline { source, local, runtime, defaults, steps, generation: AtomicU64::new(0) }))
+        Ok(Arc::new(Pipeline {
+            source,
+            local,
+            runtime,
+            defaults,
+            steps,
+            generation: AtomicU64::new(0),
+            principals: PrincipalCache::default(),
+        }))
     }
 
     fn local(&self) -> &Local {
@@ -258,6 +280,25 @@ impl Pipeline {
         *self.steps.write().unwrap_or_else(|p| p.into_inner()) = index;
         self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Forgets the principals read lately (after a change of users, keys or roles).
+    pub fn forget_principals(&self) {
+        self.principals.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// A principal read within [`PRINCIPAL_TTL`].
+    fn cached_principal(&self, user: Uuid) -> Option<Arc<crate::security::Principal>> {
+        let cache = self.principals.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&user).filter(|(at, _)| at.elapsed() < PRINCIPAL_TTL).map(|(_, p)| p.clone())
+    }
+
+    fn remember_principal(&self, p: Arc<crate::security::Principal>) {
+        let mut cache = self.principals.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_PRINCIPALS {
+            cache.clear();
+        }
+        cache.insert(p.user_id, (std::time::Instant::now(), p));
     }
 
     /// The assembly each plug-in runs now.

@@ -525,7 +525,16 @@ impl Scope {
         if let Some(p) = self.principals.lock().unwrap_or_else(|p| p.into_inner()).get(&user) {
             return p.clone().ok_or_else(|| unknown_user(user));
         }
-        let p = self.snapshot.principal(user)?.map(Arc::new);
+        let p = match self.pipeline.cached_principal(user) {
+            Some(p) => Some(p),
+            None => {
+                let p = self.snapshot.principal(user)?.map(Arc::new);
+                if let Some(p) = &p {
+                    self.pipeline.remember_principal(p.clone());
+                }
+                p
+            }
+        };
         self.principals.lock().unwrap_or_else(|p| p.into_inner()).insert(user, p.clone());
         p.ok_or_else(|| unknown_user(user))
     }
@@ -537,7 +546,7 @@ impl Scope {
             Some(d) if d >= depth => Ok(()),
             _ => Err(PipelineError::Denied(format!(
                 "{} ({why}: '{}' on {entity} at {} depth)",
-                p.denied(entity, action, depth),
+                p.denied(entity, action),
                 action.name(),
                 depth.name()
             ))),
@@ -554,13 +563,13 @@ impl Scope {
                 Some(Depth::User) if pre.and_then(|e| security::user_of(e.attributes.get(OWNER))) == Some(who.user) => {
                     Ok(())
                 }
-                _ => Err(PipelineError::Denied(p.denied(entity, action, Depth::User).0)),
+                _ => Err(PipelineError::Denied(p.denied(entity, action).0)),
             }
         };
         match request {
             Request::Create { record } => match p.privileges.depth(&record.logical_name, Action::Create) {
                 Some(_) => Ok(None),
-                None => Err(PipelineError::Denied(p.denied(&record.logical_name, Action::Create, Depth::User).0)),
+                None => Err(PipelineError::Denied(p.denied(&record.logical_name, Action::Create).0)),
             },
             Request::Update { record } => record_check(&record.logical_name, Action::Write).map(|()| None),
             Request::Delete { target } => record_check(&target.logical_name, Action::Delete).map(|()| None),
@@ -568,7 +577,7 @@ impl Scope {
             Request::RetrieveMultiple { query } => match p.privileges.depth(&query.entity_name, Action::Read) {
                 Some(Depth::Organization) => Ok(None),
                 Some(Depth::User) => Ok(Some(who.user)),
-                None => Err(PipelineError::Denied(p.denied(&query.entity_name, Action::Read, Depth::User).0)),
+                None => Err(PipelineError::Denied(p.denied(&query.entity_name, Action::Read).0)),
             },
             Request::Custom { message, .. } => match p.privileges.any_data() {
                 true => Ok(None),

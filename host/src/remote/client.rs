@@ -51,14 +51,18 @@ pub struct Client {
     welcome: RwLock<Option<Welcome>>,
     /// Set on shutdown: retries end.
     pub(crate) stopping: AtomicBool,
+    /// Held while saying hello again, so that threads which all met `unknown_worker`
+    /// after a server restart introduce this worker once, not once each.
+    rehello: std::sync::Mutex<()>,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Client {
-    pub fn new(url: &str, token: &str, hello: Hello) -> Client {
+    pub fn new(url: &str, token: &str, hello: Hello, tls: ureq::tls::TlsConfig) -> Client {
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
@@ -71,6 +75,7 @@ impl Client {
             id: RwLock::new(Uuid::nil()),
             welcome: RwLock::new(None),
             stopping: AtomicBool::new(false),
+            rehello: std::sync::Mutex::new(()),
         }
     }
 
@@ -113,7 +118,8 @@ impl Client {
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let result = self.send(method, path, body(self.id()).as_ref());
+            let used = self.id();
+            let result = self.send(method, path, body(used).as_ref());
             let error = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -123,7 +129,12 @@ impl Client {
                 Patience::For(d) => started.elapsed() < d && !self.stopping.load(Ordering::SeqCst),
             };
             if error.code == "unknown_worker" {
-                // The server restarted: introduce ourselves again and retry at once.
+                // The server restarted: introduce ourselves again (unless another thread
+                // just did) and retry at once.
+                let _once = self.rehello.lock().unwrap_or_else(|p| p.into_inner());
+                if self.id() != used {
+                    continue;
+                }
                 match self.hello() {
                     Ok(_) => continue,
                     Err(e) if again && e.transient() => {}

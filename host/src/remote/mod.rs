@@ -44,6 +44,8 @@ pub struct WorkerOptions {
     pub shutdown_grace: Duration,
     /// How long an idle lease request waits at the server for work.
     pub poll: Duration,
+    /// What an `https://` server's certificate must chain to (`[tls] ca`).
+    pub tls: ureq::tls::TlsConfig,
 }
 
 /// A worker's plug-in runtime: `runtime`'s settings, with compiled code cached in
@@ -76,7 +78,7 @@ impl RemoteWorker {
             version: env!("CARGO_PKG_VERSION").into(),
             workers: options.workers,
         };
-        let client = Arc::new(Client::new(&options.server, &options.token, hello));
+        let client = Arc::new(Client::new(&options.server, &options.token, hello, options.tls.clone()));
         let started = std::time::Instant::now();
         let welcome = loop {
             match client.hello() {

@@ -260,7 +260,7 @@ mod tests {
             version: "0".into(),
             workers: 1,
         };
-        let source = RemoteSource::new(Arc::new(Client::new(&url, "token", hello)));
+        let source = RemoteSource::new(Arc::new(Client::new(&url, "token", hello, ureq::tls::TlsConfig::default())));
         let expected = AssemblyHash::of(b"the registered bytes");
         let err = source.assembly_bytes(&expected).unwrap_err().to_string();
         assert!(err.contains(&format!("the assembly downloaded for {expected} hashes to")), "{err}");

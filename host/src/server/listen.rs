@@ -78,6 +78,7 @@ pub(crate) async fn serve(
     config: &HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let body_timeout = Duration::from_millis(config.body_timeout_ms);
     let app = app.layer(axum::middleware::map_request(move |req: axum::extract::Request| async move {
@@ -111,29 +112,54 @@ pub(crate) async fn serve(
             _ = async { stopped.wait_for(|s| *s).await.map(|_| ()) } => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!("connection closed: {e}");
-                    }
-                }
-                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                    // Finish the request in flight, if any; close an idle connection now.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        let (builder, app, stop) = (builder.clone(), app.clone(), stop_rx.clone());
+        let handshake = Duration::from_millis(config.header_timeout_ms);
+        match tls.clone() {
+            None => {
+                tokio::spawn(connection(builder, stream, app, stop, permit));
             }
-        });
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    // The handshake counts against the header timeout: a silent client is cut off.
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(builder, tls, app, stop, permit).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain, limit.acquire_many(all)).await.is_err() {
         tracing::warn!("some connections were still open after {} ms; closing them", drain.as_millis());
+    }
+}
+
+/// Serves one connection (plain or TLS) until it closes, or until shutdown: then the
+/// request in flight finishes and an idle connection closes at once.
+async fn connection<I>(
+    builder: hyper::server::conn::http1::Builder,
+    io: I,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("connection closed: {e}");
+            }
+        }
+        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod identity;
 mod listen;
+mod tls;
 mod workers;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ pub use self::auth::{Authenticator, USER_HEADER};
 pub use self::error::{ApiError, ErrorBody, ErrorDetail};
 pub use self::identity::{NewRoleBody, NewUserBody, RolesBody};
 pub use self::listen::HttpConfig;
+pub use self::tls::client_config as tls_client_config;
 use crate::admin::Admin;
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
@@ -97,13 +99,17 @@ pub async fn serve(
         )?;
         store.ensure_token_key(WORKER_USER, WORKER_ROLE, &format!("worker token of {instance}"), &worker_token)
     })?;
-    if !config.listen.ip().is_loopback() && !config.insecure {
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    if !config.listen.ip().is_loopback() && tls.is_none() && !config.insecure {
         anyhow::bail!(
-            "refusing to serve plain HTTP on {}, which is not a loopback address: API keys would cross the network in the clear. TLS is not built in yet: put a TLS-terminating proxy in front and pass --insecure (or insecure = true) to accept this",
+            "refusing to serve plain HTTP on {}, which is not a loopback address: API keys would cross the network in the clear. Configure [tls] cert and key (HTTPS), or, behind a TLS-terminating proxy, pass --insecure (insecure = true)",
             config.listen
         );
     }
-    if !config.listen.ip().is_loopback() {
+    if !config.listen.ip().is_loopback() && tls.is_none() {
         tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address (--insecure)");
         eprintln!(
             "plughost: WARNING: plain HTTP on {} (--insecure): keys cross the network in the clear",
@@ -114,11 +120,12 @@ pub async fn serve(
         anyhow::anyhow!("cannot listen on {}: {e} (is another server running? use --listen)", config.listen)
     })?;
     let addr = listener.local_addr()?;
-    let info = ServerInfo { url: format!("http://{addr}"), pid: std::process::id() };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let info = ServerInfo { url: format!("{scheme}://{addr}"), pid: std::process::id() };
     let info_path = data_dir.join(SERVER_FILE);
     std::fs::write(&info_path, serde_json::to_vec(&info)?)?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "plughost is serving");
-    eprintln!("plughost serving on http://{addr} (data in {})", data_dir.display());
+    eprintln!("plughost serving on {} (data in {})", info.url, data_dir.display());
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
@@ -153,7 +160,7 @@ pub async fn serve(
             }
         });
     }
-    listen::serve(listener, app(state), &http, shutdown_signal(), grace).await;
+    listen::serve(listener, app(state), &http, shutdown_signal(), grace, tls).await;
     if let Some(w) = workers {
         // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.
         let all = tokio::task::spawn_blocking(move || w.shutdown(grace)).await.unwrap_or(false);

@@ -404,3 +404,73 @@ fn serving_plain_http_beyond_loopback_needs_insecure() {
     assert_eq!(r.status, 200);
     s.terminate();
 }
+
+/// A CA and a certificate it signed for localhost and 127.0.0.1, made with openssl.
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output();
+        let out = out.expect("openssl (Debian's openssl package) makes the test certificates");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=plughost test CA"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req"][..], &ec, &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"]].concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    (path("ca.pem"), path("cert.pem"), path("key.pem"))
+}
+
+#[test]
+fn serve_speaks_https_from_a_configured_certificate_and_the_cli_trusts_its_ca() {
+    let cli = TestCommand::new(BIN);
+    let (ca, cert, key) = test_certificates(cli.data_dir());
+    cli.write("plughost.toml", &format!("[tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n"));
+    // With TLS, a non-loopback address needs no --insecure.
+    let mut s = TestServer::start_at(BIN, cli, &[], "0.0.0.0:0");
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    let https = format!("https://localhost:{port}");
+    // The CLI trusts the configured CA and reaches the server with the admin token.
+    let users = s.run(&["--server", &https, "users", "list", "--json"]).ok().json();
+    assert!(users.as_array().unwrap().iter().any(|u| u["name"] == "admin"), "{users}");
+    // Without the CA the certificate is refused; plain HTTP gets no API.
+    s.cli.write("plughost.toml", &format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n"));
+    let refused = s.run(&["--server", &https, "users", "list"]).expect_code(1);
+    assert!(refused.stderr.contains("unreachable"), "{}", refused.stderr);
+    let plain = s.run(&["--server", &format!("http://127.0.0.1:{port}"), "users", "list"]).expect_code(1);
+    assert!(!plain.stdout.contains("admin"), "{}", plain.stdout);
+    // A certificate without its key is a clear error at start.
+    let broken = TestCommand::new(BIN);
+    broken.write("plughost.toml", &format!("[tls]\ncert = {cert:?}\n"));
+    let out = broken.run(&["serve", "--listen", "127.0.0.1:0"]).expect_code(1);
+    assert!(out.stderr.contains("tls.cert and tls.key go together"), "{}", out.stderr);
+    s.terminate();
+}
