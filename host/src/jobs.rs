@@ -320,12 +320,15 @@ pub struct JobView<'a> {
     pub state: JobState,
     pub statecode: u32,
     pub statuscode: u32,
+    /// Who queued the job (Dataverse's owner of the system job; nil: the host).
+    pub createdby: uuid::Uuid,
 }
 
 impl<'a> JobView<'a> {
     pub fn of(job: &'a SystemJob) -> JobView<'a> {
         JobView {
             job,
+            createdby: job.context.initiating_user_id,
             context: &job.context,
             state: job.state(),
             statecode: job.state().code(),

@@ -132,6 +132,7 @@ fn a_basic_user_reaches_only_its_own_records_through_the_api_a_query_and_a_plugi
     assert!(s.call_as(&bob, "GET", "/api/v1/jobs", None).expect(200).as_array().unwrap().is_empty());
     let mine = s.call_as(&ann, "GET", "/api/v1/jobs", None).expect(200);
     assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine[0]["createdby"], ann_id, "{mine}");
     assert_eq!(s.get(&format!("/api/v1/jobs/{job_id}")).expect(200)["id"], job_id.as_str());
     s.post("/api/v1/service/resume", &json!({})).expect(200);
     drop(s);
@@ -177,6 +178,7 @@ fn every_route_checks_the_caller_key_and_role() {
 
     // (method, path, body, who may call it: A admin, C customizer, B basic user, W worker)
     let rec = format!("/api/v1/entities/account/{record}");
+    let hello = json!({"protocol": 1, "name": "m", "host": "h", "pid": 1, "version": "0", "workers": 1});
     let routes: Vec<(&str, String, Option<Value>, &str)> = vec![
         ("GET", "/metrics".into(), None, "ACBW"),
         ("POST", "/api/v1/entities/account".into(), Some(json!({"name": "N"})), "AB"),
@@ -186,6 +188,7 @@ fn every_route_checks_the_caller_key_and_role() {
         ("POST", "/api/v1/query".into(), Some(json!({"entity_name": "account"})), "AB"),
         ("POST", "/api/v1/messages/acme_Whoami".into(), Some(json!({})), "AB"),
         ("GET", "/api/v1/assemblies".into(), None, "AC"),
+        ("POST", "/api/v1/assemblies?name=junk".into(), Some(json!({"wasm": "not wasm"})), "AC"),
         ("DELETE", format!("/api/v1/assemblies/{}", "0".repeat(64)), None, "AC"),
         ("GET", "/api/v1/plugins".into(), None, "AC"),
         ("GET", "/api/v1/plugins/probe".into(), None, "AC"),
@@ -203,6 +206,8 @@ fn every_route_checks_the_caller_key_and_role() {
         ("GET", format!("/api/v1/jobs/{job}"), None, "A"),
         ("POST", format!("/api/v1/jobs/{job}/pause"), None, "A"),
         ("POST", "/api/v1/bulk/delete".into(), Some(json!({"query": {"entity_name": "nothing"}})), "ACB"),
+        ("POST", "/api/v1/bulk/import?entity=account".into(), Some(json!({"csv": "name\nImported\n"})), "ACB"),
+        ("POST", format!("/api/v1/jobs/{job}/resume"), None, "A"),
         ("GET", "/api/v1/service".into(), None, "ACB"),
         ("POST", "/api/v1/service/pause".into(), None, "A"),
         ("POST", "/api/v1/service/resume".into(), None, "A"),
@@ -210,6 +215,7 @@ fn every_route_checks_the_caller_key_and_role() {
         ("GET", "/api/v1/users".into(), None, "A"),
         ("POST", "/api/v1/users".into(), Some(json!({"name": "x!"})), "A"),
         ("POST", "/api/v1/users/bas/roles".into(), Some(json!({})), "A"),
+        ("POST", "/api/v1/users/nobody/disable".into(), None, "A"),
         ("GET", "/api/v1/keys".into(), None, "A"),
         ("POST", "/api/v1/keys".into(), Some(json!({"user": "nobody"})), "A"),
         ("GET", "/api/v1/roles".into(), None, "A"),
@@ -217,6 +223,8 @@ fn every_route_checks_the_caller_key_and_role() {
         ("POST", "/api/v1/roles/basic-user/grant".into(), Some(json!({})), "A"),
         ("GET", "/api/v1/audit".into(), None, "A"),
         ("GET", "/api/v1/worker/registry".into(), None, "W"),
+        ("POST", "/api/v1/worker/hello".into(), Some(hello.clone()), "W"),
+        ("GET", format!("/api/v1/worker/assemblies/{}", "0".repeat(64)), None, "W"),
         ("POST", "/api/v1/worker/heartbeat".into(), Some(json!({"worker": uuid::Uuid::nil(), "held": []})), "W"),
         ("DELETE", format!("/api/v1/jobs/{job}"), None, "A"),
         ("DELETE", rec.clone(), None, "A"),
@@ -225,13 +233,21 @@ fn every_route_checks_the_caller_key_and_role() {
     let callers = [('A', admin.as_str()), ('C', customizer.as_str()), ('B', basic.as_str()), ('W', worker.as_str())];
     let mut checked = 0;
     for (method, path, body, allowed) in &routes {
-        let anonymous = s.raw(&[("Content-Type", "application/json")], method, path, b"{}");
+        let anonymous = s.raw(&[], method, path, b"");
         assert_eq!((anonymous.status, anonymous.code()), (401, "unauthorized"), "anonymous {method} {path}");
         // The last route revokes the basic user's key: call it last for the others.
         for (who, key) in callers.iter().rev() {
             // A connection per call: a refused request's body is not read, so its connection closes.
             let auth = format!("Bearer {key}");
             let r = match body {
+                // An upload or an import: its own media type.
+                Some(b) if b.get("wasm").is_some() || b.get("csv").is_some() => {
+                    let (media, text) = match b.get("wasm") {
+                        Some(w) => ("application/wasm", w.as_str().unwrap()),
+                        None => ("text/csv", b["csv"].as_str().unwrap()),
+                    };
+                    s.raw(&[("Authorization", &auth), ("Content-Type", media)], method, path, text.as_bytes())
+                }
                 Some(b) => s.raw(
                     &[("Authorization", &auth), ("Content-Type", "application/json")],
                     method,
