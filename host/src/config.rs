@@ -133,6 +133,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.workers.validate()?;
+        if self.store_connections < crate::store::MIN_CONNECTIONS {
+            return Err(format!(
+                "store_connections = {}: at least {} (a write and a read at once)",
+                self.store_connections,
+                crate::store::MIN_CONNECTIONS
+            ));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key go together: set both, or neither".into());
         }
@@ -261,6 +268,15 @@ mod tests {
         let err = c.apply_env(|k| (k == "PLUGHOST_MAX_BODY_BYTES").then(|| "lots".to_owned())).unwrap_err();
         assert!(err.contains("PLUGHOST_MAX_BODY_BYTES"));
         assert!(toml::from_str::<Config>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        let e = Config::from_toml("store_connections = 1").unwrap_err();
+        assert!(e.contains("store_connections = 1") && e.contains("at least 2"), "{e}");
+        let e = Config::from_toml("[tls]\ncert = \"c.pem\"\n").unwrap_err();
+        assert!(e.contains("tls.cert and tls.key go together"), "{e}");
+        assert!(Config::from_toml("[tls]\nca = \"ca.pem\"\n").is_ok(), "a client may trust a CA alone");
     }
 
     #[test]

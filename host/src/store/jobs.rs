@@ -225,6 +225,9 @@ pub(super) fn completed_key(job: &SystemJob) -> Option<(i64, u128)> {
 /// how many.
 pub(crate) fn purge_completed(t: &mut Tables<'_, '_>, before: i64, max: usize, now: i64) -> Result<usize> {
     let ids = ids_before(t, &COMPLETED, before, max)?;
+    // Each deletion reads the job and its context (whose user owns it): one round trip.
+    t.w.prefetch(&JOBS, ids.iter().copied())?;
+    t.w.prefetch(&JOB_CONTEXTS, ids.iter().copied())?;
     for id in &ids {
         if let Some(old) = load(t, Uuid::from_u128(*id))? {
             put_job(t, Some(&old), None, now)?;

@@ -27,7 +27,7 @@ pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, Record
 pub use data::{Snapshot, StoredRecord};
 pub use identity::MAX_AUDIT_PAGE;
 pub use jobs::{HOUSEKEEPER_TTL_MS, Housekeeper, Renewal};
-pub use pg::DEFAULT_CONNECTIONS;
+pub use pg::{DEFAULT_CONNECTIONS, MIN_CONNECTIONS};
 pub use queue::{
     CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, Outcomes, PURGE_BATCH,
     QueueCounts,

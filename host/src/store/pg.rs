@@ -29,6 +29,8 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Connections the pool opens at most, unless configured (`store_connections`).
 pub const DEFAULT_CONNECTIONS: usize = 16;
+/// Fewest connections a pool may have: a write transaction and a read at once.
+pub const MIN_CONNECTIONS: usize = 2;
 /// How long a caller waits for a free connection before `store_unavailable`.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long opening a connection may take.
@@ -174,10 +176,15 @@ impl Pg {
             .map_err(|e| StoreError::Invalid(format!("'{}' is not a PostgreSQL address: {e}", redact(url))))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("plughost");
+        if max_connections < MIN_CONNECTIONS {
+            return Err(StoreError::Invalid(format!(
+                "store_connections = {max_connections}: a PostgreSQL store needs at least {MIN_CONNECTIONS} (a write and a read at once)"
+            )));
+        }
         let pool = Pool {
             config,
             shown: redact(url),
-            max: max_connections.max(2),
+            max: max_connections,
             state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
             freed: Condvar::new(),
         };
@@ -240,21 +247,28 @@ impl Pg {
     /// them applied).
     fn migrate(&self) -> Result<usize> {
         // Two processes creating the first table at once: one of them meets a unique
-        // violation in the catalogue (23505) and tries again.
+        // violation in the catalogue (SQLSTATE 23505) and tries again.
         let mut attempt = 0;
         loop {
-            match self.migrate_once() {
-                Err(StoreError::Db(m)) if m.contains("23505") && attempt < 5 => attempt += 1,
+            let race = std::cell::Cell::new(false);
+            match self.migrate_once(&race) {
+                Err(_) if race.get() && attempt < 5 => attempt += 1,
                 other => return other,
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn migrate_once(&self) -> Result<usize> {
+    /// One attempt; `race` is set when it failed on a unique violation.
+    fn migrate_once(&self, race: &std::cell::Cell<bool>) -> Result<usize> {
         let shown = self.pool.shown.clone();
         let mut client = self.pool.config.connect(NoTls).map_err(|e| pg_error(&shown, &e))?;
-        let e = |err: postgres::Error| pg_error(&shown, &err);
+        let e = |err: postgres::Error| {
+            if err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                race.set(true);
+            }
+            pg_error(&shown, &err)
+        };
         let mut txn = client.transaction().map_err(e)?;
         txn.batch_execute(
             "CREATE TABLE IF NOT EXISTS plughost_migrations (version int4 PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
