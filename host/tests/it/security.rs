@@ -300,10 +300,22 @@ fn keys_are_stored_hashed_and_revocations_and_disabled_users_apply_at_once() {
     s.run(&["keys", "revoke", &id]).ok();
     let r = s.call_as(&key, "GET", "/api/v1/entities/account", None);
     assert_eq!((r.status, r.code()), (401, "unauthorized"));
+    // An expiring key works until its time, then not.
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let expiring =
+        s.run(&["keys", "create", "--user", "ann", "--expires", &soon.to_rfc3339(), "--json"]).ok().json()["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    s.call_as(&expiring, "GET", "/api/v1/entities/account", None).expect(200);
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let r = s.call_as(&expiring, "GET", "/api/v1/entities/account", None);
+    assert_eq!((r.status, r.code()), (401, "unauthorized"), "{}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("expired"), "{}", r.body);
     // A bad expiry is refused, and nothing is made.
     let bad = s.run(&["keys", "create", "--user", "ann", "--expires", "yesterday"]).expect_code(1);
     assert!(bad.stderr.contains("bad expiry"), "{}", bad.stderr);
-    assert_eq!(s.run(&["keys", "list", "--user", "ann", "--json"]).ok().json().as_array().unwrap().len(), 1);
+    assert_eq!(s.run(&["keys", "list", "--user", "ann", "--json"]).ok().json().as_array().unwrap().len(), 2);
     if s.cli.store().is_none() {
         let mut s = s;
         s.terminate();

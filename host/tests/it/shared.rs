@@ -266,3 +266,24 @@ fn a_postgresql_restart_under_load_fails_requests_cleanly_and_the_service_carrie
     let accounts: Vec<String> = query_all(&s, "account").iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert_exactly_once(&s, &accounts, &acked, &jobs);
 }
+
+#[test]
+fn a_key_revoked_on_one_server_stops_working_on_the_other_within_seconds() {
+    let Some(url) = shared_database() else { return };
+    let a = TestServer::start_in(BIN, TestCommand::on_store(BIN, &url), ENV);
+    let b = TestServer::start_in(BIN, TestCommand::on_store(BIN, &url), ENV);
+    // Each server's admin token is a key on the shared store: either works on both.
+    b.call_as(&a.token, "GET", "/api/v1/users", None).expect(200);
+    a.run(&["users", "create", "ann", "--role", "basic-user"]).ok();
+    let key = a.run(&["keys", "create", "--user", "ann", "--json"]).ok().json();
+    let (secret, id) = (key["secret"].as_str().unwrap().to_owned(), key["key"]["id"].as_str().unwrap().to_owned());
+    b.call_as(&secret, "GET", "/api/v1/jobs", None).expect(200);
+    a.run(&["keys", "revoke", &id]).ok();
+    a.call_as(&secret, "GET", "/api/v1/jobs", None).expect(401);
+    let revoked = Instant::now();
+    while b.call_as(&secret, "GET", "/api/v1/jobs", None).status != 401 {
+        assert!(revoked.elapsed() < Duration::from_secs(5), "the other server still accepts the revoked key");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("the other server refused the revoked key {:?} after the revocation", revoked.elapsed());
+}
