@@ -46,6 +46,7 @@ step "A user with the basic-user role and an API key (printed once; only its has
 "$PH" users create ann --role basic-user
 KEY=$("$PH" keys create --user ann --label demo | head -1)
 "$PH" keys list
+"$PH" --key "$KEY" whoami
 
 step "Creating accounts: the pre-operation plug-in fills the account number"
 "$PH" entities create account --set name=Contoso --set 'creditlimit={"money":"25000.00"}'

@@ -57,6 +57,8 @@ pub(crate) trait Backend {
     fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus, CliError>;
     /// The remote workers (`plughost worker`) serving the server.
     fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError>;
+    /// Who this command acts as: the key's user on a server, SYSTEM on the store.
+    fn whoami(&self) -> Result<Principal, CliError>;
     fn users(&self) -> Result<Vec<User>, CliError>;
     fn create_user(&self, name: &str, roles: &[String]) -> Result<User, CliError>;
     /// `disable`, `enable`, or `roles` (with roles to add and remove).
@@ -212,6 +214,10 @@ impl Backend for Local {
     /// No server runs for this data directory, so no worker serves it.
     fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError> {
         Ok(Vec::new())
+    }
+
+    fn whoami(&self) -> Result<Principal, CliError> {
+        Ok(Principal::system())
     }
 
     fn users(&self) -> Result<Vec<User>, CliError> {
@@ -508,6 +514,10 @@ impl Backend for Remote {
 
     fn remote_workers(&self) -> Result<Vec<WorkerInfo>, CliError> {
         self.get("/workers")
+    }
+
+    fn whoami(&self) -> Result<Principal, CliError> {
+        self.get("/whoami")
     }
 
     fn users(&self) -> Result<Vec<User>, CliError> {

@@ -129,6 +129,8 @@ enum Command {
     /// The audit log of administrative actions.
     #[command(subcommand)]
     Audit(security::Audit),
+    /// Who this command acts as: its key's user, roles and capabilities.
+    Whoami(security::Whoami),
 }
 
 impl Cli {
@@ -154,6 +156,7 @@ impl Cli {
             Command::Keys(c) => c.run(&g),
             Command::Roles(c) => c.run(&g),
             Command::Audit(c) => c.run(&g),
+            Command::Whoami(c) => c.run(&g),
         }
     }
 }

@@ -85,6 +85,31 @@ pub(crate) enum Roles {
     },
 }
 
+/// `plughost whoami`.
+#[derive(clap::Args)]
+pub(crate) struct Whoami {}
+
+impl Whoami {
+    pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        let p = g.backend()?.whoami()?;
+        g.print(&p, || {
+            let mut caps: Vec<&str> =
+                Capability::ALL.iter().filter(|c| p.privileges.has(**c)).map(|c| c.name()).collect();
+            if caps.is_empty() {
+                caps.push("none");
+            }
+            format!(
+                "user          {} ({})\nroles         {}\ncapabilities  {}\n",
+                p.name,
+                p.user_id,
+                p.role_list(),
+                caps.join(", ")
+            )
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 #[derive(clap::Subcommand)]
 pub(crate) enum Audit {
     /// Administrative actions, newest first.

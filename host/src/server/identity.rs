@@ -17,7 +17,7 @@ use super::auth::{self, Access};
 use super::{ApiError, AppState};
 use crate::accounts::{Grant, KeySpec};
 use crate::admin::{Admin, AdminError};
-use crate::security::{ApiKey, AuditEntry, Capability, NewKey, Role, User};
+use crate::security::{ApiKey, AuditEntry, Capability, NewKey, Principal, Role, User};
 
 pub(super) fn routes(_state: &AppState) -> axum::Router<AppState> {
     let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));
@@ -30,7 +30,8 @@ pub(super) fn routes(_state: &AppState) -> axum::Router<AppState> {
         .route("/roles/{name}/grant", post(grant))
         .route_layer(need(Access::Capability(Capability::Security)));
     let audit = Router::new().route("/audit", get(audit)).route_layer(need(Access::Capability(Capability::Audit)));
-    security.merge(audit)
+    // Any key may ask who it is (Dataverse's WhoAmI).
+    security.merge(audit).route("/whoami", get(whoami))
 }
 
 /// A security change: audited, then this server forgets the keys it knew.
@@ -68,6 +69,10 @@ pub struct NewRoleBody {
     pub name: String,
     #[serde(default)]
     pub description: String,
+}
+
+async fn whoami(Extension(who): Who) -> Json<Principal> {
+    Json((*who).clone())
 }
 
 async fn users(State(state): State<AppState>) -> ApiResult<Json<Vec<User>>> {

@@ -118,6 +118,14 @@ fn a_basic_user_reaches_only_its_own_records_through_the_api_a_query_and_a_plugi
     assert_eq!(peek(&ann, "acme_Peek"), "Ann 1,Ann 2");
     assert_eq!(peek(&bob, "acme_Peek"), "Bob 1");
     assert_eq!(peek(&ann, "acme_PeekAsAdmin"), "Ann 1,Ann 2,Bob 1");
+    // The key's user, as the API and the CLI say.
+    let me = s.call_as(&ann, "GET", "/api/v1/whoami", None).expect(200);
+    assert_eq!(
+        (me["user_id"].clone(), me["name"].clone(), me["roles"].clone()),
+        (ann_id.clone(), json!("ann"), json!(["basic-user"]))
+    );
+    let me = s.run(&["--key", &ann, "whoami", "--json"]).ok().json();
+    assert_eq!(me["name"], "ann");
     let who = s.call_as(&ann, "POST", "/api/v1/messages/acme_Whoami", Some(&json!({}))).expect(200);
     assert_eq!(who["parameters"]["UserId"], ann_id);
     assert_eq!(who["parameters"]["InitiatingUserId"], ann_id);
@@ -222,6 +230,7 @@ fn every_route_checks_the_caller_key_and_role() {
         ("POST", "/api/v1/roles".into(), Some(json!({"name": "x!"})), "A"),
         ("POST", "/api/v1/roles/basic-user/grant".into(), Some(json!({})), "A"),
         ("GET", "/api/v1/audit".into(), None, "A"),
+        ("GET", "/api/v1/whoami".into(), None, "ACBW"),
         ("GET", "/api/v1/worker/registry".into(), None, "W"),
         ("POST", "/api/v1/worker/hello".into(), Some(hello.clone()), "W"),
         ("GET", format!("/api/v1/worker/assemblies/{}", "0".repeat(64)), None, "W"),
