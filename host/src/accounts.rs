@@ -107,6 +107,7 @@ impl Admin {
             .map_err(AdminError::invalid)?;
         let secret = security::new_key_secret();
         let key = self.store().create_key(&spec.user, &spec.label, expires_on, security::key_hash(&secret))?;
+        self.pipeline().forget_principals();
         Ok(NewKey { key, secret })
     }
 

@@ -212,6 +212,8 @@ pub struct Admin {
     /// The store's registry generation the step index was last loaded at (a shared
     /// store: see [`Admin::follow_store`]).
     registry_generation: std::sync::atomic::AtomicU64,
+    /// The store's security generation last seen (a shared store, as the registry's).
+    security_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Admin {
@@ -220,7 +222,17 @@ impl Admin {
         let paused = AtomicBool::new(pipeline.store().service_paused()?);
         let registry_generation = pipeline.store().registry_generation()?.into();
         let fleet = Fleet::new(&WorkerConfig::default(), crate::runtime::Limits::default());
-        Ok(Admin { pipeline, queue, workers: None, worker_threads: 0, fleet, paused, registry_generation })
+        let security_generation = pipeline.store().security_generation()?.into();
+        Ok(Admin {
+            pipeline,
+            queue,
+            workers: None,
+            worker_threads: 0,
+            fleet,
+            paused,
+            registry_generation,
+            security_generation,
+        })
     }
 
     /// Takes in what other processes on a shared store changed: reloads the step index
@@ -232,6 +244,11 @@ impl Admin {
         if self.registry_generation.swap(generation, Ordering::SeqCst) != generation {
             self.pipeline.reload_steps()?;
             tracing::info!(generation, "registry changed on the shared store: step index reloaded");
+        }
+        let security = self.store().security_generation()?;
+        if self.security_generation.swap(security, Ordering::SeqCst) != security {
+            // Another process changed users, keys or roles: no cached principal stays.
+            self.pipeline.forget_principals();
         }
         let paused = self.store().service_paused()?;
         if self.paused.swap(paused, Ordering::SeqCst) != paused {

@@ -192,6 +192,9 @@ pub struct Pipeline {
     generation: AtomicU64,
     /// Principals read lately, so a job run does not read its user's roles each time.
     principals: PrincipalCache,
+    /// Moves whenever users, keys or roles change (here, or on a shared store as
+    /// `Admin::follow_store` sees): every cache of principals follows it.
+    security_epoch: AtomicU64,
 }
 
 /// How long a principal read for a job run or a nested call is reused. Changes made
@@ -243,6 +246,7 @@ impl Pipeline {
             steps,
             generation: AtomicU64::new(0),
             principals: PrincipalCache::default(),
+            security_epoch: AtomicU64::new(0),
         }))
     }
 
@@ -282,9 +286,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Forgets the principals read lately (after a change of users, keys or roles).
+    /// Forgets the principals read lately (after a change of users, keys or roles),
+    /// here and in every cache that follows [`Pipeline::security_epoch`].
     pub fn forget_principals(&self) {
         self.principals.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.security_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes whenever cached principals must be read again.
+    pub fn security_epoch(&self) -> u64 {
+        self.security_epoch.load(Ordering::SeqCst)
     }
 
     /// A principal read within [`PRINCIPAL_TTL`].

@@ -31,7 +31,9 @@ impl Scope {
         let after = start.after();
         let mut found = Vec::new();
         let keep = |id: Uuid, rec: &StoredRecord| {
-            if owner.is_some() && crate::security::user_of(rec.attributes.get("ownerid")) != owner {
+            if owner.is_some()
+                && crate::security::user_of(rec.attributes.get(crate::metadata::OWNER_ATTRIBUTE)) != owner
+            {
                 return None;
             }
             let e = rec.to_entity(&q.entity_name, id);

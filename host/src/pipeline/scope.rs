@@ -20,9 +20,7 @@ use crate::store::{ChangeSet, RecordChange, StoredRecord};
 use super::jobs::unknown_entity;
 use super::overlay::{Overlay, Slot, record_bytes};
 use super::{MAX_DEPTH, Pipeline, PipelineError, Request, Response, Result, StepIndex, View, Who, invoke_step};
-
-/// The attribute naming a record's owner.
-const OWNER: &str = "ownerid";
+use crate::metadata::OWNER_ATTRIBUTE as OWNER;
 
 /// One request in flight: its snapshot, its write buffer and its jobs. It is the
 /// organization service the request's plug-ins call.

@@ -5,13 +5,12 @@
 //!   a "simple" `text/plain` or form request);
 //! - `authenticate` (every API route): the caller is the user of its API key, never
 //!   a request header; keys are checked against the store through a cache that follows
-//!   the store's security generation;
+//!   the pipeline's security epoch;
 //! - `require` (per route group): the privilege a route needs, or `403 forbidden`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::{Request as HttpRequest, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -20,14 +19,11 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
+use crate::pipeline::Pipeline;
 use crate::security::{Capability, Principal, key_hash};
-use crate::store::Store;
 
 /// Most keys remembered at once (past it the cache starts over).
 const MAX_CACHED_KEYS: usize = 10_000;
-/// How often a server on a shared store looks for changes other processes made to
-/// users, keys and roles (a revocation there takes effect within this).
-const SHARED_REFRESH: Duration = Duration::from_secs(1);
 /// The request header the caller's identity must never come from.
 pub const USER_HEADER: &str = "x-plughost-user";
 
@@ -36,49 +32,32 @@ struct Cached {
     expires_on: Option<i64>,
 }
 
-/// Checks API keys, remembering the principals of recent ones.
+/// Checks API keys, remembering the principals of recent ones until the pipeline's
+/// security epoch moves (a change of users, keys or roles through this process at
+/// once; on a shared store, another process's within a second: `Admin::follow_store`).
 pub struct Authenticator {
-    store: Arc<Store>,
+    pipeline: Arc<Pipeline>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
-    generation: AtomicU64,
-    checked: Mutex<Instant>,
+    epoch: AtomicU64,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<Store>) -> Authenticator {
-        Authenticator {
-            store,
-            cache: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(u64::MAX),
-            checked: Mutex::new(Instant::now()),
-        }
+    pub fn new(pipeline: Arc<Pipeline>) -> Authenticator {
+        let epoch = AtomicU64::new(pipeline.security_epoch());
+        Authenticator { pipeline, cache: Mutex::new(HashMap::new()), epoch }
     }
 
-    /// Forgets every remembered key (after a change of users, keys or roles here).
-    pub fn invalidate(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// Drops the cache when the store's security generation moved: on every call for
-    /// a file store (a cheap read), at most every second for a shared one.
-    fn follow(&self) -> Result<(), ApiError> {
-        if self.store.is_shared() {
-            let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-            if checked.elapsed() < SHARED_REFRESH && self.generation.load(Ordering::SeqCst) != u64::MAX {
-                return Ok(());
-            }
-            *checked = Instant::now();
+    /// Drops the cache when the security epoch moved.
+    fn follow(&self) {
+        let e = self.pipeline.security_epoch();
+        if self.epoch.swap(e, Ordering::SeqCst) != e {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
-        let g = self.store.security_generation()?;
-        if self.generation.swap(g, Ordering::SeqCst) != g {
-            self.invalidate();
-        }
-        Ok(())
     }
 
     /// The principal of the key `secret`. Blocks (reads the store).
     pub fn authenticate(&self, secret: &str) -> Result<Arc<Principal>, ApiError> {
-        self.follow()?;
+        self.follow();
         let hash = key_hash(secret);
         let now = now_ms();
         if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&hash)
@@ -86,7 +65,7 @@ impl Authenticator {
         {
             return Ok(c.principal.clone());
         }
-        match self.store.authenticate(&hash)? {
+        match self.pipeline.store().authenticate(&hash)? {
             Ok((key, principal)) => {
                 let principal = Arc::new(principal);
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

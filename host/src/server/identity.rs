@@ -1,6 +1,6 @@
 //! Users, keys, roles (`security` privilege) and the audit log (`audit`):
-//! `/api/v1/users`, `/keys`, `/roles`, `/audit`. Every change is audited and drops
-//! this server's cache of keys at once.
+//! `/api/v1/users`, `/keys`, `/roles`, `/audit`. Every change is audited, and drops
+//! the cached principals at once (`Admin`'s operations move the security epoch).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,7 +16,6 @@ use super::api::{ApiResult, Params, Who, admin, audited, json_body};
 use super::auth::{self, Access};
 use super::{ApiError, AppState};
 use crate::accounts::{Grant, KeySpec};
-use crate::admin::{Admin, AdminError};
 use crate::security::{ApiKey, AuditEntry, Capability, NewKey, Principal, Role, User};
 
 pub(super) fn routes(_state: &AppState) -> axum::Router<AppState> {
@@ -32,19 +31,6 @@ pub(super) fn routes(_state: &AppState) -> axum::Router<AppState> {
     let audit = Router::new().route("/audit", get(audit)).route_layer(need(Access::Capability(Capability::Audit)));
     // Any key may ask who it is (Dataverse's WhoAmI).
     security.merge(audit).route("/whoami", get(whoami))
-}
-
-/// A security change: audited, then this server forgets the keys it knew.
-async fn changed<T: Send + 'static>(
-    state: &AppState,
-    who: &std::sync::Arc<crate::security::Principal>,
-    action: &'static str,
-    target: String,
-    op: impl FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
-) -> ApiResult<T> {
-    let out = audited(state, who, action, target, op).await;
-    state.auth.invalidate();
-    out
 }
 
 /// The body of `POST /users`.
@@ -85,7 +71,7 @@ async fn create_user(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let b: NewUserBody = json_body(body)?;
-    let user = changed(&state, &who, "users.create", b.name.clone(), move |a| a.create_user(&b.name, &b.roles)).await?;
+    let user = audited(&state, &who, "users.create", b.name.clone(), move |a| a.create_user(&b.name, &b.roles)).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -97,14 +83,14 @@ async fn user_action(
 ) -> ApiResult<Json<User>> {
     match action.as_str() {
         "disable" => {
-            changed(&state, &who, "users.disable", name.clone(), move |a| a.set_user_disabled(&name, true)).await
+            audited(&state, &who, "users.disable", name.clone(), move |a| a.set_user_disabled(&name, true)).await
         }
         "enable" => {
-            changed(&state, &who, "users.enable", name.clone(), move |a| a.set_user_disabled(&name, false)).await
+            audited(&state, &who, "users.enable", name.clone(), move |a| a.set_user_disabled(&name, false)).await
         }
         "roles" => {
             let b: RolesBody = json_body(body)?;
-            changed(&state, &who, "users.roles", name.clone(), move |a| a.change_user_roles(&name, &b.add, &b.remove))
+            audited(&state, &who, "users.roles", name.clone(), move |a| a.change_user_roles(&name, &b.add, &b.remove))
                 .await
         }
         other => Err(ApiError::not_found(format!("no user action '{other}': disable, enable or roles"))),
@@ -127,7 +113,7 @@ async fn create_key(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<NewKey>)> {
     let spec: KeySpec = json_body(body)?;
-    let key = changed(&state, &who, "keys.create", spec.user.clone(), move |a| a.create_key(&spec)).await?;
+    let key = audited(&state, &who, "keys.create", spec.user.clone(), move |a| a.create_key(&spec)).await?;
     Ok((StatusCode::CREATED, Json(key)))
 }
 
@@ -137,7 +123,7 @@ async fn revoke_key(
     Extension(who): Who,
 ) -> ApiResult<Json<ApiKey>> {
     let id = crate::model::parse_guid(&id).map_err(ApiError::bad_request)?;
-    changed(&state, &who, "keys.revoke", id.to_string(), move |a| a.revoke_key(id)).await.map(Json)
+    audited(&state, &who, "keys.revoke", id.to_string(), move |a| a.revoke_key(id)).await.map(Json)
 }
 
 async fn roles(State(state): State<AppState>) -> ApiResult<Json<Vec<Role>>> {
@@ -151,7 +137,7 @@ async fn create_role(
 ) -> ApiResult<(StatusCode, Json<Role>)> {
     let b: NewRoleBody = json_body(body)?;
     let role =
-        changed(&state, &who, "roles.create", b.name.clone(), move |a| a.create_role(&b.name, &b.description)).await?;
+        audited(&state, &who, "roles.create", b.name.clone(), move |a| a.create_role(&b.name, &b.description)).await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 
@@ -162,7 +148,7 @@ async fn grant(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Role>> {
     let g: Grant = json_body(body)?;
-    changed(&state, &who, "roles.grant", name.clone(), move |a| a.grant(&name, &g)).await.map(Json)
+    audited(&state, &who, "roles.grant", name.clone(), move |a| a.grant(&name, &g)).await.map(Json)
 }
 
 #[derive(Deserialize)]

@@ -140,7 +140,7 @@ pub async fn serve(
     if let Some(w) = &workers {
         admin = admin.with_workers(w.clone(), config.workers.workers);
     }
-    let auth = Arc::new(Authenticator::new(pipeline.store().clone()));
+    let auth = Arc::new(Authenticator::new(pipeline.clone()));
     let loopback = addr.ip().is_loopback();
     let state = AppState { admin: Arc::new(admin), auth, loopback, config: Arc::new(config) };
     if pipeline.store().is_shared() {

@@ -324,20 +324,29 @@ impl Store {
     pub fn keys(&self, user: Option<&str>) -> Result<Vec<ApiKey>> {
         let r = self.read()?;
         let only = user.map(|u| user_id_by_name(&r, u)).transpose()?;
+        // One scan of the keys; each user's name read once.
+        let mut names: std::collections::HashMap<u128, String> = std::collections::HashMap::new();
         let mut out = Vec::new();
-        for (_, hash) in r.all(&KEY_IDS)? {
-            let Some(row) = get::<_, KeyRow>(&r, &KEYS, &hash)? else { continue };
-            if only.is_some_and(|u| u != row.user_id.as_u128()) {
+        for (_, v) in r.all(&KEYS)? {
+            let row: KeyRow = codec::decode(&v)?;
+            let user = row.user_id.as_u128();
+            if only.is_some_and(|u| u != user) {
                 continue;
             }
-            let name = user_row(&r, row.user_id.as_u128())?.map(|u| u.name).unwrap_or_default();
+            let name = match names.entry(user) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(user_row(&r, user)?.map(|u| u.name).unwrap_or_default()).clone()
+                }
+            };
             out.push(key_of_row(row, name));
         }
+        out.sort_by_key(|k| k.id);
         Ok(out)
     }
 
-    /// Revokes a key: it stops working at once (other servers on a shared store: at
-    /// their next check of the security generation, within a second).
+    /// Revokes a key: it stops working at once (other servers on a shared store: when
+    /// they next follow the store, within a second).
     pub fn revoke_key(&self, id: Uuid) -> Result<ApiKey> {
         self.change_security(|w| {
             let hash = w.get(&KEY_IDS, &id.as_u128())?.ok_or_else(|| StoreError::NotFound(format!("no key {id}")))?;
@@ -396,13 +405,9 @@ impl Store {
                     id
                 }
             };
-            for (_, h) in w.all(&KEY_IDS)? {
-                if let Some(mut row) = get::<_, KeyRow>(w, &KEYS, &h)?
-                    && row.user_id.as_u128() == id
-                    && row.label == label
-                    && h != hash
-                    && row.revoked_on.is_none()
-                {
+            for (h, v) in w.all(&KEYS)? {
+                let mut row: KeyRow = codec::decode(&v)?;
+                if row.user_id.as_u128() == id && row.label == label && h != hash && row.revoked_on.is_none() {
                     row.revoked_on = Some(now_ms());
                     w.insert(&KEYS, &h, &codec::encode(&row)?)?;
                 }
