@@ -104,7 +104,8 @@ impl JobStatus {
             // A running job finishes, is released (lease expiry, shutdown), asked to pause or cancel,
             // or goes back to waiting (retry with backoff, next recurrence).
             | (InProgress, Succeeded | Failed | Canceled | WaitingForResources | Waiting | Pausing | Canceling)
-            | (Pausing, Waiting | Succeeded | Failed | WaitingForResources)
+            // A job being paused may still be canceled (the user changed their mind).
+            | (Pausing, Waiting | Succeeded | Failed | WaitingForResources | Canceling)
             | (Canceling, Canceled | Succeeded | Failed)
             // A user retries a failed or canceled job.
             | (Failed | Canceled, WaitingForResources)
@@ -628,6 +629,7 @@ mod tests {
         assert!(JobStatus::Failed.can_become(JobStatus::WaitingForResources));
         assert!(!JobStatus::WaitingForResources.can_become(JobStatus::Succeeded));
         assert!(!JobStatus::Canceled.can_become(JobStatus::Failed));
+        assert!(JobStatus::Pausing.can_become(JobStatus::Canceling), "a job being paused can still be canceled");
     }
 }
 
