@@ -39,7 +39,15 @@ pub const CODES: &[(&str, &str)] = &[
     // System jobs.
     ("plugin_not_registered", "the job's step or plug-in was unregistered while it was queued or ran"),
     ("lease_expired", "the job's lease expired more often than allowed: its worker died or hung each time"),
-    ("invalid_job", "a bulk job's specification could not be read"),
+    ("invalid_job", "a bulk job's specification or a workflow run's definition could not be read"),
+    // Workflows.
+    ("invalid_workflow", "the workflow definition is not valid (the message says where and why)"),
+    ("workflow_inactive", "the workflow is not active (activate it first)"),
+    ("workflow_not_on_demand", "the workflow cannot be run on demand (its triggers lack on_demand)"),
+    (
+        "workflow_loop",
+        "the run was started by more than 16 workflow runs in one chain: a workflow that keeps triggering itself",
+    ),
     // Registration.
     ("not_wasm", "the file is not WebAssembly"),
     ("component_too_large", "the component is larger than the host accepts"),

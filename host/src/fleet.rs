@@ -279,6 +279,13 @@ impl Admin {
             generation,
             plugins: self.pipeline().store().plugins()?,
             steps: self.pipeline().store().steps()?,
+            workflows: self
+                .pipeline()
+                .store()
+                .active_workflows()?
+                .iter()
+                .map(crate::protocol::WireWorkflow::new)
+                .collect(),
         })
     }
 

@@ -147,6 +147,8 @@ pub enum OperationType {
     BulkDelete,
     /// Creates records from a CSV or JSON-lines file, through the pipeline (Dataverse 5, "Import").
     BulkImport,
+    /// A run of a workflow (Dataverse 10, "Workflow"): see [`crate::workflow`].
+    Workflow,
 }
 
 impl OperationType {
@@ -156,6 +158,7 @@ impl OperationType {
             OperationType::DeletionService => 14,
             OperationType::BulkDelete => 13,
             OperationType::BulkImport => 5,
+            OperationType::Workflow => 10,
         }
     }
 }
@@ -245,7 +248,7 @@ impl SystemJob {
             name: step_name.to_owned(),
             operation_type: OperationType::PluginExecution,
             status: JobStatus::WaitingForResources,
-            created_on: chrono::Utc::now().timestamp_millis(),
+            created_on: crate::clock::now_ms(),
             started_on: None,
             completed_on: None,
             postpone_until: None,
@@ -353,6 +356,29 @@ pub enum JobResult {
         code: String,
         message: String,
     },
+    /// A workflow run reached a wait: the job waits (Suspended/Waiting) until
+    /// `until`, or until the watched record changes, and keeps the output (its position).
+    Wait {
+        until: Option<i64>,
+        watch: Option<Watch>,
+    },
+    /// A workflow stopped itself as canceled: the job is Canceled, with the run's effects.
+    Canceled {
+        message: String,
+    },
+}
+
+/// What wakes a waiting workflow run: a change to one of `attributes` of a record
+/// (any change when empty), or its deletion (which cancels the run).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    pub entity: String,
+    pub id: Uuid,
+    pub attributes: Vec<String>,
+    /// The record's version the run evaluated its wait against: if the record has
+    /// changed since, the run is made ready again at once instead of waiting (an
+    /// update committed while the run entered its wait is not lost).
+    pub version: Option<u64>,
 }
 
 /// What a run reports besides its result; kept on the job.
@@ -389,6 +415,8 @@ pub enum RunOutcome {
     Paused,
     /// A bulk job's batch: it runs again at once for the rest.
     MoreToDo,
+    /// A workflow run reached a wait.
+    Waiting,
 }
 
 /// The job policy: what becomes of `old`, a locked job, after a run that ended with
@@ -431,6 +459,20 @@ pub fn after_run(
             }
             new.status = JobStatus::Succeeded;
             RunOutcome::Succeeded
+        }
+        (_, JobResult::Wait { until, .. }) => {
+            new.error_code = None;
+            new.message = report.message;
+            new.output = report.output;
+            new.status = JobStatus::Waiting;
+            new.postpone_until = until;
+            return (new, RunOutcome::Waiting);
+        }
+        (_, JobResult::Canceled { message }) => {
+            new.output = report.output;
+            new.status = JobStatus::Canceled;
+            new.message = Some(message);
+            RunOutcome::Canceled
         }
         (_, JobResult::Retry { code, message }) if old.retry_count < retry.max_retries => {
             let backoff = retry.backoff_ms.saturating_mul(1i64 << old.retry_count.min(20));

@@ -32,5 +32,6 @@ pub mod security;
 pub mod server;
 pub mod store;
 pub mod worker;
+pub mod workflow;
 
 pub use codec::{CodecError, FORMAT_VERSION};

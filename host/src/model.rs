@@ -444,7 +444,7 @@ impl Default for ExecutionContext {
             message_name: "Create".into(),
             depth: 1,
             correlation_id: Uuid::new_v4(),
-            operation_created_on: chrono::Utc::now().timestamp_millis(),
+            operation_created_on: crate::clock::now_ms(),
             ..ExecutionContext::empty()
         }
     }

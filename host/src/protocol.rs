@@ -22,7 +22,7 @@ use crate::records::{PluginRecord, StepRecord};
 use crate::store::{ChangeSet, CompletionOutcome, JobCompletion, RecordChange, Renewal, StoredRecord};
 
 /// The version of this protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first call of a worker process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,6 +133,9 @@ pub struct WireCompletion {
     pub records: Vec<RecordChange>,
     /// Jobs the run's writes queued.
     pub jobs: Vec<WireJob>,
+    /// Workflow log rows the run wrote.
+    #[serde(default)]
+    pub log: Vec<crate::store::LogRow>,
     pub trace: String,
     pub fuel_used: u64,
     pub duration_us: u64,
@@ -150,6 +153,7 @@ impl WireCompletion {
             result: c.result,
             records: c.effects.records,
             jobs: c.effects.jobs.into_iter().map(WireJob::new).collect(),
+            log: c.effects.log,
             trace: c.trace,
             fuel_used: c.fuel_used,
             duration_us: c.duration_us,
@@ -166,7 +170,11 @@ impl WireCompletion {
             id: self.id,
             fencing_token: self.fencing_token,
             result: self.result,
-            effects: ChangeSet { records: self.records, jobs: self.jobs.into_iter().map(WireJob::into_job).collect() },
+            effects: ChangeSet {
+                records: self.records,
+                jobs: self.jobs.into_iter().map(WireJob::into_job).collect(),
+                log: self.log,
+            },
             trace: self.trace,
             fuel_used: self.fuel_used,
             duration_us: self.duration_us,
@@ -263,6 +271,34 @@ pub struct Registry {
     pub generation: u64,
     pub plugins: Vec<PluginRecord>,
     pub steps: Vec<StepRecord>,
+    /// The active workflows' frozen versions: the triggers a worker's writes fire.
+    pub workflows: Vec<WireWorkflow>,
+}
+
+/// An active workflow version on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireWorkflow {
+    pub id: Uuid,
+    pub version: u32,
+    pub owner: Uuid,
+    pub json: String,
+}
+
+impl WireWorkflow {
+    pub fn new(w: &crate::workflow::ActiveWorkflow) -> WireWorkflow {
+        WireWorkflow { id: w.id, version: w.version, owner: w.owner, json: w.json.to_string() }
+    }
+
+    pub fn into_active(self) -> Result<crate::workflow::ActiveWorkflow, String> {
+        let definition = crate::workflow::Definition::parse(self.json.as_bytes())?;
+        Ok(crate::workflow::ActiveWorkflow {
+            id: self.id,
+            version: self.version,
+            owner: self.owner,
+            definition: definition.into(),
+            json: self.json.into(),
+        })
+    }
 }
 
 /// A worker as the server knows it (`plughost workers list`).

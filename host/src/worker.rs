@@ -566,6 +566,7 @@ impl Worker {
             // The deletion service's work happens in the transaction that completes it.
             OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
             OperationType::BulkDelete | OperationType::BulkImport => (shared.pipeline.run_bulk(&job, stop), None),
+            OperationType::Workflow => (shared.pipeline.run_workflow(&job, stop), None),
         };
         lock(&shared.running).remove(&job.id);
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
@@ -652,7 +653,7 @@ impl Worker {
                         RunOutcome::Failed => &stats.failed,
                         RunOutcome::Retrying => &stats.retried,
                         RunOutcome::Canceled => &stats.canceled,
-                        RunOutcome::Paused | RunOutcome::MoreToDo => continue,
+                        RunOutcome::Paused | RunOutcome::MoreToDo | RunOutcome::Waiting => continue,
                     },
                     Ok(CompletionOutcome::Deleted) => &stats.succeeded,
                     Ok(CompletionOutcome::Stale) => &stats.stale,

@@ -20,6 +20,8 @@ use plughost::server::{
     ServerInfo,
 };
 use plughost::store::{Committer, JobAction, JobQueue, Store, StoreError};
+use plughost::workflow::LogEntry;
+use plughost::workflow::ops::WorkflowView;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -71,6 +73,22 @@ pub(crate) trait Backend {
     fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError>;
     /// Audit entries, newest first, older than `before`.
     fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError>;
+    fn workflows(&self) -> Result<Vec<WorkflowView>, CliError>;
+    fn workflow(&self, name: &str, version: Option<u32>) -> Result<WorkflowView, CliError>;
+    /// Creates a workflow from its definition, or (with `update`) replaces the
+    /// definition of the inactive workflow it names.
+    fn workflow_save(&self, definition: &[u8], update: bool) -> Result<WorkflowView, CliError>;
+    fn workflow_set_active(&self, name: &str, active: bool) -> Result<WorkflowView, CliError>;
+    fn workflow_run(&self, name: &str, record: uuid::Uuid) -> Result<SystemJob, CliError>;
+    fn workflow_log(&self, job: uuid::Uuid) -> Result<Vec<LogEntry>, CliError>;
+}
+
+/// The name a workflow definition gives itself (to say which workflow a file updates).
+fn definition_name(definition: &[u8]) -> Result<String, CliError> {
+    serde_json::from_slice::<serde_json::Value>(definition)
+        .ok()
+        .and_then(|v| v.get("name").and_then(|n| n.as_str().map(str::to_owned)))
+        .ok_or_else(|| CliError::new("invalid_workflow", "the definition is not a JSON object with a \"name\""))
 }
 
 /// Works on the store in this process, through the library's admin layer (built
@@ -258,6 +276,35 @@ impl Backend for Local {
 
     fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError> {
         self.audited("roles.grant", role, |a| a.grant(role, grant))
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowView>, CliError> {
+        Ok(self.admin()?.workflows()?)
+    }
+
+    fn workflow(&self, name: &str, version: Option<u32>) -> Result<WorkflowView, CliError> {
+        Ok(self.admin()?.workflow(name, version)?)
+    }
+
+    fn workflow_save(&self, definition: &[u8], update: bool) -> Result<WorkflowView, CliError> {
+        let name = definition_name(definition)?;
+        match update {
+            false => self.audited("workflows.create", &name, |a| a.workflow_create(definition, SYSTEM_USER)),
+            true => self.audited("workflows.update", &name, |a| a.workflow_update(&name, definition)),
+        }
+    }
+
+    fn workflow_set_active(&self, name: &str, active: bool) -> Result<WorkflowView, CliError> {
+        let action = if active { "workflows.activate" } else { "workflows.deactivate" };
+        self.audited(action, name, |a| a.workflow_set_active(name, active))
+    }
+
+    fn workflow_run(&self, name: &str, record: uuid::Uuid) -> Result<SystemJob, CliError> {
+        self.audited("workflows.run", name, |a| a.workflow_run(name, record, &Principal::system()))
+    }
+
+    fn workflow_log(&self, job: uuid::Uuid) -> Result<Vec<LogEntry>, CliError> {
+        Ok(self.admin()?.workflow_log(&Principal::system(), job)?)
     }
 
     fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError> {
@@ -564,6 +611,39 @@ impl Backend for Remote {
             Some(b) => self.get(&format!("/audit?limit={limit}&before={b}")),
             None => self.get(&format!("/audit?limit={limit}")),
         }
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowView>, CliError> {
+        self.get("/workflows")
+    }
+
+    fn workflow(&self, name: &str, version: Option<u32>) -> Result<WorkflowView, CliError> {
+        match version {
+            Some(v) => self.get(&format!("/workflows/{}?version={v}", enc(name))),
+            None => self.get(&format!("/workflows/{}", enc(name))),
+        }
+    }
+
+    fn workflow_save(&self, definition: &[u8], update: bool) -> Result<WorkflowView, CliError> {
+        let name = definition_name(definition)?;
+        let req = match update {
+            false => self.agent.post(self.url("/workflows")),
+            true => self.agent.put(self.url(&format!("/workflows/{}", enc(&name)))),
+        };
+        self.answer(self.auth(req).header("content-type", "application/json").send(definition))
+    }
+
+    fn workflow_set_active(&self, name: &str, active: bool) -> Result<WorkflowView, CliError> {
+        let action = if active { "activate" } else { "deactivate" };
+        self.post(&format!("/workflows/{}/{action}", enc(name)), &serde_json::json!({}))
+    }
+
+    fn workflow_run(&self, name: &str, record: uuid::Uuid) -> Result<SystemJob, CliError> {
+        self.post(&format!("/workflows/{}/run", enc(name)), &serde_json::json!({ "record": record }))
+    }
+
+    fn workflow_log(&self, job: uuid::Uuid) -> Result<Vec<LogEntry>, CliError> {
+        self.get(&format!("/jobs/{job}/log"))
     }
 }
 

@@ -281,7 +281,7 @@ fn prequeue(
         let n = (jobs - queued).min(10_000);
         pipeline
             .committer()
-            .commit_blocking(plughost::store::ChangeSet { records: Vec::new(), jobs: (0..n).map(make).collect() })
+            .commit_blocking(plughost::store::ChangeSet { jobs: (0..n).map(make).collect(), ..Default::default() })
             .map_err(|e| CliError::new("bench", e.to_string()))?;
         queued += n;
     }
@@ -715,7 +715,7 @@ impl LeaseBench {
                 let jobs = (0..k)
                     .map(|_| SystemJob::plugin_execution("bench", uuid::Uuid::nil(), None, ExecutionContext::default()))
                     .collect();
-                committer.commit_blocking(ChangeSet { records: Vec::new(), jobs }).map_err(|e| fail(&e))?;
+                committer.commit_blocking(ChangeSet { jobs, ..Default::default() }).map_err(|e| fail(&e))?;
                 done += k;
             }
             Ok(())

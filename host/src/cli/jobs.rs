@@ -159,6 +159,11 @@ impl Jobs {
             }
             Jobs::Show { id } => {
                 let job = resolve(backend.as_ref(), &id)?;
+                // A workflow run shows its log (one row per executed step).
+                let log = match job.operation_type {
+                    plughost::jobs::OperationType::Workflow => Some(backend.workflow_log(job.id)?),
+                    _ => None,
+                };
                 g.print(&JobView::of(&job), || {
                     let mut out = format!(
                         "job       {}\nname      {}\nstatus    {:?} ({}) / {} ({})\ncreated   {}\n",
@@ -188,6 +193,9 @@ impl Jobs {
                         _ => {}
                     }
                     for (name, value) in &job.output {
+                        if log.is_some() && name == plughost::workflow::state::STATE_PARAMETER {
+                            continue;
+                        }
                         match value {
                             ParameterValue::Entities(rows) => {
                                 out.push_str(&format!("output    {name}: {}\n", rows.len()));
@@ -202,6 +210,10 @@ impl Jobs {
                                 out.push_str(&format!("output    {name} = {shown}\n"));
                             }
                         }
+                    }
+                    if let Some(rows) = &log {
+                        out.push_str("workflow log\n");
+                        out.push_str(&super::workflows::log_text(rows));
                     }
                     if !job.trace.is_empty() {
                         out.push_str("trace\n");

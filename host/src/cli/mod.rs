@@ -17,6 +17,7 @@ mod store;
 mod test;
 mod unregister;
 mod worker;
+mod workflows;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -131,6 +132,9 @@ enum Command {
     Audit(security::Audit),
     /// Who this command acts as: its key's user, roles and capabilities.
     Whoami(security::Whoami),
+    /// Workflows: create, update, list, show, activate, deactivate, run, log.
+    #[command(subcommand)]
+    Workflows(workflows::Workflows),
 }
 
 impl Cli {
@@ -157,6 +161,7 @@ impl Cli {
             Command::Roles(c) => c.run(&g),
             Command::Audit(c) => c.run(&g),
             Command::Whoami(c) => c.run(&g),
+            Command::Workflows(c) => c.run(&g),
         }
     }
 }

@@ -19,6 +19,7 @@ mod scope;
 mod service;
 mod source;
 mod steps;
+mod workflow;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,8 +34,9 @@ use crate::store::{ChangeSet, CommitError, Committer, Store, StoreError};
 
 pub use self::jobs::{BulkDelete, JobRun, NewJob};
 use self::scope::Scope;
-pub use self::source::{Source, View};
+pub use self::source::{Registered, Source, View};
 use self::steps::{StepIndex, invoke_step};
+pub use self::workflow::{TRIGGER_CHILD, TRIGGER_ON_DEMAND, workflow_job};
 
 /// Deepest a chain of plug-in calls may go (Dataverse's limit).
 pub const MAX_DEPTH: u32 = 8;
@@ -276,6 +278,11 @@ impl Pipeline {
     /// The store's writer (not on a remote worker's pipeline).
     pub fn committer(&self) -> &Committer {
         &self.local().committer
+    }
+
+    /// An active workflow's frozen version, by name.
+    pub fn active_workflow(&self, name: &str) -> Option<crate::workflow::ActiveWorkflow> {
+        self.steps.read().unwrap_or_else(|p| p.into_inner()).workflow_names.get(name).cloned()
     }
 
     /// Re-reads the registry; call after plug-ins or steps change.

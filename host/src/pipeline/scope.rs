@@ -2,7 +2,7 @@
 //! runner that takes a message through its steps and core operation.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex, Weak};
 
 use uuid::Uuid;
@@ -44,6 +44,9 @@ pub(super) struct Scope {
     pub(super) write_exceeded: Mutex<Option<String>>,
     /// Set when the job this scope runs was canceled or paused: its plug-ins stop.
     pub(super) stop: Arc<AtomicBool>,
+    /// How many workflow runs led to this scope's (0: none is a workflow run): a
+    /// run its writes trigger is one more (the loop guard counts them).
+    pub(super) chain: AtomicU32,
 }
 
 impl Scope {
@@ -69,6 +72,7 @@ impl Scope {
             write_caps: Mutex::new(vec![write_bytes]),
             write_exceeded: Mutex::new(None),
             stop,
+            chain: AtomicU32::new(0),
         })
     }
 
@@ -125,7 +129,7 @@ impl Scope {
             })
             .map(|((entity, id), slot)| RecordChange { entity, id, expected_version: slot.base, new: slot.state })
             .collect();
-        ChangeSet { records, jobs: overlay.jobs }
+        ChangeSet { records, jobs: overlay.jobs, log: Vec::new() }
     }
 
     /// The current state of a record: the overlay's, else the snapshot's.
@@ -280,6 +284,7 @@ impl Scope {
         for step in &firing(Stage::PostOperation, Mode::Asynchronous) {
             self.queue_job(step, &ctx, pre_state.as_ref(), post_state.as_ref());
         }
+        self.trigger_workflows(&request, &ctx, pre_state.as_ref(), post_state.as_ref());
         Ok((response(&request, &ctx), ctx.shared_variables))
     }
 

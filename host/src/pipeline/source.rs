@@ -39,10 +39,17 @@ pub trait Source: Send + Sync {
     /// while the job's lease holds).
     fn view(&self, job: Option<&SystemJob>) -> Result<Box<dyn View>, StoreError>;
     fn assembly_bytes(&self, hash: &AssemblyHash) -> anyhow::Result<Vec<u8>>;
-    /// Every plug-in and step.
-    fn registry(&self) -> Result<(Vec<PluginRecord>, Vec<StepRecord>), StoreError>;
+    /// Every plug-in and step, and the active workflows.
+    fn registry(&self) -> Result<Registered, StoreError>;
     /// Up to `max` of a bulk import's rows, from row `from` on.
     fn bulk_rows(&self, job: &SystemJob, from: u64, max: usize) -> Result<Vec<(u64, Entity)>, StoreError>;
+}
+
+/// What the step index is built from.
+pub struct Registered {
+    pub plugins: Vec<PluginRecord>,
+    pub steps: Vec<StepRecord>,
+    pub workflows: Vec<crate::workflow::ActiveWorkflow>,
 }
 
 impl View for Snapshot {
@@ -77,8 +84,8 @@ impl Source for Store {
         Store::assembly_bytes(self, hash)?.ok_or_else(|| anyhow::anyhow!("assembly {hash} is missing from the store"))
     }
 
-    fn registry(&self) -> Result<(Vec<PluginRecord>, Vec<StepRecord>), StoreError> {
-        Ok((self.plugins()?, self.steps()?))
+    fn registry(&self) -> Result<Registered, StoreError> {
+        Ok(Registered { plugins: self.plugins()?, steps: self.steps()?, workflows: self.active_workflows()? })
     }
 
     fn bulk_rows(&self, job: &SystemJob, from: u64, max: usize) -> Result<Vec<(u64, Entity)>, StoreError> {

@@ -10,6 +10,7 @@ use super::Source;
 use crate::model::{AssemblyHash, ExecutionContext, Mode, Stage};
 use crate::registry::StepRecord;
 use crate::runtime::{InstanceCache, Invocation, Limits, LoadedPlugin, OrganizationService, Reuse, Runtime};
+use crate::workflow::ActiveWorkflow;
 
 use super::Result;
 
@@ -21,12 +22,19 @@ pub(super) struct StepIndex {
     /// Every step, enabled or not: what queued jobs refer to.
     pub(super) by_id: HashMap<Uuid, StepRecord>,
     pub(super) assemblies: HashMap<String, AssemblyHash>,
+    /// Active workflows by their primary entity, and by name.
+    pub(super) workflows: HashMap<String, Vec<ActiveWorkflow>>,
+    pub(super) workflow_names: HashMap<String, ActiveWorkflow>,
 }
 
 impl StepIndex {
     pub(super) fn load(source: &dyn Source) -> Result<StepIndex> {
         let mut index = StepIndex::default();
-        let (plugins, steps) = source.registry()?;
+        let super::Registered { plugins, steps, workflows } = source.registry()?;
+        for w in workflows {
+            index.workflows.entry(w.definition.entity.clone()).or_default().push(w.clone());
+            index.workflow_names.insert(w.definition.name.clone(), w);
+        }
         for p in plugins {
             index.assemblies.insert(p.name, p.assembly);
         }

@@ -15,9 +15,9 @@ use super::client::{Client, Patience, RemoteError};
 use crate::jobs::SystemJob;
 use crate::metadata::EntityDefinition;
 use crate::model::{AssemblyHash, Entity};
-use crate::pipeline::{Source, View};
+use crate::pipeline::{Registered, Source, View};
 use crate::protocol::{MAX_SCAN, Read, ReadAnswer, ReadRequest, Registry};
-use crate::records::{PluginRecord, StepRecord};
+
 use crate::runtime::ArtifactIndex;
 use crate::store::{StoreError, StoredRecord};
 
@@ -65,13 +65,18 @@ impl Source for RemoteSource {
         Ok(bytes)
     }
 
-    fn registry(&self) -> Result<(Vec<PluginRecord>, Vec<StepRecord>), StoreError> {
+    fn registry(&self) -> Result<Registered, StoreError> {
         let r: Registry = self
             .client
             .call::<(), _>("GET", "/worker/registry", Patience::For(READ_PATIENCE), |_| None)
             .map_err(store_error)?;
         self.generation.store(r.generation, Ordering::SeqCst);
-        Ok((r.plugins, r.steps))
+        let workflows = r
+            .workflows
+            .into_iter()
+            .map(|w| w.into_active().map_err(StoreError::Invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Registered { plugins: r.plugins, steps: r.steps, workflows })
     }
 
     fn bulk_rows(&self, job: &SystemJob, from: u64, max: usize) -> Result<Vec<(u64, Entity)>, StoreError> {

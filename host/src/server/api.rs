@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .merge(customization)
         .merge(service)
         .merge(super::identity::routes(&state))
+        .merge(limited(super::workflows::routes(&state), state.config.max_body_bytes, "max_body_bytes"))
         .merge(super::workers::routes(&state))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let mut metrics_route = Router::new().route("/metrics", get(metrics));
@@ -159,7 +160,7 @@ fn caller(headers: &HeaderMap, who: &Arc<Principal>) -> ApiResult<Caller> {
     Ok(Caller { user_id: who.user_id, correlation_id: guid("x-correlation-id")?, principal: Some(who.clone()) })
 }
 
-fn guid_param(s: &str) -> ApiResult<Uuid> {
+pub(super) fn guid_param(s: &str) -> ApiResult<Uuid> {
     parse_guid(s).map_err(ApiError::bad_request)
 }
 

@@ -11,6 +11,7 @@ mod identity;
 mod listen;
 mod tls;
 mod workers;
+mod workflows;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -40,12 +40,24 @@ pub struct ChangeSet {
     pub records: Vec<RecordChange>,
     /// New system jobs; the writer assigns their ids and sequence numbers.
     pub jobs: Vec<SystemJob>,
+    /// Workflow log rows (a run's steps), written with the steps' effects.
+    pub log: Vec<LogRow>,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.jobs.is_empty()
+        self.records.is_empty() && self.jobs.is_empty() && self.log.is_empty()
     }
+}
+
+/// One workflow log row of a run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogRow {
+    pub job: Uuid,
+    pub entry: crate::workflow::LogEntry,
+    /// The index, in this change set's `jobs`, of the child job the step started:
+    /// its id is known once the writer gives it.
+    pub child: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,28 +297,30 @@ fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
 }
 
 pub(super) fn apply(w: &Write<'_>, changes: &ChangeSet) -> Result<Receipt, CommitError> {
-    // A request that queues no jobs leaves the job tables closed.
-    if changes.jobs.is_empty() {
-        apply_records(w, changes)?;
-        return Ok(Receipt::default());
-    }
     super::jobs::with_tables(w, |t| apply_in(t, changes))
 }
 
 /// Applies `changes` with the job tables already open (a completion's effects).
 pub(super) fn apply_in(t: &mut super::jobs::Tables<'_, '_>, changes: &ChangeSet) -> Result<Receipt, CommitError> {
-    apply_records(t.w, changes)?;
-    Ok(Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, crate::clock::now_ms())? })
+    let now = crate::clock::now_ms();
+    let before = apply_records(t.w, changes)?;
+    // Waiting workflow runs learn of the change in its own transaction.
+    super::workflows::wake(t, changes, &before, now)?;
+    let receipt = Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, now)? };
+    super::workflows::write_log(t.w, changes, &receipt)?;
+    Ok(receipt)
 }
 
 /// Writes the change set's records, after checking every version against the
-/// store: a conflict writes nothing.
-fn apply_records(w: &Write<'_>, changes: &ChangeSet) -> Result<(), CommitError> {
+/// store: a conflict writes nothing. Returns each record as it was.
+fn apply_records(w: &Write<'_>, changes: &ChangeSet) -> Result<Vec<Option<StoredRecord>>, CommitError> {
+    let mut before = Vec::with_capacity(changes.records.len());
     for c in &changes.records {
         let current: Option<StoredRecord> = get(w, &RECORDS, &(c.entity.clone(), c.id.as_u128()))?;
-        if current.map(|r| r.version) != c.expected_version {
+        if current.as_ref().map(|r| r.version) != c.expected_version {
             return Err(CommitError::Conflict { entity: c.entity.clone(), id: c.id });
         }
+        before.push(current);
     }
     for c in &changes.records {
         let key = (c.entity.clone(), c.id.as_u128());
@@ -315,5 +329,5 @@ fn apply_records(w: &Write<'_>, changes: &ChangeSet) -> Result<(), CommitError> 
             None => w.remove(&RECORDS, &key)?,
         };
     }
-    Ok(())
+    Ok(before)
 }

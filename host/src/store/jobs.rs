@@ -141,6 +141,13 @@ pub(crate) fn put_job(
             t.w.remove(&STEP_JOBS, &(step.as_u128(), id))?;
         }
         t.deltas[slot(o.status)] -= 1;
+        // A workflow run leaving Waiting stops watching its record.
+        if o.operation_type == crate::jobs::OperationType::Workflow
+            && o.status == JobStatus::Waiting
+            && new.is_none_or(|n| n.status != JobStatus::Waiting)
+        {
+            super::workflows::unsubscribe(t.w, o.id)?;
+        }
     }
     match new {
         Some(n) => {
@@ -169,8 +176,12 @@ pub(crate) fn put_job(
                 }
                 t.w.remove(&JOBS, &id)?;
                 t.w.remove(&JOB_CONTEXTS, &id)?;
-                if o.operation_type == crate::jobs::OperationType::BulkImport {
-                    t.w.remove_range(&BULK_ROWS, (id, 0)..=(id, u64::MAX))?;
+                match o.operation_type {
+                    crate::jobs::OperationType::BulkImport => {
+                        t.w.remove_range(&BULK_ROWS, (id, 0)..=(id, u64::MAX))?;
+                    }
+                    crate::jobs::OperationType::Workflow => super::workflows::delete_log(t.w, o.id)?,
+                    _ => {}
                 }
             }
         }

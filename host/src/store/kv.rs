@@ -206,7 +206,7 @@ impl<K, V> Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableId(pub(crate) u8, pub(crate) &'static str);
 
-pub(crate) const ALL_TABLES: [TableId; 25] = [
+pub(crate) const ALL_TABLES: [TableId; 31] = [
     TableId(0, "meta"),
     TableId(1, "assemblies"),
     TableId(2, "assembly_bytes"),
@@ -232,6 +232,12 @@ pub(crate) const ALL_TABLES: [TableId; 25] = [
     TableId(22, "api_key_ids"),
     TableId(23, "audit"),
     TableId(24, "jobs_by_owner"),
+    TableId(25, "workflows"),
+    TableId(26, "workflow_names"),
+    TableId(27, "workflow_versions"),
+    TableId(28, "workflow_log"),
+    TableId(29, "workflow_waits"),
+    TableId(30, "workflow_wait_of"),
 ];
 
 /// redb's table for a logical table (a name apart from schema 4's typed tables).
@@ -239,7 +245,7 @@ pub(super) fn redb_table(id: TableId) -> TableDefinition<'static, &'static [u8],
     TableDefinition::new(REDB_NAMES[id.0 as usize])
 }
 
-const REDB_NAMES: [&str; 25] = [
+const REDB_NAMES: [&str; 31] = [
     "kv:meta",
     "kv:assemblies",
     "kv:assembly_bytes",
@@ -265,6 +271,12 @@ const REDB_NAMES: [&str; 25] = [
     "kv:api_key_ids",
     "kv:audit",
     "kv:jobs_by_owner",
+    "kv:workflows",
+    "kv:workflow_names",
+    "kv:workflow_versions",
+    "kv:workflow_log",
+    "kv:workflow_waits",
+    "kv:workflow_wait_of",
 ];
 
 /// Creates every table of a redb store (so readers never meet a missing one).

@@ -20,10 +20,11 @@ mod legacy;
 mod pg;
 mod queue;
 mod rows;
+mod workflows;
 
 /// How a run ended (re-exported from `jobs`, where the job policy lives).
 pub use crate::jobs::JobResult;
-pub use commit::{ChangeSet, CommitError, CommitStats, Committer, Receipt, RecordChange};
+pub use commit::{ChangeSet, CommitError, CommitStats, Committer, LogRow, Receipt, RecordChange};
 pub use data::{Snapshot, StoredRecord};
 pub use identity::MAX_AUDIT_PAGE;
 pub use jobs::{HOUSEKEEPER_TTL_MS, Housekeeper, Renewal};
@@ -45,7 +46,7 @@ use kv::{ALL_TABLES, Read, Reads, Table, Write};
 /// table) and with lease-expiration and recurrence-run counters, and the steps' write
 /// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables; 6
 /// users, keys, roles, the audit log, jobs by owner, and the steps' run-as user.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -59,7 +60,7 @@ pub(super) const STEPS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[4]);
 const ARTIFACTS: Table<String, [u8; 32]> = Table::new(ALL_TABLES[5]);
 const ENTITY_DEFS: Table<String, Vec<u8>> = Table::new(ALL_TABLES[6]);
 /// Records by (entity logical name, id).
-const RECORDS: Table<(String, u128), Vec<u8>> = Table::new(ALL_TABLES[7]);
+pub(super) const RECORDS: Table<(String, u128), Vec<u8>> = Table::new(ALL_TABLES[7]);
 const JOBS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[8]);
 /// Each job's execution context, written once when the job is queued: the job
 /// record itself is rewritten at every transition and stays small.
@@ -318,9 +319,10 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew { path: path.clone(), found: v }),
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
-                Some(5) => {
-                    let steps = upgrade_steps_to_6(w)?;
-                    tracing::info!(steps, "store migrated from schema 5 to {SCHEMA_VERSION}");
+                Some(v @ (5 | 6)) => {
+                    let steps = if v == 5 { upgrade_steps_to_6(w)? } else { 0 };
+                    // Schema 7 added the workflow tables, empty: nothing to rewrite.
+                    tracing::info!(steps, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
                 }
                 Some(v) => Err(corrupt(format!("unknown schema version {v}"))),
@@ -400,7 +402,7 @@ impl Store {
 
     /// Runs a registry change in one transaction and bumps the registry generation
     /// with it.
-    fn change_registry<T>(&self, f: impl FnOnce(&Write<'_>) -> Result<T>) -> Result<T> {
+    pub(super) fn change_registry<T>(&self, f: impl FnOnce(&Write<'_>) -> Result<T>) -> Result<T> {
         self.write(|w| {
             let out = f(w)?;
             let key = REGISTRY_GENERATION.to_owned();

@@ -408,7 +408,9 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
     };
     // A successful run of a job still running (not being canceled or paused) writes
     // its effects here, in the transaction that completes it.
-    if old.status == JobStatus::InProgress && matches!(result, JobResult::Succeeded | JobResult::Progress) {
+    // A failure writes nothing of its own, but a workflow that failed at a step keeps
+    // what its earlier steps did (and their log rows): its run hands them over.
+    if old.status == JobStatus::InProgress && !matches!(result, JobResult::Retry { .. }) {
         match apply_in(t, &c.effects) {
             Err(CommitError::Conflict { .. }) => {
                 // Still InProgress, so released it is ready again.
@@ -434,7 +436,29 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
         }
     }
     let retry = RetryPolicy { max_retries: c.max_retries, backoff_ms: c.backoff_ms };
-    let (new, run) = crate::jobs::after_run(&old, result, report, &retry, now);
+    let watch = match &result {
+        JobResult::Wait { watch, .. } => watch.clone(),
+        _ => None,
+    };
+    let (mut new, run) = crate::jobs::after_run(&old, result, report, &retry, now);
+    if run == RunOutcome::Waiting
+        && let Some(watch) = watch
+    {
+        use super::workflows::{WaitDecision, subscribe};
+        match subscribe(t.w, old.id, &watch)? {
+            WaitDecision::Subscribed => {}
+            // The record changed while the run looked at it: look again now.
+            WaitDecision::Changed => {
+                new.status = JobStatus::WaitingForResources;
+                new.postpone_until = None;
+            }
+            WaitDecision::Gone => {
+                new.status = JobStatus::Canceled;
+                new.completed_on = Some(now);
+                new.message = Some(format!("canceled: {} {} it waited on was deleted", watch.entity, watch.id));
+            }
+        }
+    }
     if run == RunOutcome::Succeeded
         && new.status == JobStatus::Succeeded
         && c.delete_on_success

@@ -13,6 +13,7 @@ mod sandbox;
 mod security;
 mod server;
 mod shared;
+mod workflows;
 
 use std::sync::Arc;
 

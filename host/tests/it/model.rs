@@ -101,7 +101,8 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                         job(token, postpone)
                     })
                     .collect();
-                let receipt = committer.commit_blocking(ChangeSet { records: vec![], jobs: jobs.clone() }).unwrap();
+                let receipt =
+                    committer.commit_blocking(ChangeSet { jobs: jobs.clone(), ..ChangeSet::default() }).unwrap();
                 for (j, (id, sequence)) in jobs.into_iter().zip(receipt.jobs) {
                     next_sequence += 1;
                     assert_eq!(sequence, next_sequence, "sequences follow commits");
@@ -150,10 +151,13 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                 let id = locked[rng.below(locked.len() as u64) as usize];
                 let m = models[&id].clone();
                 let stale = rng.below(5) == 0;
-                let result = match rng.below(4) {
+                let result = match rng.below(6) {
                     0 => JobResult::Succeeded,
                     1 => JobResult::Failed { code: "trap".into(), message: "x".into() },
                     2 => JobResult::Progress,
+                    // A workflow run reaching a timed wait, or stopping itself as canceled.
+                    3 => JobResult::Wait { until: Some(t), watch: None },
+                    4 => JobResult::Canceled { message: "stopped".into() },
                     _ => JobResult::Retry { code: "plugin_retryable".into(), message: "x".into() },
                 };
                 let completion = JobCompletion {
@@ -176,12 +180,15 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                     assert_eq!(outcome, CompletionOutcome::Stale);
                     continue;
                 }
+                let is_retry = matches!(result, JobResult::Retry { .. });
                 let next = match (m.status, result) {
                     (JobStatus::Canceling, _) => JobStatus::Canceled,
                     (JobStatus::Pausing, _) => JobStatus::Waiting,
                     (_, JobResult::Succeeded) => JobStatus::Succeeded,
                     (_, JobResult::Progress) => JobStatus::WaitingForResources,
                     (_, JobResult::Failed { .. }) => JobStatus::Failed,
+                    (_, JobResult::Wait { .. }) => JobStatus::Waiting,
+                    (_, JobResult::Canceled { .. }) => JobStatus::Canceled,
                     (_, JobResult::Retry { .. }) if m.retries < 1 => JobStatus::Waiting,
                     (_, JobResult::Retry { .. }) => JobStatus::Failed,
                 };
@@ -191,7 +198,9 @@ fn the_queue_agrees_with_a_model_under_random_operations() {
                 );
                 let mm = models.get_mut(&id).unwrap();
                 if next == JobStatus::Waiting && m.status == JobStatus::InProgress {
-                    mm.retries += 1;
+                    if is_retry {
+                        mm.retries += 1;
+                    }
                     mm.postpone_until = Some(t);
                 }
                 mm.status = next;
