@@ -341,3 +341,106 @@ fn component_bytes_at_registration() {
     });
     eprintln!("fuzz component bytes: {registered} mutated components were still valid and registered");
 }
+
+/// What a fuzzed definition is validated against: the example's entities, one
+/// plug-in, one user, no other workflows.
+struct FuzzCatalog;
+
+impl crate::workflow::Catalog for FuzzCatalog {
+    fn entity(&self, name: &str) -> Option<EntityDefinition> {
+        let attrs: &[(&str, AttributeType)] = match name {
+            "incident" => &[
+                ("title", AttributeType::Text),
+                ("priority", AttributeType::Text),
+                ("statecode", AttributeType::Option),
+                ("statuscode", AttributeType::Option),
+                ("customeremail", AttributeType::Text),
+                ("resolution", AttributeType::Text),
+                ("due", AttributeType::Datetime),
+            ],
+            "task" => &[("subject", AttributeType::Text), ("regardingobjectid", AttributeType::Reference)],
+            "email" => &[("to", AttributeType::Text), ("subject", AttributeType::Text), ("body", AttributeType::Text)],
+            _ => return None,
+        };
+        Some(EntityDefinition {
+            name: name.into(),
+            attributes: attrs.iter().map(|(n, t)| ((*n).to_owned(), *t)).collect(),
+        })
+    }
+
+    fn plugin_exists(&self, name: &str) -> bool {
+        name == "probe"
+    }
+
+    fn workflow(&self, _name: &str) -> Option<(String, bool, Vec<String>)> {
+        None
+    }
+
+    fn user_exists(&self, name: &str) -> bool {
+        name == "ann"
+    }
+}
+
+/// Reads every path as null, the time as a fixed instant.
+struct Nothing;
+
+impl crate::workflow::state::Resolve for Nothing {
+    fn resolve(&self, path: &crate::workflow::state::Path) -> Result<Value, String> {
+        Ok(match path {
+            crate::workflow::state::Path::Now => Value::DateTime(1_790_000_000_000),
+            _ => Value::Null,
+        })
+    }
+}
+
+#[test]
+fn workflow_definitions() {
+    use crate::workflow::state::{self, RunState};
+    use crate::workflow::{Action, Definition};
+    let example = include_bytes!("../../example-plugins/workflows/support-case.json");
+    let seeds: &[&[u8]] = &[
+        example,
+        br#"{"name":"w","entity":"incident","triggers":{"update":["title"],"on_demand":true},"steps":[{"type":"wait","branches":[{"timeout":{"attribute":"due","offset":"-1h"},"steps":[{"type":"stop","status":"canceled","message":"{{record.title}}"}]}]}]}"#,
+        br#"{"name":"w","entity":"incident","triggers":{"create":true},"steps":[{"id":"a","type":"activity","plugin":"probe","inputs":{"x":"{{record.due}}"}},{"type":"update","attributes":{"title":"{{steps.a.x}} {{now}}"}},{"type":"assign","owner":"ann"}]}"#,
+    ];
+    run("workflow definition", cases(2000), |rng| {
+        let bytes = variant(rng, seeds);
+        let def = match Definition::parse(&bytes) {
+            Ok(d) => d,
+            Err(e) => return assert!(clear(&e)),
+        };
+        if let Err(e) = def.validate(&FuzzCatalog) {
+            return assert!(clear(&e), "{}", String::from_utf8_lossy(&bytes));
+        }
+        // A valid definition walks to its end whatever its conditions say.
+        let mut s = RunState::default();
+        for _ in 0..1000 {
+            let Some(step) = s.current(&def.steps) else { return };
+            match &step.action {
+                Action::Condition { branches } => {
+                    let taken = branches.iter().position(|b| b.when.as_ref().is_none_or(|f| state::holds(f, &Nothing).unwrap_or(false)));
+                    match taken {
+                        Some(b) => s.enter(&def.steps, b),
+                        None => s.advance(&def.steps),
+                    }
+                }
+                Action::Wait { branches } => {
+                    for b in branches {
+                        if let Some(t) = &b.timeout {
+                            let _ = state::deadline(t, 0, &Nothing);
+                        }
+                    }
+                    s.enter(&def.steps, rng.below(branches.len()));
+                }
+                Action::Create { attributes, .. } | Action::Update { attributes, .. } => {
+                    for v in attributes.values() {
+                        let _ = state::fill(v, &Nothing);
+                    }
+                    s.advance(&def.steps);
+                }
+                _ => s.advance(&def.steps),
+            }
+        }
+        panic!("a valid definition did not reach its end in 1000 steps");
+    });
+}

@@ -20,6 +20,8 @@ pub(crate) enum Bench {
     Queue(QueueBench),
     /// Leasing cost with a small and a large backlog of waiting jobs.
     Lease(LeaseBench),
+    /// Workflow runs per second (three steps, no waits) against plain async step jobs.
+    Workflows(WorkflowBench),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +60,7 @@ impl Bench {
             Bench::Api(b) => b.run(g),
             Bench::Queue(b) => b.run(g),
             Bench::Lease(b) => b.run(g),
+            Bench::Workflows(b) => b.run(g),
         }
     }
 }
@@ -291,7 +294,6 @@ fn prequeue(
 impl QueueBench {
     fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         use plughost::store::{Committer, JobQueue, Store};
-        use plughost::worker::{WorkerConfig, WorkerPool};
 
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
         let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
@@ -352,27 +354,7 @@ impl QueueBench {
         };
         let before = counted();
         let queue = JobQueue::new(store.clone(), committer.clone());
-        let started = Instant::now();
-        let workers = WorkerPool::start(
-            pipeline.clone(),
-            Arc::new(queue.clone()),
-            WorkerConfig { workers: self.workers, batch: self.batch, poll_ms: 5, ..WorkerConfig::default() },
-            false,
-        );
-        loop {
-            let counts = queue.counts().map_err(|e| fail(&e))?;
-            let done: u64 =
-                counts.by_status.iter().filter(|(n, _, _)| n == "Succeeded" || n == "Failed").map(|(_, _, c)| c).sum();
-            if done as usize >= self.jobs {
-                let failed = counts.by_status.iter().find(|(n, _, _)| n == "Failed").map_or(0, |c| c.2);
-                if failed > 0 {
-                    return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let (elapsed, workers) = drain(&pipeline, &queue, self.workers, self.batch, self.jobs)?;
         let drained = self.jobs as f64 / elapsed;
         let after = counted();
         let (commits, operations, commit_us) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
@@ -460,6 +442,158 @@ impl QueueBench {
         })?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct WorkflowBench {
+    /// The plug-in of the plain step and of the workflow's activity (the hostile
+    /// plug-in's "ok" mode).
+    #[arg(long, default_value = "example-plugins/rust/target/wasm32-wasip2/release/hostile.wasm")]
+    plugin: PathBuf,
+    /// Workflow runs, and plain step jobs, to pre-queue and drain.
+    #[arg(long, default_value_t = 5000)]
+    runs: usize,
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(2, |n| n.get()))]
+    workers: usize,
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Where the benchmark's store lives (default: a temporary directory in the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The benchmark's workflow: create a record, update the primary one, call an activity.
+const BENCH_WORKFLOW: &str = r#"{"name": "bench-flow", "entity": "bench", "triggers": {"on_demand": true}, "steps": [
+    {"type": "create", "entity": "benchtask", "attributes": {"subject": "for {{record.title}}", "regardingobjectid": "{{record.id}}"}},
+    {"type": "update", "attributes": {"title": "{{record.title}} (seen)"}},
+    {"type": "activity", "plugin": "bench", "configuration": "ok"}]}"#;
+
+impl WorkflowBench {
+    fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        use plughost::jobs::SystemJob;
+        use plughost::metadata::{AttributeType, EntityDefinition};
+        use plughost::model::Value;
+        use plughost::store::{ChangeSet, JobQueue, RecordChange, StoredRecord};
+        let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+        let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
+        let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
+        let config = plughost::config::Config { store: g.load_config()?.store, ..Default::default() };
+        let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
+        let store = pipeline.store().clone();
+        let committer = pipeline.committer().clone();
+        let queue = JobQueue::new(store.clone(), committer.clone());
+        let admin = plughost::admin::Admin::new(pipeline.clone(), queue.clone()).map_err(|e| fail(&e))?;
+        for (name, attributes) in [
+            ("bench", vec![("title", AttributeType::Text)]),
+            ("benchtask", vec![("subject", AttributeType::Text), ("regardingobjectid", AttributeType::Reference)]),
+        ] {
+            let attributes = attributes.into_iter().map(|(a, t)| (a.to_owned(), t)).collect();
+            admin.define_entity(&EntityDefinition { name: name.into(), attributes }).map_err(|e| fail(&e))?;
+        }
+        let (reg, context) = bench_step(&pipeline, &wasm, 0)?;
+
+        // 1. Plain async step jobs: the baseline, measured in this run.
+        prequeue(&pipeline, &reg, &context, self.runs)?;
+        let (secs, pool) = drain(&pipeline, &queue, self.workers, self.batch, self.runs)?;
+        pool.shutdown(Duration::from_secs(5));
+        let steps_per_second = self.runs as f64 / secs;
+
+        // 2. Workflow runs, one per record, each three steps.
+        admin.workflow_create(BENCH_WORKFLOW.as_bytes(), plughost::security::SYSTEM_USER).map_err(|e| fail(&e))?;
+        admin.workflow_set_active("bench-flow", true).map_err(|e| fail(&e))?;
+        let flow = pipeline.active_workflow("bench-flow").ok_or_else(|| CliError::new("bench", "no active workflow"))?;
+        let mut queued = 0;
+        while queued < self.runs {
+            let n = (self.runs - queued).min(5_000);
+            let mut changes = ChangeSet::default();
+            for i in 0..n {
+                let id = uuid::Uuid::now_v7();
+                let title = Value::Text(format!("record {}", queued + i));
+                let stored = StoredRecord {
+                    version: 1,
+                    created_on: 0,
+                    modified_on: 0,
+                    attributes: [("title".to_owned(), title)].into(),
+                };
+                let record = stored.to_entity("bench", id);
+                changes.records.push(RecordChange { entity: "bench".into(), id, expected_version: None, new: Some(stored) });
+                let who = plughost::pipeline::Who::user(plughost::security::SYSTEM_USER);
+                let job: SystemJob = plughost::pipeline::workflow_job(&flow, record, "OnDemand", who, 1, uuid::Uuid::new_v4());
+                changes.jobs.push(job);
+            }
+            committer.commit_blocking(changes).map_err(|e| fail(&e))?;
+            queued += n;
+        }
+        let (secs, pool) = drain(&pipeline, &queue, self.workers, self.batch, self.runs)?;
+        pool.shutdown(Duration::from_secs(5));
+        let runs_per_second = self.runs as f64 / secs;
+        let engine = store.engine_name();
+        let json = serde_json::json!({
+            "command": "plughost bench workflows",
+            "store": engine,
+            "runs": self.runs,
+            "workers": self.workers,
+            "plain_step_jobs_per_second": steps_per_second,
+            "workflow_runs_per_second": runs_per_second,
+            "workflow_steps_per_second": 3.0 * runs_per_second,
+            "runs_vs_plain_jobs": runs_per_second / steps_per_second,
+        });
+        g.print(&json, || {
+            table(vec![
+                vec!["MEASURE".into(), "PER SECOND".into(), "VS PLAIN JOBS".into()],
+                vec![format!("plain async step jobs on {engine} (baseline)"), format!("{steps_per_second:.0}"), "1.00".into()],
+                vec![
+                    "workflow runs (create, update, activity)".into(),
+                    format!("{runs_per_second:.0}"),
+                    format!("{:.2}", runs_per_second / steps_per_second),
+                ],
+                vec![
+                    "workflow steps".into(),
+                    format!("{:.0}", 3.0 * runs_per_second),
+                    format!("{:.2}", 3.0 * runs_per_second / steps_per_second),
+                ],
+            ])
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Drains the queue with an in-process worker pool until `jobs` jobs have completed
+/// (any failure is an error); returns the seconds it took and the pool, still running.
+pub(super) fn drain(
+    pipeline: &Arc<plughost::pipeline::Pipeline>,
+    queue: &plughost::store::JobQueue,
+    workers: usize,
+    batch: usize,
+    jobs: usize,
+) -> Result<(f64, Arc<plughost::worker::WorkerPool>), CliError> {
+    use plughost::worker::{WorkerConfig, WorkerPool};
+    let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+    let done_before: u64 = completed(queue)?;
+    let started = Instant::now();
+    let pool = WorkerPool::start(
+        pipeline.clone(),
+        Arc::new(queue.clone()),
+        WorkerConfig { workers, batch, poll_ms: 5, ..WorkerConfig::default() },
+        false,
+    );
+    loop {
+        if completed(queue)? - done_before >= jobs as u64 {
+            let counts = queue.counts().map_err(|e| fail(&e))?;
+            let failed = counts.by_status.iter().find(|(n, _, _)| n == "Failed").map_or(0, |c| c.2);
+            if failed > 0 {
+                return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
+            }
+            return Ok((started.elapsed().as_secs_f64(), pool));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many jobs have completed (succeeded or failed).
+fn completed(queue: &plughost::store::JobQueue) -> Result<u64, CliError> {
+    let counts = queue.counts().map_err(|e| CliError::new("bench", e.to_string()))?;
+    Ok(counts.by_status.iter().filter(|(n, _, _)| n == "Succeeded" || n == "Failed").map(|(_, _, c)| c).sum())
 }
 
 /// Stops the benchmark's child processes with SIGTERM and waits for each.

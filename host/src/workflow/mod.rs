@@ -697,3 +697,75 @@ impl Action {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../../docs/workflow.schema.json");
+    const EXAMPLE: &str = include_str!("../../../example-plugins/workflows/support-case.json");
+
+    fn wrap(steps: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"name": "w", "entity": "case", "triggers": {"create": true}, "steps": steps})
+    }
+
+    /// The JSON Schema and the parser agree: on the example, on one step of every
+    /// type, and on shapes both refuse.
+    #[test]
+    fn the_json_schema_accepts_and_refuses_what_the_parser_does() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let both = |doc: &serde_json::Value| -> (bool, bool) {
+            (validator.is_valid(doc), Definition::parse(doc.to_string().as_bytes()).is_ok())
+        };
+        let example: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        assert_eq!(both(&example), (true, true), "{:?}", validator.iter_errors(&example).map(|e| e.to_string()).collect::<Vec<_>>());
+        let f = serde_json::json!({"conditions": [{"attribute": "x", "operator": "equal", "values": [1]}]});
+        let good = [
+            serde_json::json!({"type": "condition", "branches": [{"when": f, "steps": []}, {"steps": []}]}),
+            serde_json::json!({"type": "wait", "branches": [{"until": f}, {"timeout": {"after": "2d"}}, {"timeout": {"attribute": "due", "offset": "-1h"}}]}),
+            serde_json::json!({"type": "create", "id": "c", "entity": "task", "attributes": {"subject": "{{record.title}}", "n": 1}}),
+            serde_json::json!({"type": "update", "attributes": {"x": {"money": "1.50"}}}),
+            serde_json::json!({"type": "update", "target": "{{steps.c.id}}", "entity": "task", "attributes": {"x": null}}),
+            serde_json::json!({"type": "assign", "owner": "ann"}),
+            serde_json::json!({"type": "set_status", "statecode": 1, "statuscode": 2}),
+            serde_json::json!({"type": "send_email", "to": "a", "subject": "b", "body": "c"}),
+            serde_json::json!({"type": "child", "workflow": "other"}),
+            serde_json::json!({"type": "stop", "status": "canceled", "message": "m"}),
+            serde_json::json!({"type": "activity", "plugin": "p", "message": "M", "configuration": "c", "inputs": {"a": "{{now}}"}}),
+        ];
+        let mut kinds = BTreeSet::new();
+        for step in good {
+            let doc = wrap(serde_json::json!([step]));
+            assert_eq!(both(&doc), (true, true), "{step}: {:?}", validator.iter_errors(&doc).map(|e| e.to_string()).collect::<Vec<_>>());
+            kinds.insert(Definition::parse(doc.to_string().as_bytes()).unwrap().steps[0].action.kind());
+        }
+        assert_eq!(kinds.len(), 10, "one of every step type");
+        for bad in [
+            wrap(serde_json::json!([{"type": "frobnicate"}])),
+            wrap(serde_json::json!([{"type": "stop", "colour": "red"}])),
+            wrap(serde_json::json!([{"type": "create", "entity": "task"}])),
+            wrap(serde_json::json!([{"type": "child"}])),
+            wrap(serde_json::json!([{"type": "stop", "status": "maybe"}])),
+            wrap(serde_json::json!([{"type": "stop", "id": 5}])),
+            serde_json::json!({"name": "w", "entity": "case", "steps": [], "extra": 1}),
+            serde_json::json!({"name": "w", "steps": []}),
+            serde_json::json!({"name": "w", "entity": "case", "triggers": {"sometimes": true}, "steps": []}),
+        ] {
+            assert_eq!(both(&bad), (false, false), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_and_names_are_checked() {
+        assert_eq!(parse_duration("90s"), Ok(90_000));
+        assert_eq!(parse_duration("+2d"), Ok(2 * 86_400_000));
+        for bad in ["", "d", "2", "2w", "1.5h", "-", "99999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(check_workflow_name("support-case_2").is_ok());
+        for bad in ["", "Case", "1case", "case!", &"a".repeat(65)] {
+            assert!(check_workflow_name(bad).is_err(), "{bad}");
+        }
+    }
+}

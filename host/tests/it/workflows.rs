@@ -413,3 +413,38 @@ fn killed_around_step_commits_no_step_of_a_run_happens_twice() {
         assert_eq!(runs(&s, id).len(), 1);
     }
 }
+
+#[test]
+fn a_remote_worker_runs_workflows_and_their_children_and_its_writes_trigger_them() {
+    let s = wf_server(&[("PLUGHOST_WORKERS", "0")]);
+    let child = json!({"name": "stamp", "entity": "incident", "triggers": {"child": true}, "steps": [
+        {"type": "update", "attributes": {"resolution": "stamped by {{record.title}}"}}]});
+    create_active(&s, &child);
+    let parent = json!({"name": "parent", "entity": "incident", "triggers": {"create": true}, "steps": [
+        {"id": "greet", "type": "activity", "plugin": "probe", "configuration": "greet", "message": "Greet", "inputs": {"Name": "{{record.title}}"}},
+        {"type": "wait", "branches": [{"until": {"conditions": [{"attribute": "priority", "operator": "equal", "values": ["go"]}]}}]},
+        {"type": "child", "workflow": "stamp"},
+        {"type": "update", "attributes": {"customeremail": "{{steps.greet.Greeting}}"}}]});
+    create_active(&s, &parent);
+    // The child's write, made on the worker, triggers a third workflow there.
+    let follower = json!({"name": "follower", "entity": "incident", "triggers": {"update": ["resolution"]}, "steps": [
+        {"type": "update", "attributes": {"priority": "seen"}}]});
+    create_active(&s, &follower);
+    let w = plughost_test_support::TestWorker::start(BIN, &s.url, s.cli.data_dir(), "wf-worker", &[]);
+    let id = incident(&s, json!({"title": "remote"}));
+    let waiting = wait_run(&s, &id, |r| r["name"] == "parent" && status(r) == "Waiting");
+    assert_eq!(log(&s, &waiting)[0]["outputs"]["Greeting"], "Hello, remote!");
+    s.patch(&format!("/api/v1/entities/incident/{id}"), &json!({"priority": "go"})).expect(200);
+    let done = wait_run(&s, &id, |r| r["name"] == "parent" && status(r) == "Succeeded");
+    let stamped = wait_run(&s, &id, |r| r["name"] == "stamp" && status(r) == "Succeeded");
+    let rows = log(&s, &done);
+    let child_row = rows.iter().find(|r| r["kind"] == "child").unwrap();
+    assert_eq!(child_row["child_job"], stamped["id"], "the log names the child's job");
+    let record = s.get(&format!("/api/v1/entities/incident/{id}")).expect(200);
+    assert_eq!(record["attributes"]["customeremail"], "Hello, remote!");
+    assert_eq!(record["attributes"]["resolution"], "stamped by remote");
+    wait_run(&s, &id, |r| r["name"] == "follower" && status(r) == "Succeeded");
+    let record = s.get(&format!("/api/v1/entities/incident/{id}")).expect(200);
+    assert_eq!(record["attributes"]["priority"], "seen");
+    w.terminate();
+}
