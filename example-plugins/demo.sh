@@ -4,7 +4,8 @@
 # the plug-ins, creates a user with an API key, raises data events with the CLI (as
 # the administrator) and with curl (as that user), and shows what the synchronous
 # plug-ins changed or rejected, what each user may see, the system jobs the async
-# step queued, and the audit log.
+# step queued, a workflow run waiting for a record to change and finishing when it
+# does, and the audit log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,6 +92,31 @@ step "The follow-up tasks the async plug-in created, committed with its job's co
 
 step "The remote worker that ran them"
 "$PH" workers list
+
+step "A workflow: the support-case example (example-plugins/workflows/support-case.json)"
+"$PH" entities define incident --attr title:text --attr priority:text --attr statecode:option \
+  --attr statuscode:option --attr customeremail:text --attr resolution:text
+"$PH" entities define email --attr to:text --attr subject:text --attr body:text --attr regardingobjectid:reference
+"$PH" register "$WASM/probe.wasm" --name probe
+"$PH" workflows create example-plugins/workflows/support-case.json --activate >/dev/null
+"$PH" workflows list
+CASE=$("$PH" entities create incident --set title='Printer jam' --set priority=high \
+  --set customeremail=pat@example.com | awk '{print $2}')
+for _ in $(seq 100); do
+  RUN=$("$PH" jobs list --entity incident --json | grep -o '"id": *"[^"]*"' | head -1 | sed -E 's/.*"([^"]+)"$/\1/')
+  [ -n "$RUN" ] && "$PH" jobs show "$RUN" | grep -q 'Waiting (10)' && break
+  sleep 0.1
+done
+echo "the run created a task for the high-priority case and waits until the case is resolved (or 2 days pass):"
+"$PH" workflows log "$RUN"
+"$PH" entities query task --where "subject:like:%Printer%"
+
+step "Resolving the case wakes the run, in the same transaction: a mail, a plug-in activity, an update"
+"$PH" entities update incident "$CASE" --set 'statecode={"option": 1}' --set resolution='Replaced the drum'
+for _ in $(seq 100); do "$PH" jobs show "$RUN" | grep -q 'Succeeded (30)' && break; sleep 0.1; done
+"$PH" jobs show "$RUN"
+"$PH" entities query email
+"$PH" entities get incident "$CASE"
 
 step "The audit log: every administrative action, who did it and how it ended"
 "$PH" audit list

@@ -403,6 +403,7 @@ fn workflow_definitions() {
         br#"{"name":"w","entity":"incident","triggers":{"update":["title"],"on_demand":true},"steps":[{"type":"wait","branches":[{"timeout":{"attribute":"due","offset":"-1h"},"steps":[{"type":"stop","status":"canceled","message":"{{record.title}}"}]}]}]}"#,
         br#"{"name":"w","entity":"incident","triggers":{"create":true},"steps":[{"id":"a","type":"activity","plugin":"probe","inputs":{"x":"{{record.due}}"}},{"type":"update","attributes":{"title":"{{steps.a.x}} {{now}}"}},{"type":"assign","owner":"ann"}]}"#,
     ];
+    let mut walked = 0;
     run("workflow definition", cases(2000), |rng| {
         let bytes = variant(rng, seeds);
         let def = match Definition::parse(&bytes) {
@@ -413,12 +414,15 @@ fn workflow_definitions() {
             return assert!(clear(&e), "{}", String::from_utf8_lossy(&bytes));
         }
         // A valid definition walks to its end whatever its conditions say.
+        walked += 1;
         let mut s = RunState::default();
         for _ in 0..1000 {
             let Some(step) = s.current(&def.steps) else { return };
             match &step.action {
                 Action::Condition { branches } => {
-                    let taken = branches.iter().position(|b| b.when.as_ref().is_none_or(|f| state::holds(f, &Nothing).unwrap_or(false)));
+                    let taken = branches
+                        .iter()
+                        .position(|b| b.when.as_ref().is_none_or(|f| state::holds(f, &Nothing).unwrap_or(false)));
                     match taken {
                         Some(b) => s.enter(&def.steps, b),
                         None => s.advance(&def.steps),
@@ -443,4 +447,81 @@ fn workflow_definitions() {
         }
         panic!("a valid definition did not reach its end in 1000 steps");
     });
+    eprintln!("fuzz workflow definition: {walked} mutated definitions were valid and walked to their end");
+    assert!(walked > 0, "no mutated definition stayed valid: the walk was never exercised");
+    // Generated step trees: random types, nesting, paths and operators.
+    let mut valid = 0;
+    run("workflow step tree", cases(1000), |rng| {
+        let doc = serde_json::json!({"name": "g", "entity": "incident", "triggers": {"create": true}, "steps": steps(rng, 0)});
+        let bytes = doc.to_string().into_bytes();
+        match Definition::parse(&bytes).and_then(|d| d.validate(&FuzzCatalog).map(|()| d)) {
+            Ok(d) => {
+                valid += 1;
+                let mut s = RunState::default();
+                let mut n = 0;
+                while let Some(step) = s.current(&d.steps) {
+                    n += 1;
+                    assert!(n < 10_000, "{doc}");
+                    match &step.action {
+                        Action::Condition { .. } | Action::Wait { .. } if rng.below(2) == 0 => {
+                            s.enter(&d.steps, rng.below(branches_len(&step.action)));
+                        }
+                        _ => s.advance(&d.steps),
+                    }
+                }
+            }
+            Err(e) => assert!(clear(&e), "{doc}"),
+        }
+    });
+    eprintln!("fuzz workflow step tree: {valid} generated definitions were valid");
+    assert!(valid > 0);
+}
+
+fn branches_len(a: &crate::workflow::Action) -> usize {
+    match a {
+        crate::workflow::Action::Condition { branches } => branches.len(),
+        crate::workflow::Action::Wait { branches } => branches.len(),
+        _ => 0,
+    }
+}
+
+/// A random list of steps, nesting at most three levels.
+fn steps(rng: &mut Rng, depth: usize) -> serde_json::Value {
+    use serde_json::json;
+    let paths = ["title", "priority", "statecode", "due", "steps.a.id", "record.title", "nothing", "now", "steps.zz.x"];
+    let ops = ["equal", "not_equal", "greater", "like", "in", "null", "not_null", "between"];
+    let mut out = Vec::new();
+    for i in 0..rng.below(4) + 1 {
+        let cond = |rng: &mut Rng| {
+            let op = *rng.pick(&ops);
+            let values = match op {
+                "null" | "not_null" => json!([]),
+                "in" => json!(["a", "b"]),
+                _ => json!([*rng.pick(&["x", "1"])]),
+            };
+            json!({"conditions": [{"attribute": *rng.pick(&paths), "operator": op, "values": values}]})
+        };
+        let step = match rng.below(if depth < 3 { 8 } else { 6 }) {
+            0 => {
+                json!({"type": "create", "entity": *rng.pick(&["task", "email", "nope"]), "attributes": {"subject": format!("{{{{{}}}}}", rng.pick(&paths))}})
+            }
+            1 => {
+                json!({"type": "update", "attributes": {*rng.pick(&["title", "statecode", "due"]): *rng.pick(&["x", "{{now}}", "{{steps.a.id}}"])}})
+            }
+            2 => json!({"type": "stop", "status": *rng.pick(&["succeeded", "canceled"])}),
+            3 => {
+                json!({"type": "activity", "id": if i == 0 { "a" } else { "b" }, "plugin": *rng.pick(&["probe", "nope"]), "inputs": {"x": "{{record.title}}"}})
+            }
+            4 => json!({"type": "assign", "owner": *rng.pick(&["ann", "bob", "{{record.ownerid}}"])}),
+            5 => json!({"type": "set_status", "statecode": 1, "statuscode": 2}),
+            6 => {
+                json!({"type": "condition", "branches": [{"when": cond(rng), "steps": steps(rng, depth + 1)}, {"steps": steps(rng, depth + 1)}]})
+            }
+            _ => json!({"type": "wait", "branches": [
+                {"until": cond(rng), "steps": steps(rng, depth + 1)},
+                {"timeout": *rng.pick(&[json!({"after": "1h"}), json!({"attribute": "due", "offset": "-1d"}), json!({"at": "nope"})]), "steps": []}]}),
+        };
+        out.push(step);
+    }
+    serde_json::Value::Array(out)
 }

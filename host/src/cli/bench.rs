@@ -501,7 +501,8 @@ impl WorkflowBench {
         // 2. Workflow runs, one per record, each three steps.
         admin.workflow_create(BENCH_WORKFLOW.as_bytes(), plughost::security::SYSTEM_USER).map_err(|e| fail(&e))?;
         admin.workflow_set_active("bench-flow", true).map_err(|e| fail(&e))?;
-        let flow = pipeline.active_workflow("bench-flow").ok_or_else(|| CliError::new("bench", "no active workflow"))?;
+        let flow =
+            pipeline.active_workflow("bench-flow").ok_or_else(|| CliError::new("bench", "no active workflow"))?;
         let mut queued = 0;
         while queued < self.runs {
             let n = (self.runs - queued).min(5_000);
@@ -516,9 +517,15 @@ impl WorkflowBench {
                     attributes: [("title".to_owned(), title)].into(),
                 };
                 let record = stored.to_entity("bench", id);
-                changes.records.push(RecordChange { entity: "bench".into(), id, expected_version: None, new: Some(stored) });
+                changes.records.push(RecordChange {
+                    entity: "bench".into(),
+                    id,
+                    expected_version: None,
+                    new: Some(stored),
+                });
                 let who = plughost::pipeline::Who::user(plughost::security::SYSTEM_USER);
-                let job: SystemJob = plughost::pipeline::workflow_job(&flow, record, "OnDemand", who, 1, uuid::Uuid::new_v4());
+                let job: SystemJob =
+                    plughost::pipeline::workflow_job(&flow, record, "OnDemand", who, 1, uuid::Uuid::new_v4());
                 changes.jobs.push(job);
             }
             committer.commit_blocking(changes).map_err(|e| fail(&e))?;
@@ -541,7 +548,11 @@ impl WorkflowBench {
         g.print(&json, || {
             table(vec![
                 vec!["MEASURE".into(), "PER SECOND".into(), "VS PLAIN JOBS".into()],
-                vec![format!("plain async step jobs on {engine} (baseline)"), format!("{steps_per_second:.0}"), "1.00".into()],
+                vec![
+                    format!("plain async step jobs on {engine} (baseline)"),
+                    format!("{steps_per_second:.0}"),
+                    "1.00".into(),
+                ],
                 vec![
                     "workflow runs (create, update, activity)".into(),
                     format!("{runs_per_second:.0}"),

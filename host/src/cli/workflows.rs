@@ -136,7 +136,15 @@ pub(crate) fn log_text(rows: &[LogEntry]) -> String {
             r.completed_on - r.started_on
         ));
         if !r.outputs.is_empty() {
-            out.push_str(&format!("  out: {}", serde_json::to_string(&r.outputs).unwrap_or_default()));
+            let shown: Vec<String> = r
+                .outputs
+                .iter()
+                .map(|(k, v)| match v {
+                    plughost::model::ParameterValue::Value(v) => format!("{k}={v}"),
+                    other => format!("{k}={}", serde_json::to_string(other).unwrap_or_default()),
+                })
+                .collect();
+            out.push_str(&format!("  {}", shown.join(" ")));
         }
         if let Some(child) = r.child_job {
             out.push_str(&format!("  child job: {child}"));

@@ -531,7 +531,7 @@ impl Run<'_> {
             configuration,
             ..ExecutionContext::default()
         };
-        let limits = pipeline.defaults.clone();
+        let limits = pipeline.defaults;
         let service: Arc<dyn crate::runtime::OrganizationService> = self.scope.clone();
         let invocation = pipeline.runtime.invoke(&loaded, &context, &limits, service);
         self.fuel += invocation.fuel_used;

@@ -719,7 +719,12 @@ mod tests {
             (validator.is_valid(doc), Definition::parse(doc.to_string().as_bytes()).is_ok())
         };
         let example: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
-        assert_eq!(both(&example), (true, true), "{:?}", validator.iter_errors(&example).map(|e| e.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            both(&example),
+            (true, true),
+            "{:?}",
+            validator.iter_errors(&example).map(|e| e.to_string()).collect::<Vec<_>>()
+        );
         let f = serde_json::json!({"conditions": [{"attribute": "x", "operator": "equal", "values": [1]}]});
         let good = [
             serde_json::json!({"type": "condition", "branches": [{"when": f, "steps": []}, {"steps": []}]}),
@@ -737,7 +742,12 @@ mod tests {
         let mut kinds = BTreeSet::new();
         for step in good {
             let doc = wrap(serde_json::json!([step]));
-            assert_eq!(both(&doc), (true, true), "{step}: {:?}", validator.iter_errors(&doc).map(|e| e.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                both(&doc),
+                (true, true),
+                "{step}: {:?}",
+                validator.iter_errors(&doc).map(|e| e.to_string()).collect::<Vec<_>>()
+            );
             kinds.insert(Definition::parse(doc.to_string().as_bytes()).unwrap().steps[0].action.kind());
         }
         assert_eq!(kinds.len(), 10, "one of every step type");

@@ -315,7 +315,8 @@ fn workers_need_their_own_token_and_the_same_protocol() {
         let mut resp = req.send_json(body).unwrap();
         (resp.status().as_u16(), resp.body_mut().read_json().unwrap_or(Value::Null))
     };
-    let hello = json!({"protocol": 1, "name": "t", "host": "h", "pid": 1, "version": "0", "workers": 1});
+    let protocol = plughost::protocol::PROTOCOL_VERSION;
+    let hello = json!({"protocol": protocol, "name": "t", "host": "h", "pid": 1, "version": "0", "workers": 1});
     let (status, body) = call("/api/v1/worker/hello", None, &hello);
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
     let (status, body) = call("/api/v1/worker/hello", Some(&s.token), &hello);
@@ -327,7 +328,7 @@ fn workers_need_their_own_token_and_the_same_protocol() {
     );
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("protocol_mismatch")), "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("protocol 999") && message.contains("speaks 1"), "{message}");
+    assert!(message.contains("protocol 999") && message.contains(&format!("speaks {protocol}")), "{message}");
     // The worker token reaches no admin route and no data outside a leased job.
     let (status, body) = call("/api/v1/jobs", Some(&worker_token), &json!({"step": "x"}));
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");

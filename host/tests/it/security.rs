@@ -186,7 +186,7 @@ fn every_route_checks_the_caller_key_and_role() {
 
     // (method, path, body, who may call it: A admin, C customizer, B basic user, W worker)
     let rec = format!("/api/v1/entities/account/{record}");
-    let hello = json!({"protocol": 1, "name": "m", "host": "h", "pid": 1, "version": "0", "workers": 1});
+    let hello = json!({"protocol": plughost::protocol::PROTOCOL_VERSION, "name": "m", "host": "h", "pid": 1, "version": "0", "workers": 1});
     let routes: Vec<(&str, String, Option<Value>, &str)> = vec![
         ("GET", "/metrics".into(), None, "ACBW"),
         ("POST", "/api/v1/entities/account".into(), Some(json!({"name": "N"})), "AB"),

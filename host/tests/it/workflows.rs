@@ -37,10 +37,6 @@ fn wf_server(env: &[(&str, &str)]) -> TestServer {
     s
 }
 
-fn example() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(EXAMPLE).unwrap()).unwrap()
-}
-
 fn create_active(s: &TestServer, def: &Value) {
     s.post("/api/v1/workflows", def).expect(201);
     let name = def["name"].as_str().unwrap();
@@ -447,4 +443,43 @@ fn a_remote_worker_runs_workflows_and_their_children_and_its_writes_trigger_them
     let record = s.get(&format!("/api/v1/entities/incident/{id}")).expect(200);
     assert_eq!(record["attributes"]["priority"], "seen");
     w.terminate();
+}
+
+#[test]
+fn status_changes_and_deletes_start_the_workflows_that_ask_for_them() {
+    let s = wf_server(&[]);
+    let task = |subject: &str| json!({"type": "create", "entity": "task", "attributes": {"subject": subject, "regardingobjectid": "{{record.id}}"}});
+    create_active(
+        &s,
+        &json!({"name": "on-status", "entity": "incident", "triggers": {"status_change": true},
+        "steps": [task("status {{record.statecode}}")]}),
+    );
+    create_active(
+        &s,
+        &json!({"name": "on-delete", "entity": "incident", "triggers": {"delete": true},
+        "steps": [task("deleted {{record.title}}")]}),
+    );
+    create_active(
+        &s,
+        &json!({"name": "set-status", "entity": "incident", "triggers": {"on_demand": true},
+        "steps": [{"type": "set_status", "statecode": 1, "statuscode": 5}]}),
+    );
+    let id = incident(&s, json!({"title": "gone soon"}));
+    s.patch(&format!("/api/v1/entities/incident/{id}"), &json!({"title": "renamed"})).expect(200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(runs(&s, &id).is_empty(), "neither a create nor another attribute's change starts them");
+    // A set_status step changes the status, which starts the status workflow.
+    s.post("/api/v1/workflows/set-status/run", &json!({"record": id})).expect(201);
+    wait_run(&s, &id, |r| r["name"] == "on-status" && status(r) == "Succeeded");
+    let record = s.get(&format!("/api/v1/entities/incident/{id}")).expect(200);
+    assert_eq!(
+        (&record["attributes"]["statecode"], &record["attributes"]["statuscode"]),
+        (&json!({"option": 1}), &json!({"option": 5}))
+    );
+    s.delete(&format!("/api/v1/entities/incident/{id}")).expect(204);
+    wait_run(&s, &id, |r| r["name"] == "on-delete" && status(r) == "Succeeded");
+    let mut subjects: Vec<String> =
+        regarding(&s, "task", &id).iter().map(|t| t["attributes"]["subject"].as_str().unwrap().to_owned()).collect();
+    subjects.sort();
+    assert_eq!(subjects, vec!["deleted renamed", "status 1"], "the delete's run saw the record as it was");
 }
