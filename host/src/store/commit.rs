@@ -297,7 +297,19 @@ fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
 }
 
 pub(super) fn apply(w: &Write<'_>, changes: &ChangeSet) -> Result<Receipt, CommitError> {
+    prefetch(w, [changes])?;
     super::jobs::with_tables(w, |t| apply_in(t, changes))
+}
+
+/// Reads ahead, in one round trip per table, what applying `sets` reads: the records
+/// they write (for the version checks) and the wait subscriptions of those that exist.
+pub(super) fn prefetch<'a>(w: &Write<'_>, sets: impl IntoIterator<Item = &'a ChangeSet> + Clone) -> Result<(), StoreError> {
+    let changes = || sets.clone().into_iter().flat_map(|s| &s.records);
+    if changes().next().is_none() {
+        return Ok(());
+    }
+    w.prefetch(&RECORDS, changes().map(|c| (c.entity.clone(), c.id.as_u128())))?;
+    super::workflows::prefetch_waits(w, changes().filter(|c| c.expected_version.is_some()))
 }
 
 /// Applies `changes` with the job tables already open (a completion's effects).

@@ -231,6 +231,7 @@ impl JobQueue {
                     }
                 }
                 t.w.prefetch(&super::JOBS, completions.iter().map(|c| c.id.as_u128()))?;
+                super::commit::prefetch(t.w, completions.iter().map(|c| &c.effects))?;
                 for c in completions {
                     queued_jobs |= !c.effects.jobs.is_empty();
                     match complete_one(t, c, now) {

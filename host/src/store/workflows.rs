@@ -158,12 +158,8 @@ pub(super) fn wake(
     before: &[Option<StoredRecord>],
     now: i64,
 ) -> Result<(), CommitError> {
-    let existing = || changes.records.iter().zip(before).filter(|(_, b)| b.is_some());
-    if existing().next().is_none() {
-        return Ok(());
-    }
-    t.w.prefetch(&WAITS, existing().map(|(c, _)| (c.entity.clone(), c.id.as_u128())))?;
-    for (change, old) in existing() {
+    // `commit::prefetch` read the subscriptions ahead with the records.
+    for (change, old) in changes.records.iter().zip(before).filter(|(_, b)| b.is_some()) {
         let Some(waiters) = get::<_, Waiters>(t.w, &WAITS, &(change.entity.clone(), change.id.as_u128()))? else {
             continue;
         };
@@ -196,6 +192,18 @@ pub(super) fn wake(
         }
     }
     Ok(())
+}
+
+/// Reads ahead the wait subscriptions of the records `changes` update or delete.
+pub(super) fn prefetch_waits<'a>(
+    w: &Write<'_>,
+    changes: impl Iterator<Item = &'a super::commit::RecordChange>,
+) -> Result<()> {
+    let keys: Vec<(String, u128)> = changes.map(|c| (c.entity.clone(), c.id.as_u128())).collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    w.prefetch(&WAITS, keys)
 }
 
 /// Subscribes a run that just went to Waiting to its record, unless the record

@@ -483,3 +483,40 @@ fn status_changes_and_deletes_start_the_workflows_that_ask_for_them() {
     subjects.sort();
     assert_eq!(subjects, vec!["deleted renamed", "status 1"], "the delete's run saw the record as it was");
 }
+
+#[test]
+fn assign_stop_and_related_record_conditions() {
+    let s = wf_server(&[]);
+    s.run(&["users", "create", "bob", "--role", "basic-user"]).ok();
+    let bob = s.run(&["users", "list", "--json"]).ok().json();
+    let bob = bob.as_array().unwrap().iter().find(|u| u["name"] == "bob").unwrap()["id"].as_str().unwrap().to_owned();
+    // On a task: if the case it is about is urgent, assign the task to bob and stop
+    // as succeeded; otherwise stop as canceled, naming the case.
+    let def = json!({"name": "triage", "entity": "task", "triggers": {"create": true}, "steps": [
+        {"type": "condition", "branches": [
+            {"when": {"conditions": [{"attribute": "regardingobjectid.priority", "operator": "equal", "values": ["urgent"]}]},
+             "steps": [{"type": "assign", "owner": "bob"}, {"type": "stop", "message": "assigned"}]},
+            {"steps": [{"type": "stop", "status": "canceled", "message": "not urgent: {{record.regardingobjectid.title}}"}]}]},
+        {"type": "update", "attributes": {"subject": "never reached"}}]});
+    create_active(&s, &def);
+    let frozen = s.get("/api/v1/workflows/triage?version=1").expect(200);
+    assert_eq!(frozen["definition"]["steps"][0]["branches"][0]["steps"][0]["owner"], bob.as_str(), "frozen with bob's id");
+    let case = |priority: &str| incident(&s, json!({"title": format!("{priority} case"), "priority": priority}));
+    let task = |case: &str| {
+        let reference = json!({"reference": {"logical_name": "incident", "id": case}});
+        s.post("/api/v1/entities/task", &json!({"subject": "t", "regardingobjectid": reference})).expect(201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let urgent = task(&case("urgent"));
+    let calm = task(&case("low"));
+    let assigned = wait_run(&s, &urgent, |r| status(r) == "Succeeded");
+    let owner = s.get(&format!("/api/v1/entities/task/{urgent}")).expect(200)["attributes"]["ownerid"].clone();
+    assert_eq!(owner["reference"]["id"], bob.as_str());
+    assert_eq!(steps_of(&log(&s, &assigned)), vec![pair("condition", "Succeeded"), pair("assign", "Succeeded"), pair("stop", "Succeeded")]);
+    let canceled = wait_run(&s, &calm, |r| status(r) == "Canceled");
+    assert_eq!(canceled["message"], "not urgent: low case");
+    let untouched = s.get(&format!("/api/v1/entities/task/{calm}")).expect(200);
+    assert_eq!(untouched["attributes"]["subject"], "t", "nothing after a stop runs");
+}
