@@ -44,6 +44,11 @@ pub(super) struct Scope {
     pub(super) write_exceeded: Mutex<Option<String>>,
     /// Set when the job this scope runs was canceled or paused: its plug-ins stop.
     pub(super) stop: Arc<AtomicBool>,
+    /// Records this scope read from its snapshot (which cannot change under it), so a
+    /// record read twice costs one read (a round trip on PostgreSQL).
+    pub(super) seen: Mutex<HashMap<(String, Uuid), Option<StoredRecord>>>,
+    /// Entity definitions this scope read (its snapshot's, so they cannot change under it).
+    pub(super) definitions: Mutex<HashMap<String, EntityDefinition>>,
     /// How many workflow runs led to this scope's (0: none is a workflow run): a
     /// run its writes trigger is one more (the loop guard counts them).
     pub(super) chain: AtomicU32,
@@ -73,6 +78,8 @@ impl Scope {
             write_exceeded: Mutex::new(None),
             stop,
             chain: AtomicU32::new(0),
+            definitions: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -137,16 +144,37 @@ impl Scope {
         if let Some(slot) = self.overlay().records.get(&(entity.to_owned(), id)) {
             return Ok(slot.state.clone());
         }
-        Ok(self.snapshot.record(entity, id)?)
+        let key = (entity.to_owned(), id);
+        if let Some(r) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(r.clone());
+        }
+        let r = self.snapshot.record(entity, id)?;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, r.clone());
+        Ok(r)
     }
 
     /// Buffers a record's new state; refuses a write that would take the buffer past
     /// the write limit (`write_limit`).
     pub(super) fn write(&self, entity: &str, id: Uuid, state: Option<StoredRecord>) -> Result<()> {
+        self.write_known(entity, id, state, None)
+    }
+
+    /// [`Scope::write`], given the record's stored version when the caller knows it
+    /// (`Some(None)`: a new record under an id this scope made, which nothing else can hold).
+    pub(super) fn write_known(
+        &self,
+        entity: &str,
+        id: Uuid,
+        state: Option<StoredRecord>,
+        stored: Option<Option<u64>>,
+    ) -> Result<()> {
         let key = (entity.to_owned(), id);
-        let base = match self.overlay().records.contains_key(&key) {
-            true => None,
-            false => Some(self.snapshot.record(entity, id)?.map(|r| r.version)),
+        // (The overlay's guard must not live into `read`, which takes it again.)
+        let buffered = self.overlay().records.contains_key(&key);
+        let base = match (buffered, stored) {
+            (true, _) => None,
+            (false, Some(known)) => Some(known),
+            (false, None) => Some(self.read(entity, id)?.map(|r| r.version)),
         };
         let cap = self.caps().last().copied().unwrap_or(u64::MAX);
         let new_bytes = record_bytes(state.as_ref());
@@ -176,7 +204,12 @@ impl Scope {
     }
 
     pub(super) fn definition(&self, entity: &str) -> Result<EntityDefinition> {
-        self.snapshot.definition(entity)?.ok_or_else(|| unknown_entity(entity))
+        if let Some(d) = self.definitions.lock().unwrap_or_else(|p| p.into_inner()).get(entity) {
+            return Ok(d.clone());
+        }
+        let d = self.snapshot.definition(entity)?.ok_or_else(|| unknown_entity(entity))?;
+        self.definitions.lock().unwrap_or_else(|p| p.into_inner()).insert(entity.to_owned(), d.clone());
+        Ok(d)
     }
 
     /// Runs one message at `depth` for `who`; returns the response and the shared variables.
@@ -331,8 +364,12 @@ impl Scope {
                 target.attributes.insert("modifiedby".into(), security::user_ref(user));
                 // Sequential ids, as Dataverse gives: new records land at the end of the
                 // table instead of dirtying a random page each.
-                let id = target.id.unwrap_or_else(Uuid::now_v7);
-                if self.read(&target.logical_name, id)?.is_some() {
+                // An id the caller gave may be taken; one made here cannot be.
+                let (id, known) = match target.id {
+                    Some(id) => (id, None),
+                    None => (Uuid::now_v7(), Some(None)),
+                };
+                if known.is_none() && self.read(&target.logical_name, id)?.is_some() {
                     return Err(PipelineError::AlreadyExists(format!(
                         "{} with id {id} already exists",
                         target.logical_name
@@ -341,7 +378,7 @@ impl Scope {
                 let stored =
                     StoredRecord { version: 1, created_on: now, modified_on: now, attributes: target.attributes };
                 let after = stored.to_entity(&target.logical_name, id);
-                self.write(&target.logical_name, id, Some(stored))?;
+                self.write_known(&target.logical_name, id, Some(stored), known)?;
                 ctx.primary_entity_id = Some(id);
                 ctx.output_parameters.insert("id".into(), ParameterValue::Value(Value::Guid(id)));
                 Ok(Some(after))

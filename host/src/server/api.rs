@@ -94,16 +94,27 @@ fn limited(router: Router<AppState>, limit: usize, setting: &'static str) -> Rou
     }))
 }
 
+/// Refused bodies up to this size are read (and dropped) so the answer arrives.
+const DRAIN_MAX: u64 = 1 << 20;
+
 async fn refuse_oversize(limit: usize, setting: &'static str, request: HttpRequest, next: Next) -> HttpResponse {
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > limit as u64 => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is {n} bytes; the limit is {limit} bytes ({setting})"),
-        )
-        .into_response(),
+        Some(n) if n > limit as u64 => {
+            // A small body is read and dropped before the answer: closing a connection
+            // with unread data resets it, and the client may lose the answer (a large
+            // one is not worth reading: the client sees the reset).
+            if n <= DRAIN_MAX {
+                let _ = axum::body::to_bytes(request.into_body(), DRAIN_MAX as usize).await;
+            }
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is {n} bytes; the limit is {limit} bytes ({setting})"),
+            )
+            .into_response()
+        }
         _ => next.run(request).await,
     }
 }

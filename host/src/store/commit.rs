@@ -303,7 +303,10 @@ pub(super) fn apply(w: &Write<'_>, changes: &ChangeSet) -> Result<Receipt, Commi
 
 /// Reads ahead, in one round trip per table, what applying `sets` reads: the records
 /// they write (for the version checks) and the wait subscriptions of those that exist.
-pub(super) fn prefetch<'a>(w: &Write<'_>, sets: impl IntoIterator<Item = &'a ChangeSet> + Clone) -> Result<(), StoreError> {
+pub(super) fn prefetch<'a>(
+    w: &Write<'_>,
+    sets: impl IntoIterator<Item = &'a ChangeSet> + Clone,
+) -> Result<(), StoreError> {
     let changes = || sets.clone().into_iter().flat_map(|s| &s.records);
     if changes().next().is_none() {
         return Ok(());

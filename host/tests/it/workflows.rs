@@ -500,7 +500,11 @@ fn assign_stop_and_related_record_conditions() {
         {"type": "update", "attributes": {"subject": "never reached"}}]});
     create_active(&s, &def);
     let frozen = s.get("/api/v1/workflows/triage?version=1").expect(200);
-    assert_eq!(frozen["definition"]["steps"][0]["branches"][0]["steps"][0]["owner"], bob.as_str(), "frozen with bob's id");
+    assert_eq!(
+        frozen["definition"]["steps"][0]["branches"][0]["steps"][0]["owner"],
+        bob.as_str(),
+        "frozen with bob's id"
+    );
     let case = |priority: &str| incident(&s, json!({"title": format!("{priority} case"), "priority": priority}));
     let task = |case: &str| {
         let reference = json!({"reference": {"logical_name": "incident", "id": case}});
@@ -514,7 +518,10 @@ fn assign_stop_and_related_record_conditions() {
     let assigned = wait_run(&s, &urgent, |r| status(r) == "Succeeded");
     let owner = s.get(&format!("/api/v1/entities/task/{urgent}")).expect(200)["attributes"]["ownerid"].clone();
     assert_eq!(owner["reference"]["id"], bob.as_str());
-    assert_eq!(steps_of(&log(&s, &assigned)), vec![pair("condition", "Succeeded"), pair("assign", "Succeeded"), pair("stop", "Succeeded")]);
+    assert_eq!(
+        steps_of(&log(&s, &assigned)),
+        vec![pair("condition", "Succeeded"), pair("assign", "Succeeded"), pair("stop", "Succeeded")]
+    );
     let canceled = wait_run(&s, &calm, |r| status(r) == "Canceled");
     assert_eq!(canceled["message"], "not urgent: low case");
     let untouched = s.get(&format!("/api/v1/entities/task/{calm}")).expect(200);
