@@ -238,6 +238,21 @@ struct RemoteWriter {
     apply_share: f64,
 }
 
+/// A benchmark's plug-in bytes and its host: a store in a temporary directory under
+/// `dir` (or the configured PostgreSQL store), which goes when the directory does.
+fn bench_host(
+    g: &Global,
+    plugin: &std::path::Path,
+    dir: Option<&std::path::Path>,
+) -> Result<(Vec<u8>, tempfile::TempDir, plughost::config::Config, Arc<plughost::pipeline::Pipeline>), CliError> {
+    let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+    let wasm = super::read_file(plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
+    let tmp = tempfile::tempdir_in(dir.unwrap_or(std::path::Path::new("."))).map_err(|e| fail(&e))?;
+    let config = plughost::config::Config { store: g.load_config()?.store, ..Default::default() };
+    let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
+    Ok((wasm, tmp, config, pipeline))
+}
+
 /// The benchmark step: the hostile plug-in's "ok" mode, asynchronous on Create of `bench`.
 fn bench_step(
     pipeline: &Arc<plughost::pipeline::Pipeline>,
@@ -296,10 +311,7 @@ impl QueueBench {
         use plughost::store::{Committer, JobQueue, Store};
 
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
-        let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
-        let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
-        let config = plughost::config::Config { store: g.load_config()?.store, ..Default::default() };
-        let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
+        let (wasm, tmp, config, pipeline) = bench_host(g, &self.plugin, self.dir.as_deref())?;
         let store: Arc<Store> = pipeline.store().clone();
         if store.job_counts().map_err(|e| fail(&e))?.by_status.iter().any(|(_, _, n)| *n > 0) {
             return Err(CliError::new(
@@ -475,10 +487,7 @@ impl WorkflowBench {
         use plughost::model::Value;
         use plughost::store::{ChangeSet, JobQueue, RecordChange, StoredRecord};
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
-        let wasm = super::read_file(&self.plugin, "plug-in (build example-plugins/rust first, or pass --plugin)")?;
-        let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
-        let config = plughost::config::Config { store: g.load_config()?.store, ..Default::default() };
-        let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
+        let (wasm, _tmp, _, pipeline) = bench_host(g, &self.plugin, self.dir.as_deref())?;
         let store = pipeline.store().clone();
         let committer = pipeline.committer().clone();
         let queue = JobQueue::new(store.clone(), committer.clone());

@@ -93,28 +93,6 @@ impl Scope {
     }
 }
 
-/// How one run ended.
-enum End {
-    /// The workflow finished (or stopped as succeeded).
-    Done,
-    /// [`STEPS_PER_RUN`] steps ran: commit and go on.
-    MoreToDo,
-    Wait {
-        until: Option<i64>,
-        watch: Watch,
-    },
-    Canceled(String),
-    Failed {
-        code: String,
-        message: String,
-    },
-    /// Nothing of this run is kept; the job retries from its committed position.
-    Retry {
-        code: String,
-        message: String,
-    },
-}
-
 /// What a step did, for its log row and the position.
 #[derive(Default)]
 struct Done {
@@ -185,14 +163,14 @@ impl Pipeline {
         let end = run.go();
         let Run { state, log, trace, fuel: fuel_used, .. } = run;
         let message = |what: &str| Some(format!("{what} at step {}", state.position()));
-        let (result, message) = match end {
-            End::Done => (JobResult::Succeeded, Some(format!("workflow '{}' completed", def.name))),
-            End::MoreToDo => (JobResult::Progress, message("running")),
-            End::Wait { until, watch } => (JobResult::Wait { until, watch: Some(watch) }, message("waiting")),
-            End::Canceled(m) => (JobResult::Canceled { message: m }, None),
-            End::Failed { code, message } => (JobResult::Failed { code, message }, None),
-            End::Retry { code, message } => return JobRun::retry(&code, message),
+        let message = match &end {
+            JobResult::Succeeded => Some(format!("workflow '{}' completed", def.name)),
+            JobResult::Progress => message("running"),
+            JobResult::Wait { .. } => message("waiting"),
+            JobResult::Retry { code, message } => return JobRun::retry(code, message.clone()),
+            JobResult::Failed { .. } | JobResult::Canceled { .. } => None,
         };
+        let result = end;
         let mut effects = scope.into_changes();
         effects.log = log;
         JobRun {
@@ -220,9 +198,10 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn go(&mut self) -> End {
+    /// Runs steps; says how the run ended (a `Wait` always carries its watch).
+    fn go(&mut self) -> JobResult {
         for _ in 0..STEPS_PER_RUN {
-            let Some(step) = self.state.current(&self.def.steps) else { return End::Done };
+            let Some(step) = self.state.current(&self.def.steps) else { return JobResult::Succeeded };
             let started = now_ms();
             let savepoint = self.scope.overlay().savepoint();
             let outcome = self.step(step, started);
@@ -242,7 +221,7 @@ impl Run<'_> {
                     if first {
                         self.row(step, started, LogStatus::Waiting, None, &Done::default());
                     }
-                    return End::Wait { until, watch };
+                    return JobResult::Wait { until, watch: Some(watch) };
                 }
                 Ok(StepEnd::Stop(status, message)) => {
                     let log_status = match status {
@@ -256,27 +235,27 @@ impl Run<'_> {
                     self.row(step, started, log_status, None, &done);
                     self.state.at = vec![u32::MAX];
                     return match status {
-                        StopStatus::Succeeded => End::Done,
-                        StopStatus::Canceled => End::Canceled(if message.is_empty() {
-                            format!("workflow '{}' stopped itself as canceled", self.def.name)
-                        } else {
-                            message
-                        }),
+                        StopStatus::Succeeded => JobResult::Succeeded,
+                        StopStatus::Canceled => JobResult::Canceled {
+                            message: if message.is_empty() {
+                                format!("workflow '{}' stopped itself as canceled", self.def.name)
+                            } else {
+                                message
+                            },
+                        },
                     };
                 }
-                Err(StepError::Retry(code, message)) => return End::Retry { code, message },
+                Err(StepError::Retry(code, message)) => return JobResult::Retry { code, message },
                 Err(StepError::Failed(code, message)) => {
                     let text = format!("{code}: {message}");
                     self.row(step, started, LogStatus::Failed, Some(text), &Done::default());
                     let at = self.state.position();
-                    return End::Failed {
-                        code,
-                        message: format!("step {at} ({}) failed: {message}", step.action.kind()),
-                    };
+                    let message = format!("step {at} ({}) failed: {message}", step.action.kind());
+                    return JobResult::Failed { code, message };
                 }
             }
         }
-        End::MoreToDo
+        JobResult::Progress
     }
 
     fn row(&mut self, step: &Step, started: i64, status: LogStatus, error: Option<String>, done: &Done) {
