@@ -93,6 +93,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("http", "the server answered with an error that is not plughost's"),
     ("bad_response", "the server's answer was not understood"),
     ("bench", "a benchmark could not run"),
+    ("not_running", "`jobs watch` / `--wait` on a job nothing can run: no server works this data directory's store"),
 ];
 
 /// Whether `code` is in the catalogue.

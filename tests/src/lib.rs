@@ -126,6 +126,17 @@ impl TestCommand {
         }
     }
 
+    /// Starts `plughost ARGS...` without waiting for it (its output is piped).
+    pub fn run_async(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_remove("PLUGHOST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        self.with_store(&mut cmd);
+        cmd.spawn().expect("start plughost")
+    }
+
     /// Writes a file in the data directory's parent scratch space and returns its path.
     pub fn write(&self, name: &str, contents: &str) -> String {
         let path = self.data_dir.path().join(name);

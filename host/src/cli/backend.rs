@@ -73,6 +73,10 @@ pub(crate) trait Backend {
     fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError>;
     /// Audit entries, newest first, older than `before`.
     fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError>;
+    /// Whether something may run this store's queued jobs while the command waits: a
+    /// server (its workers), or, on a shared store, servers elsewhere. An embedded
+    /// store opened by the command itself has no workers.
+    fn jobs_run(&self) -> bool;
     fn workflows(&self) -> Result<Vec<WorkflowView>, CliError>;
     fn workflow(&self, name: &str, version: Option<u32>) -> Result<WorkflowView, CliError>;
     /// Creates a workflow from its definition, or (with `update`) replaces the
@@ -276,6 +280,10 @@ impl Backend for Local {
 
     fn grant(&self, role: &str, grant: &Grant) -> Result<Role, CliError> {
         self.audited("roles.grant", role, |a| a.grant(role, grant))
+    }
+
+    fn jobs_run(&self) -> bool {
+        self.store.is_shared()
     }
 
     fn workflows(&self) -> Result<Vec<WorkflowView>, CliError> {
@@ -611,6 +619,10 @@ impl Backend for Remote {
             Some(b) => self.get(&format!("/audit?limit={limit}&before={b}")),
             None => self.get(&format!("/audit?limit={limit}")),
         }
+    }
+
+    fn jobs_run(&self) -> bool {
+        true
     }
 
     fn workflows(&self) -> Result<Vec<WorkflowView>, CliError> {

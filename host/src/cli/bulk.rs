@@ -23,10 +23,13 @@ pub(crate) enum Bulk {
         #[arg(long)]
         file: Option<std::path::PathBuf>,
         /// Run again on this RRULE, e.g. 'FREQ=DAILY;BYHOUR=2'.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         recurrence: Option<String>,
         #[arg(long)]
         name: Option<String>,
+        /// Follow the job until it completes, with a progress bar (as `jobs watch`).
+        #[arg(long)]
+        wait: bool,
     },
     /// Create records from a CSV file (header row of attribute names) or JSON lines,
     /// as a system job: each row goes through the pipeline; failures are listed on the job.
@@ -39,14 +42,17 @@ pub(crate) enum Bulk {
         format: Option<String>,
         #[arg(long)]
         name: Option<String>,
+        /// Follow the job until it completes, with a progress bar (as `jobs watch`).
+        #[arg(long)]
+        wait: bool,
     },
 }
 
 impl Bulk {
     pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
         let backend = g.backend()?;
-        let job = match self {
-            Bulk::Delete { entity, conditions, file, recurrence, name } => {
+        let (job, wait) = match self {
+            Bulk::Delete { entity, conditions, file, recurrence, name, wait } => {
                 let query = match (file, entity) {
                     (Some(path), _) => read_json::<Query>(&path, "query file")?,
                     (None, Some(entity)) => Query {
@@ -59,24 +65,28 @@ impl Bulk {
                     },
                     (None, None) => return Err(CliError::new("invalid", "give the entity, or a query with --file")),
                 };
-                backend.bulk_delete(BulkDelete {
+                let spec = BulkDelete {
                     query,
                     name,
                     postpone_until: None,
                     recurrence_pattern: recurrence,
                     recurrence_start: None,
-                })?
+                };
+                (backend.bulk_delete(spec)?, wait)
             }
-            Bulk::Import { file, entity, format, name } => {
+            Bulk::Import { file, entity, format, name, wait } => {
                 let bytes = read_file(&file, "import file")?;
                 let format = format.or_else(|| {
                     let ext = file.extension()?.to_str()?.to_ascii_lowercase();
                     matches!(ext.as_str(), "jsonl" | "ndjson").then(|| "jsonl".to_owned())
                 });
-                backend.bulk_import(&ImportQuery { entity, format, name }, &bytes)?
+                (backend.bulk_import(&ImportQuery { entity, format, name }, &bytes)?, wait)
             }
         };
-        print_queued(g, &job)
+        match wait {
+            true => super::jobs::watch(g, backend.as_ref(), &job.id.to_string(), 250),
+            false => print_queued(g, &job),
+        }
     }
 }
 

@@ -42,6 +42,15 @@ pub(crate) enum Jobs {
     },
     /// Show one job with its trace (by id or unique id prefix).
     Show { id: String },
+    /// Follow a job until it completes, with a progress bar on a terminal (rows of a
+    /// bulk job, steps of a workflow run); exits 0 if it succeeded, 1 if it failed,
+    /// 5 if it was canceled.
+    Watch {
+        id: String,
+        /// How often to look, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        interval_ms: u64,
+    },
     /// Create a job for an asynchronous step: once, later (--postpone), or on a
     /// recurrence (--recurrence 'FREQ=DAILY;BYHOUR=2' [--start TIME]).
     Create {
@@ -80,6 +89,87 @@ fn time(text: &str) -> Result<i64, CliError> {
 }
 
 /// Finds the one job whose id starts with `key` (4+ characters).
+/// Exit code of `jobs watch` (and `--wait`) for a job that was canceled.
+pub(crate) const EXIT_CANCELED: u8 = 5;
+
+/// Follows a job until it completes (see `Jobs::Watch`): a bar on stderr when it is a
+/// terminal and the output is not JSON; then the outcome, and its exit code.
+pub(crate) fn watch(g: &Global, backend: &dyn Backend, id: &str, interval_ms: u64) -> Result<ExitCode, CliError> {
+    use std::io::IsTerminal;
+    let mut job = resolve(backend, id)?;
+    if job.state() != plughost::jobs::JobState::Completed && !backend.jobs_run() {
+        return Err(CliError::new(
+            "not_running",
+            format!(
+                "job {} is {} and no server runs for this data directory to work it: start `plughost serve`, then watch it",
+                job.id,
+                job.status.name()
+            ),
+        ));
+    }
+    let bar = match !g.json && std::io::stderr().is_terminal() {
+        true => indicatif::ProgressBar::new_spinner(),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    };
+    let mut total = None;
+    loop {
+        let (done, of) = progress(&job);
+        if of != total {
+            total = of;
+            match of {
+                Some(n) => {
+                    bar.set_length(n);
+                    bar.set_style(style("{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})"));
+                }
+                None => bar.set_style(style("{spinner} {msg} {pos} ({elapsed})")),
+            }
+        }
+        bar.set_position(done);
+        bar.set_message(format!("{} {}", job.name, job.status.name()));
+        bar.tick();
+        if job.state() == plughost::jobs::JobState::Completed {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(20)));
+        job = resolve(backend, &job.id.to_string())?;
+    }
+    bar.finish_and_clear();
+    g.print(&JobView::of(&job), || {
+        let detail = match (&job.error_code, &job.message) {
+            (Some(c), Some(m)) => format!(": [{c}] {m}"),
+            (None, Some(m)) => format!(": {m}"),
+            _ => String::new(),
+        };
+        format!("job {} ({}) {}{detail}", job.id, job.name, job.status.name())
+    })?;
+    Ok(match job.status {
+        JobStatus::Succeeded => ExitCode::SUCCESS,
+        JobStatus::Canceled => ExitCode::from(EXIT_CANCELED),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+/// How far a job is, and out of how many, where that is known: a bulk job's rows, a
+/// workflow run's executed steps (no total), else nothing.
+fn progress(job: &SystemJob) -> (u64, Option<u64>) {
+    use plughost::jobs::OperationType;
+    let int = |name: &str| match job.output.get(name) {
+        Some(ParameterValue::Value(plughost::model::Value::Integer(i))) => Some((*i).max(0) as u64),
+        _ => None,
+    };
+    match job.operation_type {
+        OperationType::BulkImport | OperationType::BulkDelete => (int("Processed").unwrap_or(0), int("Total")),
+        OperationType::Workflow => {
+            let steps = plughost::workflow::state::RunState::from_output(&job.output).map_or(0, |s| s.log_seq);
+            (u64::from(steps), None)
+        }
+        _ => (0, None),
+    }
+}
+
 fn resolve(backend: &dyn Backend, key: &str) -> Result<SystemJob, CliError> {
     if key.len() < 4 {
         return Err(CliError::new("invalid", format!("'{key}' is too short: give 4+ characters of the job id")));
@@ -157,6 +247,7 @@ impl Jobs {
                     table(rows)
                 })?;
             }
+            Jobs::Watch { id, interval_ms } => return watch(g, backend.as_ref(), &id, interval_ms),
             Jobs::Show { id } => {
                 let job = resolve(backend.as_ref(), &id)?;
                 // A workflow run shows its log (one row per executed step).

@@ -45,6 +45,10 @@ impl Pipeline {
             message: e.to_string(),
         };
         let mut progress = Progress::from_output(&job.output);
+        let total = match &spec {
+            BulkSpec::Import { rows, .. } => Some(*rows),
+            BulkSpec::Delete { .. } => None,
+        };
         let more = match spec {
             BulkSpec::Delete { query } => {
                 let page = Query {
@@ -95,6 +99,12 @@ impl Pipeline {
             }
         };
         progress.done = !more;
+        let mut output = progress.to_output();
+        if let Some(rows) = total {
+            // What `jobs watch` draws a bar against.
+            output
+                .insert("Total".into(), crate::model::ParameterValue::Value(crate::model::Value::Integer(rows as i64)));
+        }
         JobRun {
             result: if more { crate::store::JobResult::Progress } else { crate::store::JobResult::Succeeded },
             effects: scope.into_changes(),
@@ -102,7 +112,7 @@ impl Pipeline {
             fuel_used: 0,
             duration_us: started.elapsed().as_micros() as u64,
             delete_on_success: false,
-            output: progress.to_output(),
+            output,
             message: Some(progress.summary()),
         }
     }

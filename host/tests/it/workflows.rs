@@ -527,3 +527,46 @@ fn assign_stop_and_related_record_conditions() {
     let untouched = s.get(&format!("/api/v1/entities/task/{calm}")).expect(200);
     assert_eq!(untouched["attributes"]["subject"], "t", "nothing after a stop runs");
 }
+
+#[test]
+fn jobs_watch_follows_a_job_to_its_outcome_and_exit_code() {
+    let s = wf_server(&[]);
+    // A bulk import, waited for: the outcome line, no bar when not on a terminal.
+    let csv: String = std::iter::once("title\n".to_owned()).chain((0..300).map(|i| format!("case {i}\n"))).collect();
+    let file = s.cli.write("cases.csv", &csv);
+    let done = s.run(&["bulk", "import", &file, "--entity", "incident", "--wait"]).ok().stdout;
+    assert!(done.contains("Succeeded") && done.contains("300 processed"), "{done}");
+    assert!(!done.contains('\r') && !done.contains('['), "no progress bar off a terminal: {done:?}");
+    let json = s.run(&["--json", "bulk", "import", &file, "--entity", "incident", "--wait"]).ok().json();
+    assert_eq!(
+        (&json["status"], &json["output"]["Total"], &json["output"]["Processed"]),
+        (&json!("Succeeded"), &json!(300), &json!(300))
+    );
+    // A run that fails: exit code 1, with its error.
+    create_active(
+        &s,
+        &json!({"name": "fails", "entity": "incident", "triggers": {"on_demand": true}, "steps": [
+        {"type": "activity", "plugin": "hostile", "configuration": "trap"}]}),
+    );
+    let id = incident(&s, json!({"title": "x"}));
+    let run = s.post("/api/v1/workflows/fails/run", &json!({"record": id})).expect(201);
+    let out = s.run(&["jobs", "watch", run["id"].as_str().unwrap()]).expect_code(1).stdout;
+    assert!(out.contains("Failed: [trap]"), "{out}");
+    // A run canceled while it waits: exit code 5.
+    create_active(
+        &s,
+        &json!({"name": "waits", "entity": "incident", "triggers": {"on_demand": true}, "steps": [
+        {"type": "wait", "branches": [{"timeout": {"after": "1d"}}]}]}),
+    );
+    let run = s.post("/api/v1/workflows/waits/run", &json!({"record": id})).expect(201);
+    let job = run["id"].as_str().unwrap().to_owned();
+    wait_run(&s, &id, |r| r["id"] == job.as_str() && status(r) == "Waiting");
+    let watcher = {
+        let cli = s.cli.run_async(&["jobs", "watch", &job]);
+        std::thread::sleep(Duration::from_millis(300));
+        cli
+    };
+    s.post(&format!("/api/v1/jobs/{job}/cancel"), &json!({})).expect(200);
+    let out = watcher.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
+}
