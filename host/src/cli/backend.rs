@@ -85,6 +85,7 @@ pub(crate) trait Backend {
     fn workflow_set_active(&self, name: &str, active: bool) -> Result<WorkflowView, CliError>;
     fn workflow_run(&self, name: &str, record: uuid::Uuid) -> Result<SystemJob, CliError>;
     fn workflow_log(&self, job: uuid::Uuid) -> Result<Vec<LogEntry>, CliError>;
+    fn workflow_delete(&self, name: &str) -> Result<WorkflowView, CliError>;
 }
 
 /// The name a workflow definition gives itself (to say which workflow a file updates).
@@ -313,6 +314,10 @@ impl Backend for Local {
 
     fn workflow_log(&self, job: uuid::Uuid) -> Result<Vec<LogEntry>, CliError> {
         Ok(self.admin()?.workflow_log(&Principal::system(), job)?)
+    }
+
+    fn workflow_delete(&self, name: &str) -> Result<WorkflowView, CliError> {
+        self.audited("workflows.delete", name, |a| a.workflow_delete(name))
     }
 
     fn audit(&self, before: Option<uuid::Uuid>, limit: usize) -> Result<Vec<AuditEntry>, CliError> {
@@ -656,6 +661,10 @@ impl Backend for Remote {
 
     fn workflow_log(&self, job: uuid::Uuid) -> Result<Vec<LogEntry>, CliError> {
         self.get(&format!("/jobs/{job}/log"))
+    }
+
+    fn workflow_delete(&self, name: &str) -> Result<WorkflowView, CliError> {
+        self.delete(&format!("/workflows/{}", enc(name)))
     }
 }
 

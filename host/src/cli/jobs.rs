@@ -170,6 +170,27 @@ fn progress(job: &SystemJob) -> (u64, Option<u64>) {
     }
 }
 
+/// Prints a page of jobs: a table, or their JSON views.
+pub(crate) fn print_list(g: &Global, jobs: &[SystemJob]) -> Result<(), CliError> {
+    g.print(&jobs.iter().map(JobView::of).collect::<Vec<_>>(), || {
+        if jobs.is_empty() {
+            return "no system jobs".into();
+        }
+        let mut rows = vec![["ID", "NAME", "STATE", "STATUS", "REGARDING", "CREATED"].map(String::from).to_vec()];
+        for j in jobs {
+            rows.push(vec![
+                j.id.to_string(),
+                j.name.clone(),
+                format!("{:?} ({})", j.state(), j.state().code()),
+                format!("{} ({})", j.status.name(), j.status.code()),
+                j.regarding.as_ref().map(|r| format!("{} {}", r.logical_name, r.id)).unwrap_or_default(),
+                plughost::model::Value::DateTime(j.created_on).to_string(),
+            ]);
+        }
+        table(rows)
+    })
+}
+
 fn resolve(backend: &dyn Backend, key: &str) -> Result<SystemJob, CliError> {
     if key.len() < 4 {
         return Err(CliError::new("invalid", format!("'{key}' is too short: give 4+ characters of the job id")));
@@ -227,25 +248,7 @@ impl Jobs {
                     order: newest.then(|| "newest".to_owned()),
                     ..JobFilter::default()
                 };
-                let jobs = backend.jobs(&filter)?;
-                g.print(&jobs.iter().map(JobView::of).collect::<Vec<_>>(), || {
-                    if jobs.is_empty() {
-                        return "no system jobs".into();
-                    }
-                    let mut rows =
-                        vec![["ID", "NAME", "STATE", "STATUS", "REGARDING", "CREATED"].map(String::from).to_vec()];
-                    for j in &jobs {
-                        rows.push(vec![
-                            j.id.to_string(),
-                            j.name.clone(),
-                            format!("{:?} ({})", j.state(), j.state().code()),
-                            format!("{} ({})", j.status.name(), j.status.code()),
-                            j.regarding.as_ref().map(|r| format!("{} {}", r.logical_name, r.id)).unwrap_or_default(),
-                            plughost::model::Value::DateTime(j.created_on).to_string(),
-                        ]);
-                    }
-                    table(rows)
-                })?;
+                print_list(g, &backend.jobs(&filter)?)?;
             }
             Jobs::Watch { id, interval_ms } => return watch(g, backend.as_ref(), &id, interval_ms),
             Jobs::Show { id } => {

@@ -47,6 +47,19 @@ pub(crate) enum Workflows {
     Log {
         job: uuid::Uuid,
     },
+    /// A workflow's runs (system jobs), oldest first.
+    Runs {
+        name: String,
+        /// Only runs with this status (name or number).
+        #[arg(long)]
+        status: Option<plughost::jobs::JobStatus>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Delete an inactive workflow (its runs keep the version they carry).
+    Delete {
+        name: String,
+    },
 }
 
 impl Workflows {
@@ -75,6 +88,23 @@ impl Workflows {
                             })
                             .collect()
                     })
+                    .map(|()| ExitCode::SUCCESS);
+            }
+            Workflows::Runs { name, status, limit } => {
+                let w = b.workflow(&name, None)?;
+                let filter = plughost::admin::JobFilter {
+                    step: Some(w.id.to_string()),
+                    status: status.map(|s| s.name().to_owned()),
+                    limit,
+                    ..Default::default()
+                };
+                super::jobs::print_list(g, &b.jobs(&filter)?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Workflows::Delete { name } => {
+                let gone = b.workflow_delete(&name)?;
+                return g
+                    .print(&gone, || format!("deleted workflow {} ({})", gone.name, gone.id))
                     .map(|()| ExitCode::SUCCESS);
             }
             Workflows::Log { job } => {

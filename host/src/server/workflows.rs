@@ -23,7 +23,7 @@ pub(super) fn routes(_state: &AppState) -> Router<AppState> {
     let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));
     let change = Router::new()
         .route("/workflows", post(create))
-        .route("/workflows/{name}", axum::routing::put(update))
+        .route("/workflows/{name}", axum::routing::put(update).delete(delete))
         .route("/workflows/{name}/activate", post(activate))
         .route("/workflows/{name}/deactivate", post(deactivate))
         .route_layer(need(Access::Capability(Capability::Customization)));
@@ -82,6 +82,14 @@ async fn update(
 ) -> ApiResult<Json<WorkflowView>> {
     let bytes = raw_body(body)?;
     audited(&state, &who, "workflows.update", name.clone(), move |a| a.workflow_update(&name, &bytes)).await.map(Json)
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<WorkflowView>> {
+    audited(&state, &who, "workflows.delete", name.clone(), move |a| a.workflow_delete(&name)).await.map(Json)
 }
 
 async fn activate(

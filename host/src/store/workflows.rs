@@ -118,6 +118,24 @@ impl Store {
         })
     }
 
+    /// Deletes a workflow, its name and its frozen versions, after `check` accepts the
+    /// stored record (in the transaction).
+    pub fn delete_workflow(
+        &self,
+        name: &str,
+        check: impl FnOnce(&WorkflowRecord) -> Result<()>,
+    ) -> Result<WorkflowRecord> {
+        self.change_registry(|w| {
+            let old = by_name(w, name)?.ok_or_else(|| unknown(name))?;
+            check(&old)?;
+            let id = old.id.as_u128();
+            w.remove(&WORKFLOW_NAMES, &old.name)?;
+            w.remove(&WORKFLOWS, &id)?;
+            w.remove_range(&VERSIONS, (id, 0)..=(id, u32::MAX))?;
+            Ok(old)
+        })
+    }
+
     /// A run's log rows, in order.
     pub fn workflow_log(&self, job: Uuid) -> Result<Vec<LogEntry>> {
         let r = self.read()?;

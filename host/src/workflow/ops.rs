@@ -174,6 +174,20 @@ impl Admin {
         Ok(WorkflowView::of(&record, &record.definition))
     }
 
+    /// Deletes an inactive workflow and its frozen versions. Its runs go on: each
+    /// carries the version it started with.
+    pub fn workflow_delete(&self, name: &str) -> Result<WorkflowView> {
+        let gone = self.store().delete_workflow(name, |w| {
+            if w.active {
+                return Err(StoreError::Conflict(format!(
+                    "workflow '{name}' is active: deactivate it before deleting it"
+                )));
+            }
+            Ok(())
+        })?;
+        Ok(WorkflowView::of(&gone, &gone.definition))
+    }
+
     /// Starts a run of an active on-demand workflow on a record, as `who` (Dataverse:
     /// an on-demand run runs as the caller).
     pub fn workflow_run(&self, name: &str, record: Uuid, who: &Principal) -> Result<SystemJob> {

@@ -296,6 +296,17 @@ fn waiting_runs_keep_their_version_through_a_deactivation_and_a_new_version() {
     assert_eq!(resolution(&first), "v1", "a run keeps the version it started with");
     assert_eq!(resolution(&second), "v2");
     assert!(runs(&s, &unseen).is_empty(), "an inactive workflow starts nothing");
+    // Its runs, listed; deleting it needs it inactive, and leaves its runs.
+    let listed = s.run(&["--json", "workflows", "runs", "label", "--status", "Succeeded"]).ok().json();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed:#}");
+    let r = s.delete("/api/v1/workflows/label");
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.body);
+    s.run(&["workflows", "deactivate", "label"]).ok();
+    let gone = s.run(&["workflows", "delete", "label"]).ok().stdout;
+    assert!(gone.contains("deleted workflow label"), "{gone}");
+    assert_eq!(s.get("/api/v1/workflows/label").code(), "not_found");
+    assert_eq!(runs(&s, &first).len(), 1, "its runs stay");
+    s.post("/api/v1/workflows", &def("v3")).expect(201);
 }
 
 #[test]
