@@ -179,7 +179,7 @@ impl Pipeline {
             trace,
             fuel_used,
             duration_us: started.elapsed().as_micros() as u64,
-            delete_on_success: false,
+            delete_on_success: def.delete_completed_runs,
             output: state.to_output(),
             message,
         }

@@ -52,6 +52,10 @@ pub struct Definition {
     pub description: String,
     #[serde(default)]
     pub triggers: Triggers,
+    /// Delete a run's system job (and its log) once it succeeds (Dataverse's
+    /// "automatically delete completed workflow jobs"); failed and canceled runs stay.
+    #[serde(default)]
+    pub delete_completed_runs: bool,
     pub steps: Vec<Step>,
 }
 

@@ -473,7 +473,7 @@ fn status_changes_and_deletes_start_the_workflows_that_ask_for_them() {
     create_active(
         &s,
         &json!({"name": "set-status", "entity": "incident", "triggers": {"on_demand": true},
-        "steps": [{"type": "set_status", "statecode": 1, "statuscode": 5}]}),
+        "delete_completed_runs": true, "steps": [{"type": "set_status", "statecode": 1, "statuscode": 5}]}),
     );
     let id = incident(&s, json!({"title": "gone soon"}));
     s.patch(&format!("/api/v1/entities/incident/{id}"), &json!({"title": "renamed"})).expect(200);
@@ -482,6 +482,7 @@ fn status_changes_and_deletes_start_the_workflows_that_ask_for_them() {
     // A set_status step changes the status, which starts the status workflow.
     s.post("/api/v1/workflows/set-status/run", &json!({"record": id})).expect(201);
     wait_run(&s, &id, |r| r["name"] == "on-status" && status(r) == "Succeeded");
+    assert!(runs(&s, &id).iter().all(|r| r["name"] != "set-status"), "its succeeded run was deleted");
     let record = s.get(&format!("/api/v1/entities/incident/{id}")).expect(200);
     assert_eq!(
         (&record["attributes"]["statecode"], &record["attributes"]["statuscode"]),
