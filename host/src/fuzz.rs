@@ -464,7 +464,7 @@ fn workflow_definitions() {
                     assert!(n < 10_000, "{doc}");
                     match &step.action {
                         Action::Condition { .. } | Action::Wait { .. } if rng.below(2) == 0 => {
-                            s.enter(&d.steps, rng.below(branches_len(&step.action)));
+                            s.enter(&d.steps, rng.below(step.action.branch_count()));
                         }
                         _ => s.advance(&d.steps),
                     }
@@ -475,14 +475,6 @@ fn workflow_definitions() {
     });
     eprintln!("fuzz workflow step tree: {valid} generated definitions were valid");
     assert!(valid > 0);
-}
-
-fn branches_len(a: &crate::workflow::Action) -> usize {
-    match a {
-        crate::workflow::Action::Condition { branches } => branches.len(),
-        crate::workflow::Action::Wait { branches } => branches.len(),
-        _ => 0,
-    }
 }
 
 /// A random list of steps, nesting at most three levels.

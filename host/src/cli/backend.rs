@@ -90,9 +90,7 @@ pub(crate) trait Backend {
 
 /// The name a workflow definition gives itself (to say which workflow a file updates).
 fn definition_name(definition: &[u8]) -> Result<String, CliError> {
-    serde_json::from_slice::<serde_json::Value>(definition)
-        .ok()
-        .and_then(|v| v.get("name").and_then(|n| n.as_str().map(str::to_owned)))
+    plughost::workflow::definition_name(definition)
         .ok_or_else(|| CliError::new("invalid_workflow", "the definition is not a JSON object with a \"name\""))
 }
 

@@ -133,10 +133,16 @@ impl Pipeline {
     /// Runs a workflow job from its position (see the module). Blocks.
     pub fn run_workflow(self: &Arc<Self>, job: &SystemJob, stop: Arc<AtomicBool>) -> JobRun {
         let started = std::time::Instant::now();
+        // The active version is parsed already, in the step index; an older one is
+        // parsed from the run's context.
         let json = job.context.configuration.as_deref().unwrap_or_default();
-        let def = match Definition::parse(json.as_bytes()) {
-            Ok(d) => d,
-            Err(m) => return JobRun::failed("invalid_job", m),
+        let active = self.steps.read().unwrap_or_else(|p| p.into_inner()).workflow_names.get(&job.name).cloned();
+        let def = match active.filter(|w| Some(w.id) == job.step_id && *w.json == *json) {
+            Some(w) => w.definition,
+            None => match Definition::parse(json.as_bytes()) {
+                Ok(d) => Arc::new(d),
+                Err(m) => return JobRun::failed("invalid_job", m),
+            },
         };
         let state = match RunState::from_output(&job.output) {
             Ok(s) => s,

@@ -66,10 +66,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<WorkflowView>)> {
     let bytes = raw_body(body)?;
     let owner = who.user_id;
-    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("name").and_then(|n| n.as_str().map(str::to_owned)))
-        .unwrap_or_default();
+    let name = crate::workflow::definition_name(&bytes).unwrap_or_default();
     let view = audited(&state, &who, "workflows.create", name, move |a| a.workflow_create(&bytes, owner)).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }

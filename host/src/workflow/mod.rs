@@ -233,6 +233,16 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
     Ok(sign * n * unit)
 }
 
+/// The name a definition gives itself, read without parsing the rest (to say which
+/// workflow a file updates, or what an audit entry is about).
+pub fn definition_name(json: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+    }
+    serde_json::from_slice::<Named>(json).ok().map(|n| n.name)
+}
+
 /// A workflow's name: 1 to 64 of lower-case letters, digits, '-' and '_', starting with a letter.
 pub fn check_workflow_name(name: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&name.len())
@@ -685,6 +695,24 @@ pub struct LogEntry {
 }
 
 impl Action {
+    /// The steps of branch `b` of a condition or a wait.
+    pub fn branch(&self, b: usize) -> Option<&[Step]> {
+        match self {
+            Action::Condition { branches } => branches.get(b).map(|b| &b.steps[..]),
+            Action::Wait { branches } => branches.get(b).map(|b| &b.steps[..]),
+            _ => None,
+        }
+    }
+
+    /// How many branches a condition or a wait has (0 for other steps).
+    pub fn branch_count(&self) -> usize {
+        match self {
+            Action::Condition { branches } => branches.len(),
+            Action::Wait { branches } => branches.len(),
+            _ => 0,
+        }
+    }
+
     /// The step type's name, as the format spells it.
     pub fn kind(&self) -> &'static str {
         match self {

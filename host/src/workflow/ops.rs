@@ -54,12 +54,18 @@ impl WorkflowView {
     }
 }
 
-/// Validation's view of the store.
-struct StoreCatalog<'a>(&'a Store);
+/// Validation's view of the store: one snapshot for every entity it asks about.
+struct StoreCatalog<'a>(&'a Store, Option<crate::store::Snapshot>);
+
+impl<'a> StoreCatalog<'a> {
+    fn of(store: &'a Store) -> StoreCatalog<'a> {
+        StoreCatalog(store, store.snapshot().ok())
+    }
+}
 
 impl Catalog for StoreCatalog<'_> {
     fn entity(&self, name: &str) -> Option<EntityDefinition> {
-        self.0.snapshot().ok()?.definition(name).ok().flatten()
+        self.1.as_ref()?.definition(name).ok().flatten()
     }
 
     fn plugin_exists(&self, name: &str) -> bool {
@@ -85,7 +91,7 @@ impl Admin {
     /// Stores a new, inactive workflow owned by `owner` from its JSON definition.
     pub fn workflow_create(&self, json: &[u8], owner: Uuid) -> Result<WorkflowView> {
         let def = Definition::parse(json).map_err(invalid_definition)?;
-        def.validate(&StoreCatalog(self.store())).map_err(invalid_definition)?;
+        def.validate(&StoreCatalog::of(self.store())).map_err(invalid_definition)?;
         let now = now_ms();
         let record = WorkflowRecord {
             id: Uuid::now_v7(),
@@ -111,7 +117,7 @@ impl Admin {
                 def.name
             )));
         }
-        def.validate(&StoreCatalog(self.store())).map_err(invalid_definition)?;
+        def.validate(&StoreCatalog::of(self.store())).map_err(invalid_definition)?;
         let record = self.store().update_workflow(name, |old| {
             if old.active {
                 return Err(StoreError::Conflict(format!(
@@ -155,7 +161,7 @@ impl Admin {
             let w = self.store().workflow(name)?.ok_or_else(|| unknown(name))?;
             let mut def = Definition::parse(w.definition.as_bytes()).map_err(invalid_definition)?;
             // What it names may have gone since it was written.
-            def.validate(&StoreCatalog(self.store())).map_err(invalid_definition)?;
+            def.validate(&StoreCatalog::of(self.store())).map_err(invalid_definition)?;
             resolve_users(self.store(), &mut def.steps)?;
             frozen = Some(def.to_json());
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Step, Timeout, parse_duration};
+use super::{Step, Timeout, parse_duration};
 use crate::model::{Entity, Filter, ParameterValue, Parameters, Value};
 
 /// The job output parameter that holds a run's [`RunState`].
@@ -56,7 +56,7 @@ impl RunState {
             if i + 1 == at.len() {
                 return Some(step);
             }
-            list = branch_steps(step, at[i + 1] as usize)?;
+            list = step.action.branch(at[i + 1] as usize)?;
             i += 2;
         }
     }
@@ -96,7 +96,7 @@ impl RunState {
         let mut list = steps;
         let mut i = 0;
         while i < level {
-            let Some(l) = list.get(self.at[i] as usize).and_then(|s| branch_steps(s, self.at[i + 1] as usize)) else {
+            let Some(l) = list.get(self.at[i] as usize).and_then(|s| s.action.branch(self.at[i + 1] as usize)) else {
                 return 0;
             };
             list = l;
@@ -109,14 +109,6 @@ impl RunState {
     pub fn position(&self) -> String {
         let at = if self.at.is_empty() { vec![0] } else { self.at.clone() };
         at.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
-    }
-}
-
-fn branch_steps(step: &Step, b: usize) -> Option<&[Step]> {
-    match &step.action {
-        Action::Condition { branches } => branches.get(b).map(|b| &b.steps[..]),
-        Action::Wait { branches } => branches.get(b).map(|b| &b.steps[..]),
-        _ => None,
     }
 }
 
@@ -266,7 +258,7 @@ pub fn deadline(t: &Timeout, started: i64, record: &dyn Resolve) -> Result<Optio
 mod tests {
     use super::*;
     use crate::model::{Condition, ConditionOperator, LogicalOperator};
-    use crate::workflow::{Branch, Definition};
+    use crate::workflow::{Action, Branch, Definition};
 
     struct Facts(BTreeMap<String, Value>);
 
