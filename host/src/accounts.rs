@@ -143,11 +143,32 @@ impl Admin {
 
     /// The jobs `filter` selects that `who` may see: all with `manage_jobs`, else its own.
     pub fn jobs_of(&self, who: &Principal, filter: &JobFilter) -> Result<Vec<SystemJob>> {
+        let query = self.job_query_of(who, filter)?;
+        self.jobs(&query)
+    }
+
+    /// The query of `filter` for `who`: its own jobs only without `manage_jobs`; a
+    /// plug-in named by the filter stands for its steps (one step: that step's index).
+    pub fn job_query_of(&self, who: &Principal, filter: &JobFilter) -> Result<crate::jobs::JobQuery> {
         let mut query = filter.query()?;
         if !who.privileges.has(Capability::ManageJobs) {
             query.owner = Some(who.user_id);
         }
-        self.jobs(&query)
+        if let Some(plugin) = filter.plugin.as_deref().filter(|p| !p.is_empty()) {
+            let steps: Vec<Uuid> = self.plugin(plugin)?.steps.iter().map(|s| s.id).collect();
+            match steps.as_slice() {
+                [one] if query.step.is_none() => query.step = Some(*one),
+                _ => query.steps = Some(steps),
+            }
+        }
+        Ok(query)
+    }
+
+    /// A page of the jobs `filter` selects that `who` may see, reading at most
+    /// `budget` jobs (the dashboard's listing: it says when it stopped short).
+    pub fn jobs_page_of(&self, who: &Principal, filter: &JobFilter, budget: usize) -> Result<crate::jobs::JobPage> {
+        let query = self.job_query_of(who, filter)?;
+        Ok(self.store().list_jobs_page(&query, Some(budget))?)
     }
 
     /// A job `who` may see.
@@ -155,6 +176,41 @@ impl Admin {
         let job = self.job(id)?;
         may_see(who, &job)?;
         Ok(job)
+    }
+
+    /// `action` on every job `filter` selects, as a system job that works through
+    /// them in batches (see [`crate::bulk::JobSelection`]). Needs `manage_jobs`.
+    pub fn job_action_matching(
+        &self,
+        who: &Principal,
+        filter: &JobFilter,
+        action: JobAction,
+        name: Option<String>,
+    ) -> Result<SystemJob> {
+        who.require(Capability::ManageJobs)?;
+        let mut query = self.job_query_of(who, filter)?;
+        query.after = None;
+        query.limit = None;
+        let job = crate::bulk::JobSelection { query, action }.job(name, who.user_id).map_err(AdminError::invalid)?;
+        Ok(self.queue().create(job)?)
+    }
+
+    /// `action` on each of `ids` that `who` may act on, one at a time: each job's
+    /// outcome (a job that does not allow it says why).
+    pub fn job_action_each(
+        &self,
+        who: &Principal,
+        ids: &[Uuid],
+        action: JobAction,
+    ) -> Result<Vec<(Uuid, std::result::Result<(), String>)>> {
+        if ids.len() > crate::bulk::JOB_ACTION_BATCH {
+            return Err(AdminError::invalid(format!(
+                "{} jobs selected; act on at most {} at once, or on all matching jobs (a system job)",
+                ids.len(),
+                crate::bulk::JOB_ACTION_BATCH
+            )));
+        }
+        Ok(ids.iter().map(|id| (*id, self.manage_job_of(who, *id, action).map(|_| ()).map_err(|e| e.to_string()))).collect())
     }
 
     /// An action on a job `who` may act on.

@@ -146,7 +146,17 @@ pub struct JobFilter {
     pub status: Option<String>,
     /// Step id.
     pub step: Option<String>,
+    /// Operation type name or code.
+    #[serde(rename = "type")]
+    pub operation_type: Option<String>,
+    /// Queued by a step of this plug-in.
+    pub plugin: Option<String>,
+    /// Regarding a record of this entity.
     pub entity: Option<String>,
+    /// Regarding this record (id).
+    pub record: Option<String>,
+    /// Names containing this text.
+    pub name: Option<String>,
     pub token: Option<String>,
     /// Created at or after / before (RFC 3339 or UTC ms).
     pub since: Option<String>,
@@ -180,12 +190,22 @@ impl JobFilter {
         let query = JobQuery {
             status: self.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(invalid)?,
             step: guid(&self.step)?,
+            steps: None,
+            operation_type: self
+                .operation_type
+                .as_deref()
+                .map(str::parse::<crate::jobs::OperationType>)
+                .transpose()
+                .map_err(invalid)?,
             entity: self.entity.clone(),
+            record: guid(&self.record)?,
+            name: self.name.clone().filter(|n| !n.is_empty()),
             token: self.token.clone(),
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
             id_prefix: self.id_prefix.clone(),
             after: guid(&self.after)?,
+            before: None,
             newest_first,
             limit: self.limit,
             owner: None,

@@ -206,6 +206,48 @@ impl BulkSpec {
     }
 }
 
+/// What a bulk job action does: `action` on every job `query` selects that was
+/// queued before the action's own job, oldest first, [`JOB_ACTION_BATCH`] per
+/// transaction. Jobs that do not allow the action (as one at a time would refuse
+/// it) are skipped and counted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSelection {
+    pub query: crate::jobs::JobQuery,
+    pub action: crate::store::JobAction,
+}
+
+/// Jobs one transaction of a bulk job action reads.
+pub const JOB_ACTION_BATCH: usize = 500;
+const SELECTION: &str = "Selection";
+
+impl JobSelection {
+    pub fn job(&self, name: Option<String>, by: Uuid) -> Result<SystemJob, String> {
+        let json = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        let context = ExecutionContext {
+            input_parameters: Parameters::from([(SELECTION.to_owned(), text(&json))]),
+            initiating_user_id: by,
+            user_id: by,
+            ..ExecutionContext::default()
+        };
+        Ok(SystemJob {
+            name: name.unwrap_or_else(|| format!("Bulk {} of selected system jobs", self.action.name())),
+            operation_type: OperationType::JobAction,
+            step_id: None,
+            regarding: None,
+            ..SystemJob::plugin_execution("", Uuid::nil(), None, context)
+        })
+    }
+
+    pub fn from_job(job: &SystemJob) -> Result<JobSelection, String> {
+        match job.context.input_parameters.get(SELECTION) {
+            Some(ParameterValue::Value(Value::Text(json))) => {
+                serde_json::from_str(json).map_err(|e| format!("the job's selection is damaged: {e}"))
+            }
+            _ => Err("the bulk job action has no selection".into()),
+        }
+    }
+}
+
 fn text(s: &str) -> ParameterValue {
     ParameterValue::Value(Value::Text(s.to_owned()))
 }

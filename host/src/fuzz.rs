@@ -273,13 +273,20 @@ fn job_list_parameters() {
         b"6d1b1a9e-7f0e-4a57-9d0a-3c1e5c1f1a01",
         b"newest",
         b"oldest",
+        b"workflow",
+        b"100",
+        b"Failed",
     ];
     run("job filter", cases(3000), |rng| {
         let field = |rng: &mut Rng| (rng.below(3) != 0).then(|| text_variant(rng, seeds));
         let filter = crate::admin::JobFilter {
             status: field(rng),
             step: field(rng),
+            operation_type: field(rng),
+            plugin: None,
             entity: field(rng),
+            record: field(rng),
+            name: field(rng),
             token: field(rng),
             since: field(rng),
             until: field(rng),

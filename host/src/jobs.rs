@@ -149,6 +149,11 @@ pub enum OperationType {
     BulkImport,
     /// A run of a workflow (Dataverse 10, "Workflow"): see [`crate::workflow`].
     Workflow,
+    /// One action (cancel, pause, resume, postpone, retry, delete) on every job a
+    /// filter selects, in batches (plughost 100; the dashboard's "all matching"):
+    /// see [`crate::bulk::JobSelection`]. Stored jobs keep the variant order: new
+    /// ones go last.
+    JobAction,
 }
 
 impl OperationType {
@@ -159,7 +164,77 @@ impl OperationType {
             OperationType::BulkDelete => 13,
             OperationType::BulkImport => 5,
             OperationType::Workflow => 10,
+            OperationType::JobAction => 100,
         }
+    }
+
+    pub const ALL: [OperationType; 6] = [
+        OperationType::PluginExecution,
+        OperationType::BulkImport,
+        OperationType::Workflow,
+        OperationType::BulkDelete,
+        OperationType::DeletionService,
+        OperationType::JobAction,
+    ];
+
+    /// The name people read (Dataverse's label).
+    pub fn label(self) -> &'static str {
+        match self {
+            OperationType::PluginExecution => "Plug-in",
+            OperationType::DeletionService => "Deletion service",
+            OperationType::BulkDelete => "Bulk delete",
+            OperationType::BulkImport => "Import",
+            OperationType::Workflow => "Workflow",
+            OperationType::JobAction => "Bulk job action",
+        }
+    }
+
+    /// The name in the API (`plugin_execution`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationType::PluginExecution => "plugin_execution",
+            OperationType::DeletionService => "deletion_service",
+            OperationType::BulkDelete => "bulk_delete",
+            OperationType::BulkImport => "bulk_import",
+            OperationType::Workflow => "workflow",
+            OperationType::JobAction => "job_action",
+        }
+    }
+}
+
+impl std::str::FromStr for OperationType {
+    type Err = String;
+
+    /// A type by its API name or its Dataverse code.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let key = s.to_ascii_lowercase();
+        OperationType::ALL.into_iter().find(|t| t.name() == key || t.code().to_string() == key).ok_or_else(|| {
+            let names: Vec<_> = OperationType::ALL.iter().map(|t| format!("{} ({})", t.name(), t.code())).collect();
+            format!("unknown operation type '{s}': use one of {}", names.join(", "))
+        })
+    }
+}
+
+/// What a step's asynchronous runs did, kept by the store as jobs complete (the
+/// dashboard's per-step counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStats {
+    pub succeeded: u64,
+    /// Failed for good.
+    pub failed: u64,
+    /// Retryable failures scheduled again.
+    pub retried: u64,
+    pub fuel: u64,
+    pub run_us: u64,
+}
+
+impl StepStats {
+    pub fn add(&mut self, other: &StepStats) {
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.retried += other.retried;
+        self.fuel = self.fuel.saturating_add(other.fuel);
+        self.run_us = self.run_us.saturating_add(other.run_us);
     }
 }
 
@@ -675,6 +750,44 @@ mod tests {
     }
 }
 
+/// The index a job listing reads (every one is in id order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobIndex {
+    Owner,
+    Step,
+    Status,
+    Id,
+}
+
+impl JobIndex {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobIndex::Owner => "owner",
+            JobIndex::Step => "step",
+            JobIndex::Status => "status",
+            JobIndex::Id => "id and created time",
+        }
+    }
+}
+
+/// A page of a job listing that may stop before it is full (see
+/// [`crate::store::Store::list_jobs_page`]).
+#[derive(Clone, Debug, Default)]
+pub struct JobPage {
+    pub jobs: Vec<SystemJob>,
+    /// How many jobs were read to fill it.
+    pub scanned: usize,
+    /// Where the next page starts (the last id read), when there may be more.
+    pub next_after: Option<Uuid>,
+    /// The listing stopped at its read budget before the page was full: more
+    /// jobs may match after `next_after`.
+    pub budget_spent: bool,
+}
+
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
 /// Jobs a listing returns when it names no limit.
 pub const DEFAULT_PAGE: usize = 500;
 /// The most jobs one listing returns: page on with `after`.
@@ -682,12 +795,19 @@ pub const MAX_PAGE: usize = 5000;
 
 /// Which jobs to list: filters, and a page of them in id order (ids are
 /// time-ordered, so this is creation order).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobQuery {
     pub status: Option<JobStatus>,
     pub step: Option<Uuid>,
+    /// Queued by any of these steps (a plug-in's steps).
+    pub steps: Option<Vec<Uuid>>,
+    pub operation_type: Option<OperationType>,
     /// Regarding a record of this entity.
     pub entity: Option<String>,
+    /// Regarding this record.
+    pub record: Option<Uuid>,
+    /// Names containing this text (any case).
+    pub name: Option<String>,
     pub token: Option<String>,
     /// Created at or after / before (UTC ms).
     pub since: Option<i64>,
@@ -697,6 +817,9 @@ pub struct JobQuery {
     pub id_prefix: Option<String>,
     /// Continue after this id: the last one of the previous page.
     pub after: Option<Uuid>,
+    /// Only ids below this one (jobs queued before it: a bulk job action's selection).
+    #[serde(default)]
+    pub before: Option<Uuid>,
     pub newest_first: bool,
     /// At most this many (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
     pub limit: Option<usize>,
@@ -729,11 +852,50 @@ impl JobQuery {
         Ok((low, low | mask))
     }
 
+    /// The filters checked job by job after the index the listing reads (see
+    /// [`JobQuery::index`]): each names what the dashboard tells its user.
+    pub fn unindexed(&self) -> Vec<&'static str> {
+        let index = self.index();
+        let mut out = Vec::new();
+        let mut add = |set: bool, name: &'static str| {
+            if set {
+                out.push(name);
+            }
+        };
+        add(self.status.is_some() && index != JobIndex::Status, "status");
+        add(self.step.is_some() && index != JobIndex::Step, "step");
+        add(self.steps.is_some(), "plug-in");
+        add(self.operation_type.is_some(), "operation type");
+        add(self.entity.is_some(), "regarding entity");
+        add(self.record.is_some(), "regarding record");
+        add(self.name.is_some(), "name");
+        add(self.token.is_some(), "dependency token");
+        out
+    }
+
+    /// The index a listing reads: one user's jobs, one step's, one status's, or
+    /// all jobs by id (narrowed by an id prefix and the created range).
+    pub fn index(&self) -> JobIndex {
+        if self.owner.is_some() {
+            JobIndex::Owner
+        } else if self.step.is_some() {
+            JobIndex::Step
+        } else if self.status.is_some() {
+            JobIndex::Status
+        } else {
+            JobIndex::Id
+        }
+    }
+
     /// Whether `job` passes the filters (not the id range or paging).
     pub fn matches(&self, job: &SystemJob) -> bool {
         self.status.is_none_or(|s| job.status == s)
             && self.step.is_none_or(|s| job.step_id == Some(s))
+            && self.steps.as_ref().is_none_or(|s| job.step_id.is_some_and(|id| s.contains(&id)))
+            && self.operation_type.is_none_or(|t| job.operation_type == t)
             && self.entity.as_ref().is_none_or(|e| job.regarding.as_ref().is_some_and(|r| &r.logical_name == e))
+            && self.record.is_none_or(|id| job.regarding.as_ref().is_some_and(|r| r.id == id))
+            && self.name.as_ref().is_none_or(|n| contains_ignoring_case(&job.name, n))
             && self.token.as_ref().is_none_or(|t| job.dependency_token.as_ref() == Some(t))
             && self.since.is_none_or(|t| job.created_on >= t)
             && self.until.is_none_or(|t| job.created_on < t)

@@ -565,6 +565,8 @@ impl Worker {
             OperationType::PluginExecution => (shared.pipeline.run_job(&job, stop), None),
             // The deletion service's work happens in the transaction that completes it.
             OperationType::DeletionService => (JobRun::succeeded(), self.purge_before()),
+            // So is a bulk job action's: a batch of actions and the progress in one transaction.
+            OperationType::JobAction => (JobRun::succeeded(), None),
             OperationType::BulkDelete | OperationType::BulkImport => (shared.pipeline.run_bulk(&job, stop), None),
             OperationType::Workflow => (shared.pipeline.run_workflow(&job, stop), None),
         };

@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(metrics_route)
         .nest("/api/v1", api)
+        .merge(super::ui::routes(&state))
         .fallback(|| async { ApiError::not_found("no such route: see the API reference in README.md") })
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)

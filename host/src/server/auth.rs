@@ -2,7 +2,8 @@
 //! - `guard` (every route): a foreign `Host` is refused while listening on loopback
 //!   (DNS rebinding), a foreign `Origin` is refused unless configured (CORS is off by
 //!   default), and a body must declare the route's media type (so a page cannot post
-//!   a "simple" `text/plain` or form request);
+//!   a "simple" `text/plain` or form request to the API; the dashboard's `/ui` forms
+//!   are form posts that carry a CSRF token);
 //! - `authenticate` (every API route): the caller is the user of its API key, never
 //!   a request header; keys are checked against the store through a cache that follows
 //!   the pipeline's security epoch;
@@ -57,8 +58,14 @@ impl Authenticator {
 
     /// The principal of the key `secret`. Blocks (reads the store).
     pub fn authenticate(&self, secret: &str) -> Result<Arc<Principal>, ApiError> {
+        self.authenticate_hash(&key_hash(secret))
+    }
+
+    /// The principal of the key whose hash is `hash` (a dashboard session keeps the
+    /// hash, never the key). Blocks (reads the store).
+    pub fn authenticate_hash(&self, hash: &[u8; 32]) -> Result<Arc<Principal>, ApiError> {
         self.follow();
-        let hash = key_hash(secret);
+        let hash = *hash;
         let now = now_ms();
         if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&hash)
             && c.expires_on.is_none_or(|e| e > now)
@@ -183,6 +190,8 @@ fn accepted_media(path: &str) -> &'static [&'static str] {
         "/api/v1/bulk/import" => {
             &["text/csv", "application/x-ndjson", "application/jsonl", "application/json", "application/octet-stream"]
         }
+        // The dashboard's forms: each carries the session's CSRF token.
+        p if p.starts_with("/ui/") => &["application/x-www-form-urlencoded"],
         _ => &["application/json"],
     }
 }

@@ -10,6 +10,7 @@ mod error;
 mod identity;
 mod listen;
 mod tls;
+mod ui;
 mod workers;
 mod workflows;
 
@@ -25,6 +26,7 @@ pub use self::error::{ApiError, ErrorBody, ErrorDetail};
 pub use self::identity::{NewRoleBody, NewUserBody, RolesBody};
 pub use self::listen::HttpConfig;
 pub use self::tls::client_config as tls_client_config;
+pub use self::ui::{MAX_SESSIONS, SCAN_BUDGET, SESSION_COOKIE, SESSION_TTL_MS};
 use crate::admin::Admin;
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;
@@ -43,6 +45,8 @@ pub struct AppState {
     /// Listening on loopback only: foreign `Host` headers are refused.
     pub loopback: bool,
     pub config: Arc<Config>,
+    /// The dashboard's sessions.
+    pub ui: Arc<ui::Sessions>,
 }
 
 /// What a running server tells the CLI about itself (`<data dir>/server.json`).
@@ -143,7 +147,8 @@ pub async fn serve(
     }
     let auth = Arc::new(Authenticator::new(pipeline.clone()));
     let loopback = addr.ip().is_loopback();
-    let state = AppState { admin: Arc::new(admin), auth, loopback, config: Arc::new(config) };
+    let state =
+        AppState { admin: Arc::new(admin), auth, loopback, config: Arc::new(config), ui: Arc::new(ui::Sessions::default()) };
     if pipeline.store().is_shared() {
         // Other `serve` processes on the same database change the registry and the
         // service state: follow them (correctness of jobs never depends on this).

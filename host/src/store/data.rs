@@ -11,7 +11,7 @@ use super::jobs::fill_context;
 use super::kv::{Read, Reads};
 use super::{ENTITY_DEFS, JOB_CONTEXTS, JOBS, RECORDS, Result, Store, StoreError, get};
 use crate::codec;
-use crate::jobs::{JobQuery, SystemJob};
+use crate::jobs::{JobIndex, JobPage, JobQuery, SystemJob};
 use crate::metadata::EntityDefinition;
 use crate::model::{Entity, Value};
 
@@ -114,73 +114,54 @@ impl Store {
     }
 
     /// A page of the jobs `query` selects, in id order (creation order), each with its
-    /// context. Reads only as far as the page needs.
+    /// context. Reads only as far as the page needs, however far that is.
     pub fn list_jobs(&self, query: &JobQuery) -> Result<Vec<SystemJob>> {
+        Ok(self.list_jobs_page(query, None)?.jobs)
+    }
+
+    /// A page of the jobs `query` selects through the index it names
+    /// ([`JobQuery::index`]), reading at most `budget` jobs: a filter the index does
+    /// not cover may stop the page short, saying where to go on.
+    pub fn list_jobs_page(&self, query: &JobQuery, budget: Option<usize>) -> Result<JobPage> {
         let limit = query.page_size().map_err(StoreError::Invalid)?;
-        let (mut low, mut high) = query.id_range().map_err(StoreError::Invalid)?;
-        if let Some(after) = query.after.map(|a| a.as_u128()) {
-            // The page goes on past `after`, in the direction of the listing.
-            if query.newest_first {
-                high = high.min(after.checked_sub(1).ok_or(StoreError::Invalid("nothing is before id 0".into()))?);
-            } else {
-                low = low.max(after.checked_add(1).ok_or(StoreError::Invalid("nothing is after the last id".into()))?);
-            }
-        }
-        let mut out = Vec::new();
-        if low > high {
-            return Ok(out);
-        }
+        let (low, high) = id_bounds(query)?;
         let txn = self.read()?;
-        let mut take = |job: SystemJob| {
-            if query.matches(&job) {
-                out.push(job);
-                if out.len() == limit {
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        };
-        match query.owner {
-            // One user's jobs: its index, in the same id order.
-            Some(owner) => {
-                let owner = owner.as_u128();
-                let mut ids = Vec::new();
-                txn.scan(
-                    &super::identity::JOBS_BY_OWNER,
-                    (owner, low)..=(owner, high),
-                    query.newest_first,
-                    |(_, id), ()| {
-                        ids.push(id);
-                        Ok(if ids.len() >= 256 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-                    },
-                )?;
-                // Pages of the index until the page of jobs is full or the index ends.
-                while let Some(&last) = ids.last() {
-                    let full = ids.len() >= 256;
-                    for id in std::mem::take(&mut ids) {
-                        if let Some(v) = txn.get(&JOBS, &id)?
-                            && take(codec::decode(&v)?).is_break()
-                        {
-                            return self.with_contexts(&txn, out);
-                        }
-                    }
-                    if !full {
-                        break;
-                    }
-                    let range = match query.newest_first {
-                        true if last > low => (owner, low)..=(owner, last - 1),
-                        false if last < high => (owner, last + 1)..=(owner, high),
-                        _ => break,
-                    };
-                    txn.scan(&super::identity::JOBS_BY_OWNER, range, query.newest_first, |(_, id), ()| {
-                        ids.push(id);
-                        Ok(if ids.len() >= 256 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-                    })?;
-                }
-            }
-            None => txn.scan(&JOBS, low..=high, query.newest_first, |_, v| Ok(take(codec::decode(&v)?)))?,
-        }
-        self.with_contexts(&txn, out)
+        let mut page = select_jobs(&txn, query, (low, high), limit, budget)?;
+        page.jobs = self.with_contexts(&txn, std::mem::take(&mut page.jobs))?;
+        Ok(page)
+    }
+
+    /// Job counts by operation type and status (kept by every job write: no scan).
+    pub fn job_type_counts(&self) -> Result<Vec<(crate::jobs::OperationType, crate::jobs::JobStatus, u64)>> {
+        super::jobs::type_counts(&self.read()?)
+    }
+
+    /// Every recurring job (with its context).
+    pub fn recurring_jobs(&self) -> Result<Vec<SystemJob>> {
+        let txn = self.read()?;
+        let ids: Vec<u128> = txn.all(&super::jobs::RECURRING)?.into_iter().map(|(id, ())| id).collect();
+        let jobs = txn.get_many(&JOBS, &ids)?.into_iter().flatten().map(|v| Ok(codec::decode(&v)?));
+        let jobs = jobs.collect::<Result<Vec<SystemJob>>>()?;
+        self.with_contexts(&txn, jobs)
+    }
+
+    /// Every step's statistics of asynchronous runs.
+    pub fn step_stats(&self) -> Result<Vec<(Uuid, crate::jobs::StepStats)>> {
+        let rows = self.read()?.all(&super::jobs::STEP_STATS)?;
+        rows.into_iter().map(|(id, v)| Ok((Uuid::from_u128(id), codec::decode(&v)?))).collect()
+    }
+
+    /// Completed jobs of the last `window_ms` by completion time, newest first, at
+    /// most `max` (the dashboard's throughput and duration charts).
+    pub fn recently_completed(&self, since: i64, max: usize) -> Result<Vec<SystemJob>> {
+        let txn = self.read()?;
+        let mut ids = Vec::new();
+        txn.scan(&super::jobs::COMPLETED, (since, 0)..=(i64::MAX, u128::MAX), true, |(_, id), ()| {
+            ids.push(id);
+            Ok(if ids.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })?;
+        let jobs = txn.get_many(&JOBS, &ids)?;
+        jobs.into_iter().flatten().map(|v| Ok(codec::decode(&v)?)).collect()
     }
 
     fn with_contexts(&self, txn: &super::kv::Read, mut out: Vec<SystemJob>) -> Result<Vec<SystemJob>> {
@@ -218,5 +199,127 @@ impl Store {
         let by_status =
             super::jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
         Ok(crate::store::QueueCounts { by_status, runnable: txn.len(&super::jobs::READY)? })
+    }
+}
+
+/// The ids a query can select: its id prefix, its created range, its paging.
+pub(super) fn id_bounds(query: &JobQuery) -> Result<(u128, u128)> {
+    let (mut low, mut high) = query.id_range().map_err(StoreError::Invalid)?;
+        // Ids are UUIDv7 made when a job is queued: the created range bounds them (a
+        // minute's margin for the time between the job's creation and its commit;
+        // the injected clock skew moves `created_on` and not the id).
+        let skew = crate::clock::skew();
+        let margin = 60_000;
+        if let Some(since) = query.since {
+            low = low.max(v7_floor(since.saturating_sub(skew).saturating_sub(margin)));
+        }
+        if let Some(until) = query.until {
+            high = high.min(v7_floor(until.saturating_sub(skew).saturating_add(margin)));
+        }
+        if let Some(after) = query.after.map(|a| a.as_u128()) {
+            // The page goes on past `after`, in the direction of the listing.
+            if query.newest_first {
+                high = high.min(after.checked_sub(1).ok_or(StoreError::Invalid("nothing is before id 0".into()))?);
+            } else {
+                low = low.max(after.checked_add(1).ok_or(StoreError::Invalid("nothing is after the last id".into()))?);
+            }
+        }
+    if let Some(before) = query.before {
+        high = high.min(before.as_u128().saturating_sub(1));
+    }
+    Ok((low, high))
+}
+
+/// Selects a page of the jobs `query` selects within `(low, high)`, reading at most
+/// `budget` jobs (without their contexts).
+pub(super) fn select_jobs(
+    r: &impl Reads,
+    query: &JobQuery,
+    (low, high): (u128, u128),
+    limit: usize,
+    budget: Option<usize>,
+) -> Result<JobPage> {
+    let mut page = JobPage::default();
+    if low > high {
+        return Ok(page);
+    }
+    let budget = budget.unwrap_or(usize::MAX);
+    let mut last = None;
+    let mut take = |id: u128, job: SystemJob| {
+        page.scanned += 1;
+        last = Some(id);
+        if query.matches(&job) {
+            page.jobs.push(job);
+            if page.jobs.len() == limit {
+                return ControlFlow::Break(());
+            }
+        }
+        if page.scanned >= budget {
+            page.budget_spent = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    };
+    let newest = query.newest_first;
+    match (query.index(), query.owner, query.step, query.status) {
+        (JobIndex::Owner, Some(owner), ..) => {
+            scan_index(r, &super::identity::JOBS_BY_OWNER, owner.as_u128(), low, high, newest, &mut take)?
+        }
+        (JobIndex::Step, _, Some(step), _) => {
+            scan_index(r, &super::jobs::STEP_JOBS, step.as_u128(), low, high, newest, &mut take)?
+        }
+        (JobIndex::Status, _, _, Some(status)) => {
+            scan_index(r, &super::jobs::BY_STATUS, status.code(), low, high, newest, &mut take)?
+        }
+        _ => r.scan(&JOBS, low..=high, newest, |id, v| Ok(take(id, codec::decode(&v)?)))?,
+    }
+    if page.jobs.len() == limit || page.budget_spent {
+        page.next_after = last.map(Uuid::from_u128);
+    }
+    Ok(page)
+}
+
+/// The smallest UUIDv7 of millisecond `ms` (as a u128).
+fn v7_floor(ms: i64) -> u128 {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u128;
+    ms << 80
+}
+
+/// Pages an index of (key, job id) entries for one key in id order, handing each
+/// job to `take` until it breaks; whether the index ended first.
+fn scan_index<P: super::kv::Key + Clone>(
+    txn: &impl Reads,
+    index: &super::kv::Table<(P, u128), ()>,
+    key: P,
+    low: u128,
+    high: u128,
+    newest_first: bool,
+    take: &mut impl FnMut(u128, SystemJob) -> ControlFlow<()>,
+) -> Result<()> {
+    const CHUNK: usize = 256;
+    let (mut low, mut high) = (low, high);
+    loop {
+        let mut ids = Vec::with_capacity(CHUNK);
+        txn.scan(index, (key.clone(), low)..=(key.clone(), high), newest_first, |(_, id), ()| {
+            ids.push(id);
+            Ok(if ids.len() >= CHUNK { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })?;
+        let Some(&last) = ids.last() else { return Ok(()) };
+        let full = ids.len() == CHUNK;
+        for (id, job) in ids.iter().zip(txn.fetch_many(&JOBS, &ids)?) {
+            if let Some(v) = job
+                && take(*id, codec::decode(&v)?).is_break()
+            {
+                return Ok(());
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+        match newest_first {
+            true if last > low => high = last - 1,
+            false if last < high => low = last + 1,
+            _ => return Ok(()),
+        }
     }
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::kv::{ALL_TABLES, Read, Reads, Table, Write};
 use super::{DELETION_SERVICE_JOB, HOUSEKEEPER, JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, StoreError, get};
 use crate::codec;
-use crate::jobs::{JobState, JobStatus, SystemJob};
+use crate::jobs::{JobState, JobStatus, OperationType, StepStats, SystemJob};
 
 /// Runnable jobs by creation sequence.
 pub(super) const READY: Table<u64, u128> = Table::new(ALL_TABLES[10]);
@@ -33,39 +33,109 @@ pub(super) const STEP_JOBS: Table<(u128, u128), ()> = Table::new(ALL_TABLES[14])
 pub(super) const COMPLETED: Table<(i64, u128), ()> = Table::new(ALL_TABLES[15]);
 /// An import job's rows: (job, row index) -> encoded record. Deleted with the job.
 pub(super) const BULK_ROWS: Table<(u128, u64), Vec<u8>> = Table::new(ALL_TABLES[16]);
-/// How many jobs have each status code, for metrics without a scan.
+/// Schema 7 and before: how many jobs had each status code. Schema 8 counts by
+/// operation type too ([`TYPE_COUNTS`]) and empties this table when it migrates.
 pub(super) const STATUS_COUNTS: Table<u32, u64> = Table::new(ALL_TABLES[17]);
+/// Jobs by status in id order: (status code, id). The status filter of a listing
+/// pages it.
+pub(super) const BY_STATUS: Table<(u32, u128), ()> = Table::new(ALL_TABLES[31]);
+/// How many jobs have each operation type and status: (type code, status code) ->
+/// count, for metrics and the dashboard without a scan.
+pub(super) const TYPE_COUNTS: Table<(u32, u32), u64> = Table::new(ALL_TABLES[32]);
+/// What each step's asynchronous runs did: step -> [`StepStats`], added to once per
+/// completion batch.
+pub(super) const STEP_STATS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[33]);
+/// Jobs with a recurrence pattern, by id (few: the dashboard's recurring list).
+pub(super) const RECURRING: Table<u128, ()> = Table::new(ALL_TABLES[34]);
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The job tables of one write transaction, with the status-count changes of the
+type Deltas = [[i64; JobStatus::ALL.len()]; OperationType::ALL.len()];
+
+/// The job tables of one write transaction, with the count changes of the
 /// operation under way.
 pub(crate) struct Tables<'a, 't> {
     pub(crate) w: &'a Write<'t>,
-    /// Status-count changes, written once when the operation ends.
-    deltas: [i64; JobStatus::ALL.len()],
+    /// Count changes by operation type and status, written once when the operation ends.
+    deltas: Deltas,
+    /// Step statistics to add, written once when the operation ends.
+    step_stats: Vec<(u128, StepStats)>,
+}
+
+impl Tables<'_, '_> {
+    fn count(&mut self, job: &SystemJob, delta: i64) {
+        self.deltas[type_slot(job.operation_type)][slot(job.status)] += delta;
+    }
+
+    /// Adds a run's figures to its step's statistics.
+    pub(crate) fn step_ran(&mut self, step: Uuid, stats: StepStats) {
+        let step = step.as_u128();
+        match self.step_stats.iter_mut().find(|(s, _)| *s == step) {
+            Some((_, s)) => s.add(&stats),
+            None => self.step_stats.push((step, stats)),
+        }
+    }
 }
 
 fn slot(status: JobStatus) -> usize {
     JobStatus::ALL.iter().position(|s| *s == status).expect("every status is listed")
 }
 
-/// Runs an operation on the job tables and writes the status counts it changed at
-/// the end.
+fn type_slot(t: OperationType) -> usize {
+    OperationType::ALL.iter().position(|s| *s == t).expect("every operation type is listed")
+}
+
+/// Runs an operation on the job tables and writes the counts and step statistics
+/// it changed at the end.
 pub(crate) fn with_tables<T, E: From<StoreError>>(
     w: &Write<'_>,
     op: impl FnOnce(&mut Tables<'_, '_>) -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
-    let mut t = Tables { w, deltas: [0; JobStatus::ALL.len()] };
+    let mut t = Tables { w, deltas: [[0; JobStatus::ALL.len()]; OperationType::ALL.len()], step_stats: Vec::new() };
     let out = op(&mut t)?;
-    for (i, delta) in t.deltas.into_iter().enumerate() {
-        if delta != 0 {
-            let code = JobStatus::ALL[i].code();
-            let c = w.get(&STATUS_COUNTS, &code)?.unwrap_or(0);
-            w.insert(&STATUS_COUNTS, &code, &c.saturating_add_signed(delta))?;
-        }
+    write_counts(w, &t.deltas)?;
+    for (step, add) in t.step_stats {
+        let mut stats: StepStats = get(w, &STEP_STATS, &step)?.unwrap_or_default();
+        stats.add(&add);
+        w.insert(&STEP_STATS, &step, &codec::encode(&stats).map_err(StoreError::from)?)?;
     }
     Ok(out)
+}
+
+fn write_counts(w: &Write<'_>, deltas: &Deltas) -> Result<()> {
+    for (ti, row) in deltas.iter().enumerate() {
+        for (si, delta) in row.iter().enumerate() {
+            if *delta != 0 {
+                let key = (OperationType::ALL[ti].code(), JobStatus::ALL[si].code());
+                let c = w.get(&TYPE_COUNTS, &key)?.unwrap_or(0);
+                w.insert(&TYPE_COUNTS, &key, &c.saturating_add_signed(*delta))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Schema 8: builds the status index and the counts by type and status from the
+/// jobs (the old counts by status alone are dropped).
+pub(super) fn upgrade_to_8(w: &Write<'_>) -> Result<usize> {
+    let mut jobs = Vec::new();
+    w.scan(&JOBS, .., false, |id, v| {
+        let job: SystemJob = codec::decode(&v)?;
+        jobs.push((id, job.status, job.operation_type, job.recurrence_pattern.is_some()));
+        Ok(std::ops::ControlFlow::Continue(()))
+    })?;
+    let mut deltas: Deltas = [[0; JobStatus::ALL.len()]; OperationType::ALL.len()];
+    for (id, status, op, recurring) in &jobs {
+        w.insert(&BY_STATUS, &(status.code(), *id), &())?;
+        if *recurring {
+            w.insert(&RECURRING, id, &())?;
+        }
+        deltas[type_slot(*op)][slot(*status)] += 1;
+    }
+    w.remove_range(&TYPE_COUNTS, ..)?;
+    write_counts(w, &deltas)?;
+    w.remove_range(&STATUS_COUNTS, ..)?;
+    Ok(jobs.len())
 }
 
 /// A job without its context (see [`fill_context`]): what every transition needs.
@@ -140,7 +210,13 @@ pub(crate) fn put_job(
         {
             t.w.remove(&STEP_JOBS, &(step.as_u128(), id))?;
         }
-        t.deltas[slot(o.status)] -= 1;
+        t.count(o, -1);
+        if new.is_none_or(|n| n.status != o.status) {
+            t.w.remove(&BY_STATUS, &(o.status.code(), id))?;
+        }
+        if o.recurrence_pattern.is_some() && new.is_none_or(|n| n.recurrence_pattern.is_none()) {
+            t.w.remove(&RECURRING, &id)?;
+        }
         // A workflow run leaving Waiting stops watching its record.
         if o.operation_type == crate::jobs::OperationType::Workflow
             && o.status == JobStatus::Waiting
@@ -163,7 +239,13 @@ pub(crate) fn put_job(
             // The record never holds the context (`SystemJob::context` is skipped).
             let record = codec::encode(n)?;
             t.w.insert(&JOBS, &n.id.as_u128(), &record)?;
-            t.deltas[slot(n.status)] += 1;
+            t.count(n, 1);
+            if old.is_none_or(|o| o.status != n.status) {
+                t.w.insert(&BY_STATUS, &(n.status.code(), n.id.as_u128()), &())?;
+            }
+            if n.recurrence_pattern.is_some() && old.is_none_or(|o| o.recurrence_pattern.is_none()) {
+                t.w.insert(&RECURRING, &n.id.as_u128(), &())?;
+            }
         }
         None => {
             if let Some(o) = old {
@@ -495,7 +577,24 @@ fn orphan_step_jobs_in(t: &mut Tables<'_, '_>, step: Uuid, what: &str, now: i64)
 
 /// Counts by status code.
 pub(crate) fn status_counts(r: &Read) -> Result<Vec<(JobStatus, u64)>> {
-    JobStatus::ALL.into_iter().map(|s| Ok((s, r.get(&STATUS_COUNTS, &s.code())?.unwrap_or(0)))).collect()
+    let by_type = type_counts(r)?;
+    Ok(JobStatus::ALL
+        .into_iter()
+        .map(|s| (s, by_type.iter().filter(|(_, st, _)| *st == s).map(|(_, _, n)| n).sum()))
+        .collect())
+}
+
+/// Job counts by operation type and status (every pair, zeros included).
+pub(crate) fn type_counts(r: &Read) -> Result<Vec<(OperationType, JobStatus, u64)>> {
+    // One read of the whole (small) table: one round trip on PostgreSQL.
+    let stored: std::collections::HashMap<(u32, u32), u64> = r.all(&TYPE_COUNTS)?.into_iter().collect();
+    let mut out = Vec::with_capacity(OperationType::ALL.len() * JobStatus::ALL.len());
+    for t in OperationType::ALL {
+        for s in JobStatus::ALL {
+            out.push((t, s, stored.get(&(t.code(), s.code())).copied().unwrap_or(0)));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -206,7 +206,7 @@ impl<K, V> Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableId(pub(crate) u8, pub(crate) &'static str);
 
-pub(crate) const ALL_TABLES: [TableId; 31] = [
+pub(crate) const ALL_TABLES: [TableId; 35] = [
     TableId(0, "meta"),
     TableId(1, "assemblies"),
     TableId(2, "assembly_bytes"),
@@ -238,6 +238,10 @@ pub(crate) const ALL_TABLES: [TableId; 31] = [
     TableId(28, "workflow_log"),
     TableId(29, "workflow_waits"),
     TableId(30, "workflow_wait_of"),
+    TableId(31, "jobs_by_status"),
+    TableId(32, "jobs_type_counts"),
+    TableId(33, "step_stats"),
+    TableId(34, "jobs_recurring"),
 ];
 
 /// redb's table for a logical table (a name apart from schema 4's typed tables).
@@ -245,7 +249,7 @@ pub(super) fn redb_table(id: TableId) -> TableDefinition<'static, &'static [u8],
     TableDefinition::new(REDB_NAMES[id.0 as usize])
 }
 
-const REDB_NAMES: [&str; 31] = [
+const REDB_NAMES: [&str; 35] = [
     "kv:meta",
     "kv:assemblies",
     "kv:assembly_bytes",
@@ -277,6 +281,10 @@ const REDB_NAMES: [&str; 31] = [
     "kv:workflow_log",
     "kv:workflow_waits",
     "kv:workflow_wait_of",
+    "kv:jobs_by_status",
+    "kv:jobs_type_counts",
+    "kv:step_stats",
+    "kv:jobs_recurring",
 ];
 
 /// Creates every table of a redb store (so readers never meet a missing one).
@@ -445,6 +453,12 @@ pub(crate) trait Reads {
         Ok(out)
     }
 
+    /// The values of `keys`, in their order (`None`: absent): one round trip on a
+    /// PostgreSQL snapshot.
+    fn fetch_many<K: Key, V: Value>(&self, table: &Table<K, V>, keys: &[K]) -> Result<Vec<Option<V>>> {
+        keys.iter().map(|k| self.get(table, k)).collect()
+    }
+
     /// Every entry in `range`.
     fn all_in<K: Key, V: Value>(&self, table: &Table<K, V>, range: impl RangeBounds<K>) -> Result<Vec<(K, V)>> {
         self.first(table, range, usize::MAX)
@@ -469,6 +483,10 @@ impl Reads for Read {
             Read::Redb(txn) => redb_scan(&txn.open_table(redb_table(table))?, range, reverse, f),
             Read::Pg(r) => r.scan(table, range, reverse, f),
         }
+    }
+
+    fn fetch_many<K: Key, V: Value>(&self, table: &Table<K, V>, keys: &[K]) -> Result<Vec<Option<V>>> {
+        self.get_many(table, keys)
     }
 }
 

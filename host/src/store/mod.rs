@@ -46,7 +46,7 @@ use kv::{ALL_TABLES, Read, Reads, Table, Write};
 /// table) and with lease-expiration and recurrence-run counters, and the steps' write
 /// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables; 6
 /// users, keys, roles, the audit log, jobs by owner, and the steps' run-as user.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -319,10 +319,12 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew { path: path.clone(), found: v }),
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
-                Some(v @ (5 | 6)) => {
+                Some(v @ 5..=7) => {
                     let steps = if v == 5 { upgrade_steps_to_6(w)? } else { 0 };
                     // Schema 7 added the workflow tables, empty: nothing to rewrite.
-                    tracing::info!(steps, "store migrated from schema {v} to {SCHEMA_VERSION}");
+                    // Schema 8 indexes jobs by status and counts them by type.
+                    let jobs = jobs::upgrade_to_8(w)?;
+                    tracing::info!(steps, jobs, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
                 }
                 Some(v) => Err(corrupt(format!("unknown schema version {v}"))),

@@ -303,84 +303,11 @@ impl JobQueue {
         let interrupts = self.interrupts.clone();
         wait(self.committer.submit_op(move |w| {
             with_tables(w, |t| {
-                let now = now_ms();
-                let old = load(t, id)?
-                    .ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
-                let refuse = |what: &str| {
-                    CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())))
-                };
-                let mut new = old.clone();
-                let mut interrupted = false;
-                match action {
-                    JobAction::Cancel => match old.status {
-                        JobStatus::WaitingForResources | JobStatus::Waiting => {
-                            new.status = JobStatus::Canceled;
-                            new.completed_on = Some(now);
-                        }
-                        JobStatus::InProgress | JobStatus::Pausing => {
-                            new.status = JobStatus::Canceling;
-                            interrupted = true;
-                        }
-                        _ => return Err(refuse("only ready, waiting or running jobs can be canceled")),
-                    },
-                    JobAction::Pause => match old.status {
-                        JobStatus::WaitingForResources => new.status = JobStatus::Waiting,
-                        JobStatus::InProgress => {
-                            new.status = JobStatus::Pausing;
-                            interrupted = true;
-                        }
-                        _ => return Err(refuse("only ready or running jobs can be paused")),
-                    },
-                    // Runs now; a recurring job then goes on with its next occurrence after now.
-                    JobAction::Resume => match old.status {
-                        JobStatus::Waiting => {
-                            new.status = JobStatus::WaitingForResources;
-                            new.postpone_until = None;
-                        }
-                        _ => return Err(refuse("only waiting jobs can be resumed")),
-                    },
-                    JobAction::Postpone(until) => match old.status {
-                        JobStatus::WaitingForResources | JobStatus::Waiting => {
-                            new.status = JobStatus::Waiting;
-                            new.postpone_until = Some(until);
-                        }
-                        _ => return Err(refuse("only ready or waiting jobs can be postponed")),
-                    },
-                    // Runs now; a recurring job then goes on with its next occurrence
-                    // after now, and never runs more than its COUNT.
-                    JobAction::Retry => match old.status {
-                        JobStatus::Failed | JobStatus::Canceled
-                            if old.recurrence_pattern.is_some() && !old.has_occurrences_left(now) =>
-                        {
-                            return Err(refuse(&format!(
-                                "its recurrence is used up after {} runs: create a new job to run it again",
-                                old.recurrence_runs
-                            )));
-                        }
-                        JobStatus::Failed | JobStatus::Canceled => {
-                            new.status = JobStatus::WaitingForResources;
-                            new.completed_on = None;
-                            new.postpone_until = None;
-                            new.retry_count = 0;
-                            new.lease_expirations = 0;
-                            new.error_code = None;
-                            new.message = None;
-                        }
-                        _ => return Err(refuse("only failed or canceled jobs can be retried")),
-                    },
-                    JobAction::Delete => {
-                        if old.state() == JobState::Locked {
-                            return Err(refuse("a running job cannot be deleted: cancel it first"));
-                        }
-                        put_job(t, Some(&old), None, now)?;
-                        return Ok(None);
-                    }
-                }
-                put_job(t, Some(&old), Some(&new), now)?;
+                let (new, interrupted) = manage_in(t, id, action, now_ms())?;
                 if interrupted {
                     interrupts.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
                 }
-                Ok(Some(new))
+                Ok(new)
             })
         }))
         .inspect(|_| self.committer.notify())
@@ -421,6 +348,18 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
             Err(e) => return Err(e),
             Ok(_) => {}
         }
+        if old.operation_type == crate::jobs::OperationType::JobAction {
+            match job_action_batch(t, &old, now)? {
+                Ok((more, output, message)) => {
+                    report.output = output;
+                    report.message = Some(message);
+                    if more {
+                        result = JobResult::Progress;
+                    }
+                }
+                Err(message) => result = JobResult::Failed { code: "invalid_job".into(), message },
+            }
+        }
         if let Some(before) = c.purge_before {
             use crate::model::{ParameterValue, Value};
             let purged = jobs::purge_completed(t, before, PURGE_BATCH, now)?;
@@ -441,7 +380,21 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
         JobResult::Wait { watch, .. } => watch.clone(),
         _ => None,
     };
+    let (fuel, run_us) = (report.fuel_used, report.duration_us);
     let (mut new, run) = crate::jobs::after_run(&old, result, report, &retry, now);
+    if let Some(step) = old.step_id {
+        let outcome = |o: RunOutcome| u64::from(run == o);
+        t.step_ran(
+            step,
+            crate::jobs::StepStats {
+                succeeded: outcome(RunOutcome::Succeeded),
+                failed: outcome(RunOutcome::Failed),
+                retried: outcome(RunOutcome::Retrying),
+                fuel,
+                run_us,
+            },
+        );
+    }
     if run == RunOutcome::Waiting
         && let Some(watch) = watch
     {
@@ -535,4 +488,149 @@ mod tests {
         let retried = queue.manage(job.id, JobAction::Retry).unwrap().unwrap();
         assert_eq!((retried.status, retried.lease_expirations), (JobStatus::WaitingForResources, 0));
     }
+}
+
+/// A user's action on job `id` inside a write transaction: the job after it
+/// (`None`: deleted) and whether a running job must be told to stop.
+pub(crate) fn manage_in(
+    t: &mut Tables<'_, '_>,
+    id: Uuid,
+    action: JobAction,
+    now: i64,
+) -> Result<(Option<SystemJob>, bool), CommitError> {
+    let old = load(t, id)?.ok_or_else(|| CommitError::Refused(StoreError::NotFound(format!("no system job {id}"))))?;
+    let refuse =
+        |what: &str| CommitError::Refused(StoreError::Conflict(format!("job {id} is {}: {what}", old.status.name())));
+    let mut new = old.clone();
+    let mut interrupted = false;
+    match action {
+        JobAction::Cancel => match old.status {
+            JobStatus::WaitingForResources | JobStatus::Waiting => {
+                new.status = JobStatus::Canceled;
+                new.completed_on = Some(now);
+            }
+            JobStatus::InProgress | JobStatus::Pausing => {
+                new.status = JobStatus::Canceling;
+                interrupted = true;
+            }
+            _ => return Err(refuse("only ready, waiting or running jobs can be canceled")),
+        },
+        JobAction::Pause => match old.status {
+            JobStatus::WaitingForResources => new.status = JobStatus::Waiting,
+            // A recurring job between occurrences: it waits without a next run until resumed.
+            JobStatus::Waiting if old.recurrence_pattern.is_some() && old.postpone_until.is_some() => {
+                new.postpone_until = None;
+            }
+            JobStatus::InProgress => {
+                new.status = JobStatus::Pausing;
+                interrupted = true;
+            }
+            _ => return Err(refuse("only ready or running jobs, and recurring jobs between occurrences, can be paused")),
+        },
+        // Runs now; a recurring job then goes on with its next occurrence after now.
+        JobAction::Resume => match old.status {
+            JobStatus::Waiting => {
+                new.status = JobStatus::WaitingForResources;
+                new.postpone_until = None;
+            }
+            _ => return Err(refuse("only waiting jobs can be resumed")),
+        },
+        JobAction::Postpone(until) => match old.status {
+            JobStatus::WaitingForResources | JobStatus::Waiting => {
+                new.status = JobStatus::Waiting;
+                new.postpone_until = Some(until);
+            }
+            _ => return Err(refuse("only ready or waiting jobs can be postponed")),
+        },
+        // Runs now; a recurring job then goes on with its next occurrence
+        // after now, and never runs more than its COUNT.
+        JobAction::Retry => match old.status {
+            JobStatus::Failed | JobStatus::Canceled
+                if old.recurrence_pattern.is_some() && !old.has_occurrences_left(now) =>
+            {
+                return Err(refuse(&format!(
+                    "its recurrence is used up after {} runs: create a new job to run it again",
+                    old.recurrence_runs
+                )));
+            }
+            JobStatus::Failed | JobStatus::Canceled => {
+                new.status = JobStatus::WaitingForResources;
+                new.completed_on = None;
+                new.postpone_until = None;
+                new.retry_count = 0;
+                new.lease_expirations = 0;
+                new.error_code = None;
+                new.message = None;
+            }
+            _ => return Err(refuse("only failed or canceled jobs can be retried")),
+        },
+        JobAction::Delete => {
+            if old.state() == JobState::Locked {
+                return Err(refuse("a running job cannot be deleted: cancel it first"));
+            }
+            put_job(t, Some(&old), None, now)?;
+            return Ok((None, false));
+        }
+    }
+    put_job(t, Some(&old), Some(&new), now)?;
+    Ok((Some(new), interrupted))
+}
+
+/// One batch of a bulk job action (see [`crate::bulk::JobSelection`]): applies the
+/// action to the next jobs of its selection and returns whether more remain, the
+/// job's progress output and its message; `Err` if the job's selection is damaged.
+fn job_action_batch(
+    t: &mut Tables<'_, '_>,
+    job: &SystemJob,
+    now: i64,
+) -> Result<Result<(bool, crate::model::Parameters, String), String>, CommitError> {
+    use crate::model::{ParameterValue, Value};
+    // The selection is in the job's context, which loading the job leaves out.
+    let mut with_context = job.clone();
+    jobs::fill_context(t.w, &mut with_context)?;
+    let selection = match crate::bulk::JobSelection::from_job(&with_context) {
+        Ok(s) => s,
+        Err(m) => return Ok(Err(m)),
+    };
+    let int = |name: &str| match job.output.get(name) {
+        Some(ParameterValue::Value(Value::Integer(n))) => *n,
+        _ => 0,
+    };
+    let after = match job.output.get("After") {
+        Some(ParameterValue::Value(Value::Guid(id))) => Some(*id),
+        _ => None,
+    };
+    let (mut applied, mut skipped) = (int("Applied"), int("Skipped"));
+    // The selection as it was when the action was queued: jobs before this one.
+    let query = crate::jobs::JobQuery {
+        after,
+        before: Some(job.id),
+        newest_first: false,
+        limit: Some(crate::bulk::JOB_ACTION_BATCH),
+        ..selection.query.clone()
+    };
+    let bounds = super::data::id_bounds(&query)?;
+    let page = super::data::select_jobs(t.w, &query, bounds, crate::bulk::JOB_ACTION_BATCH, Some(crate::bulk::JOB_ACTION_BATCH))?;
+    for target in &page.jobs {
+        match manage_in(t, target.id, selection.action, now) {
+            Ok(_) => applied += 1,
+            Err(CommitError::Refused(_)) => skipped += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    let more = page.next_after.is_some();
+    let mut output = crate::model::Parameters::from([
+        ("Applied".to_owned(), ParameterValue::Value(Value::Integer(applied))),
+        ("Skipped".to_owned(), ParameterValue::Value(Value::Integer(skipped))),
+        ("Processed".to_owned(), ParameterValue::Value(Value::Integer(applied + skipped))),
+    ]);
+    if let Some(next) = page.next_after {
+        output.insert("After".to_owned(), ParameterValue::Value(Value::Guid(next)));
+    }
+    let message = format!(
+        "{}: applied to {applied} jobs, skipped {skipped} that do not allow it{}",
+        selection.action.name(),
+        if more { " (more to do)" } else { "" }
+    );
+    Ok(Ok((more, output, message)))
 }

@@ -4,6 +4,7 @@
 mod bulk;
 mod cli;
 mod crash;
+mod dashboard;
 mod http;
 mod model;
 mod queue;
