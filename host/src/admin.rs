@@ -139,8 +139,9 @@ impl std::str::FromStr for ServiceAction {
 
 /// The query of `GET /jobs` and of `plughost jobs list`: filters and paging as
 /// text, every one optional; [`JobFilter::query`] checks them.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobFilter {
     /// Status name or number.
     pub status: Option<String>,

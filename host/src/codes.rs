@@ -73,6 +73,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("forbidden", "the caller's roles lack the privilege the route or record needs (the message names it)"),
     ("bad_host", "the Host header names another server (a server on loopback answers loopback names only)"),
     ("forbidden_origin", "a browser request from an origin the server does not allow (CORS is off by default)"),
+    ("csrf", "a dashboard form without its session's CSRF token (reload the page)"),
     (
         "unsupported_media_type",
         "the body's Content-Type is not one the route takes (JSON routes take application/json)",

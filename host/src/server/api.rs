@@ -9,8 +9,9 @@ use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, Query, 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{get, post};
+
 use axum::{Json, Router};
+use utoipa_axum::routes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -28,68 +29,80 @@ use crate::store::JobAction;
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
 
-/// The whole HTTP surface. Every route but `/healthz` (and `/metrics` if configured
-/// public) needs an API key; each group needs its privilege (`auth::Access`).
+/// The whole HTTP surface. Every route but `/healthz`, the OpenAPI document (and
+/// `/metrics` if configured public) needs an API key; each group needs its privilege
+/// (`auth::Access`). Every route but the dashboard's is in the OpenAPI document.
 pub fn app(state: AppState) -> Router {
-    let need = |access: Access| middleware::from_fn(move |r: HttpRequest, n: Next| auth::require(access, r, n));
-    let data = Router::new()
-        .route("/entities/{entity}", post(create).get(list))
-        .route("/entities/{entity}/{id}", get(retrieve).patch(update).delete(delete))
-        .route("/query", post(query))
-        .route("/messages/{message}", post(custom_message))
-        .route("/metadata/entities", get(definitions))
-        .route("/jobs", get(jobs).post(create_job))
-        .route("/bulk/delete", post(bulk_delete))
-        .route("/bulk/import", post(bulk_import))
-        .route("/jobs/{id}", get(job).delete(delete_job))
-        .route("/jobs/{id}/{action}", post(job_action))
-        .route("/service", get(service));
-    let data = limited(data, state.config.max_body_bytes, "max_body_bytes").route_layer(need(Access::Member));
-    let uploads = Router::new().route("/assemblies", post(register).get(assemblies));
-    let uploads = limited(uploads, state.config.max_assembly_bytes, "max_assembly_bytes");
-    let registration = Router::new()
-        .route("/assemblies/{hash}", axum::routing::delete(unregister_assembly))
-        .route("/plugins", get(plugins))
-        .route("/plugins/{name}", get(plugin).delete(unregister_plugin))
-        .route("/steps", get(steps).post(add_step))
-        .route("/steps/{step}", get(step).delete(remove_step))
-        .route("/steps/{step}/enable", post(enable_step))
-        .route("/steps/{step}/disable", post(disable_step));
-    let registration = limited(registration, state.config.max_body_bytes, "max_body_bytes")
-        .merge(uploads)
-        .route_layer(need(Access::Capability(Capability::Registration)));
-    let customization = Router::new().route("/metadata/entities/{name}", axum::routing::put(define_entity));
-    let customization = limited(customization, state.config.max_body_bytes, "max_body_bytes")
-        .route_layer(need(Access::Capability(Capability::Customization)));
-    let service = Router::new()
-        .route("/service/{action}", post(service_action))
-        .route("/workers", get(super::workers::list))
-        .route_layer(need(Access::Capability(Capability::Service)));
-    let api = data
-        .merge(registration)
-        .merge(customization)
-        .merge(service)
-        .merge(super::identity::routes(&state))
-        .merge(limited(super::workflows::routes(&state), state.config.max_body_bytes, "max_body_bytes"))
-        .merge(super::workers::routes(&state))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
-    let mut metrics_route = Router::new().route("/metrics", get(metrics));
+    let mut metrics_route = ApiRouter::new().routes(routes!(metrics));
     if !state.config.http.public_metrics {
         metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     }
+    let (api, mut doc) =
+        ApiRouter::new().routes(routes!(healthz)).merge(metrics_route).merge(api_routes(&state)).split_for_parts();
+    let (_, paths, document) = routes!(openapi_document);
+    doc.paths.merge(paths);
+    let doc = Arc::new(serde_json::to_value(super::openapi::finish(doc)).expect("the OpenAPI document serializes"));
     Router::new()
-        .route("/healthz", get(healthz))
-        .merge(metrics_route)
-        .nest("/api/v1", api)
+        .route("/api/v1/openapi.json", document.layer(Extension(doc)))
+        .merge(api)
         .merge(super::ui::routes(&state))
         .fallback(|| async { ApiError::not_found("no such route: see the API reference in README.md") })
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)
 }
 
+/// The routes under `/api/v1`, each registered with its description
+/// (`routes!`), behind authentication and each group's privilege.
+fn api_routes(state: &AppState) -> ApiRouter {
+    let need = |access: Access| middleware::from_fn(move |r: HttpRequest, n: Next| auth::require(access, r, n));
+    let data = ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(retrieve, update, delete))
+        .routes(routes!(query))
+        .routes(routes!(custom_message))
+        .routes(routes!(definitions))
+        .routes(routes!(jobs, create_job))
+        .routes(routes!(bulk_delete))
+        .routes(routes!(bulk_import))
+        .routes(routes!(job, delete_job))
+        .routes(routes!(job_action))
+        .routes(routes!(service));
+    let data = limited(data, state.config.max_body_bytes, "max_body_bytes").route_layer(need(Access::Member));
+    let uploads = ApiRouter::new().routes(routes!(register, assemblies));
+    let uploads = limited(uploads, state.config.max_assembly_bytes, "max_assembly_bytes");
+    let registration = ApiRouter::new()
+        .routes(routes!(unregister_assembly))
+        .routes(routes!(plugins))
+        .routes(routes!(plugin, unregister_plugin))
+        .routes(routes!(steps, add_step))
+        .routes(routes!(step, remove_step))
+        .routes(routes!(enable_step))
+        .routes(routes!(disable_step));
+    let registration = limited(registration, state.config.max_body_bytes, "max_body_bytes")
+        .merge(uploads)
+        .route_layer(need(Access::Capability(Capability::Registration)));
+    let customization = ApiRouter::new().routes(routes!(define_entity));
+    let customization = limited(customization, state.config.max_body_bytes, "max_body_bytes")
+        .route_layer(need(Access::Capability(Capability::Customization)));
+    let service = ApiRouter::new()
+        .routes(routes!(service_action))
+        .routes(routes!(super::workers::list))
+        .route_layer(need(Access::Capability(Capability::Service)));
+    data.merge(registration)
+        .merge(customization)
+        .merge(service)
+        .merge(super::identity::routes(state))
+        .merge(limited(super::workflows::routes(state), state.config.max_body_bytes, "max_body_bytes"))
+        .merge(super::workers::routes(state))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+}
+
+/// A router whose routes describe themselves in the OpenAPI document.
+pub(super) type ApiRouter = utoipa_axum::router::OpenApiRouter<AppState>;
+
 /// Limits request bodies to `limit` bytes; a body that declares a larger length is
 /// refused before it is read, saying its size, the limit and the setting.
-fn limited(router: Router<AppState>, limit: usize, setting: &'static str) -> Router<AppState> {
+fn limited(router: ApiRouter, limit: usize, setting: &'static str) -> ApiRouter {
     router.layer(DefaultBodyLimit::max(limit)).layer(middleware::from_fn(move |request: HttpRequest, next: Next| {
         refuse_oversize(limit, setting, request, next)
     }))
@@ -118,6 +131,13 @@ async fn refuse_oversize(limit: usize, setting: &'static str, request: HttpReque
         }
         _ => next.run(request).await,
     }
+}
+
+/// This document (no key needed).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", summary = "The OpenAPI 3.1 document of this API", security(()),
+    responses((status = 200, description = "the document", body = serde_json::Value)))]
+async fn openapi_document(Extension(doc): Extension<Arc<serde_json::Value>>) -> Json<serde_json::Value> {
+    Json(doc.as_ref().clone())
 }
 
 /// Runs blocking work (plug-ins, durable writes) off the async threads.
@@ -204,6 +224,8 @@ pub(super) async fn audited<T: Send + 'static>(
     admin(state, move |a| a.audited(&who, action, &target, op)).await
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "service", summary = "Liveness and the runtime's figures (no key needed)", security(()),
+    responses((status = 200, description = "ok", body = serde_json::Value)))]
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
@@ -219,11 +241,12 @@ struct CreateQuery {
     id: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IdBody {
     pub id: Uuid,
 }
 
+#[utoipa::path(post, path = "/api/v1/entities/{entity}", tag = "data", summary = "Create a record through the pipeline", params(("entity" = String, Path, description = "the entity's logical name")), request_body(content = serde_json::Value, content_type = "application/json", description = "the attributes"), responses((status = 201, description = "created; Location names the record", body = crate::server::IdBody), crate::server::openapi::ApiErrors))]
 async fn create(
     State(state): State<AppState>,
     Path(entity): Path<String>,
@@ -259,6 +282,7 @@ fn split_columns(c: Option<String>) -> Vec<String> {
     c.map(|c| c.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
 }
 
+#[utoipa::path(get, path = "/api/v1/entities/{entity}/{id}", tag = "data", summary = "Retrieve a record", params(("entity" = String, Path, description = "the entity's logical name"), ("id" = String, Path, description = "the id (a GUID)")), responses((status = 200, description = "the record", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn retrieve(
     State(state): State<AppState>,
     Path((entity, id)): Path<(String, String)>,
@@ -273,6 +297,7 @@ async fn retrieve(
     }
 }
 
+#[utoipa::path(patch, path = "/api/v1/entities/{entity}/{id}", tag = "data", summary = "Update a record through the pipeline", params(("entity" = String, Path, description = "the entity's logical name"), ("id" = String, Path, description = "the id (a GUID)")), request_body(content = serde_json::Value, content_type = "application/json", description = "the attributes to change"), responses((status = 200, description = "updated", body = crate::server::IdBody), crate::server::openapi::ApiErrors))]
 async fn update(
     State(state): State<AppState>,
     Path((entity, id)): Path<(String, String)>,
@@ -290,6 +315,7 @@ async fn update(
     Ok(Json(IdBody { id }))
 }
 
+#[utoipa::path(delete, path = "/api/v1/entities/{entity}/{id}", tag = "data", summary = "Delete a record through the pipeline", params(("entity" = String, Path, description = "the entity's logical name"), ("id" = String, Path, description = "the id (a GUID)")), responses((status = 204, description = "deleted"), crate::server::openapi::ApiErrors))]
 async fn delete(
     State(state): State<AppState>,
     Path((entity, id)): Path<(String, String)>,
@@ -309,6 +335,7 @@ struct ListQuery {
     columns: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/entities/{entity}", tag = "data", summary = "List records (paged: cookie)", params(("entity" = String, Path, description = "the entity's logical name")), responses((status = 200, description = "an entity collection", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn list(
     State(state): State<AppState>,
     Path(entity): Path<String>,
@@ -328,6 +355,7 @@ async fn list(
     query_response(&state, query, &headers, &who).await
 }
 
+#[utoipa::path(post, path = "/api/v1/query", tag = "data", summary = "RetrieveMultiple with a query", request_body(content = serde_json::Value, content_type = "application/json", description = "a query: entity_name, criteria, orders, top, page_size, paging_cookie"), responses((status = 200, description = "an entity collection", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn query(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -357,6 +385,7 @@ pub struct MessageBody {
     pub parameters: Parameters,
 }
 
+#[utoipa::path(post, path = "/api/v1/messages/{message}", tag = "data", summary = "Run a custom message", params(("message" = String, Path, description = "the message name")), request_body(content = serde_json::Value, content_type = "application/json", description = "target and parameters"), responses((status = 200, description = "the output parameters", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn custom_message(
     State(state): State<AppState>,
     Path(message): Path<String>,
@@ -382,6 +411,7 @@ struct RegisterQuery {
     steps: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/assemblies", tag = "registration", summary = "Register a component (and steps) by content hash", params(("name" = String, Query, description = "the plug-in name"), ("description" = Option<String>, Query, description = "what it does"), ("steps" = Option<String>, Query, description = "a JSON list of step specs")), request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component's bytes"), responses((status = 201, description = "what was registered", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn register(
     State(state): State<AppState>,
     Params(q): Params<RegisterQuery>,
@@ -399,10 +429,12 @@ async fn register(
     Ok((StatusCode::CREATED, Json(reg)))
 }
 
+#[utoipa::path(get, path = "/api/v1/assemblies", tag = "registration", summary = "Registered assemblies", responses((status = 200, description = "every assembly", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn assemblies(State(state): State<AppState>) -> ApiResult<Json<Vec<AssemblyRecord>>> {
     admin(&state, |a| a.assemblies()).await.map(Json)
 }
 
+#[utoipa::path(delete, path = "/api/v1/assemblies/{hash}", tag = "registration", summary = "Unregister an assembly no plug-in uses", params(("hash" = String, Path, description = "the blake3 hash (hex)")), responses((status = 200, description = "the removed assembly", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn unregister_assembly(
     State(state): State<AppState>,
     Path(hash): Path<String>,
@@ -411,10 +443,12 @@ async fn unregister_assembly(
     audited(&state, &who, "unregister.assembly", hash.clone(), move |a| a.unregister_assembly(&hash)).await.map(Json)
 }
 
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "registration", summary = "Registered plug-ins", responses((status = 200, description = "every plug-in", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginRecord>>> {
     admin(&state, |a| a.plugins()).await.map(Json)
 }
 
+#[utoipa::path(get, path = "/api/v1/plugins/{name}", tag = "registration", summary = "A plug-in with its assembly and steps", params(("name" = String, Path, description = "the plug-in name")), responses((status = 200, description = "the plug-in", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn plugin(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<PluginDetails>> {
     admin(&state, move |a| a.plugin(&name)).await.map(Json)
 }
@@ -425,6 +459,7 @@ struct UnregisterPluginQuery {
     with_steps: bool,
 }
 
+#[utoipa::path(delete, path = "/api/v1/plugins/{name}", tag = "registration", summary = "Unregister a plug-in (with_steps: and its steps, failing their queued jobs)", params(("name" = String, Path, description = "the plug-in name")), responses((status = 200, description = "what was removed", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn unregister_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -436,10 +471,12 @@ async fn unregister_plugin(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/api/v1/steps", tag = "registration", summary = "Registered steps", responses((status = 200, description = "every step", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn steps(State(state): State<AppState>) -> ApiResult<Json<Vec<StepRecord>>> {
     admin(&state, |a| a.steps()).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/steps", tag = "registration", summary = "Register a step", request_body(content = serde_json::Value, content_type = "application/json", description = "a step spec"), responses((status = 201, description = "the step", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn add_step(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -451,10 +488,12 @@ async fn add_step(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
+#[utoipa::path(get, path = "/api/v1/steps/{step}", tag = "registration", summary = "A step", params(("step" = String, Path, description = "id, unique id prefix or name")), responses((status = 200, description = "the step", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn step(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<StepRecord>> {
     admin(&state, move |a| a.step(&key)).await.map(Json)
 }
 
+#[utoipa::path(delete, path = "/api/v1/steps/{step}", tag = "registration", summary = "Remove a step (its queued jobs fail)", params(("step" = String, Path, description = "id, unique id prefix or name")), responses((status = 200, description = "the removed step", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn remove_step(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -463,6 +502,7 @@ async fn remove_step(
     audited(&state, &who, "steps.remove", key.clone(), move |a| a.remove_step(&key)).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/steps/{step}/enable", tag = "registration", summary = "Enable a step", params(("step" = String, Path, description = "id, unique id prefix or name")), responses((status = 200, description = "the step", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn enable_step(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -471,6 +511,7 @@ async fn enable_step(
     audited(&state, &who, "steps.enable", key.clone(), move |a| a.set_step_enabled(&key, true)).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/steps/{step}/disable", tag = "registration", summary = "Disable a step", params(("step" = String, Path, description = "id, unique id prefix or name")), responses((status = 200, description = "the step", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn disable_step(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -481,16 +522,20 @@ async fn disable_step(
 
 // ---- metadata ----
 
+#[utoipa::path(get, path = "/api/v1/metadata/entities", tag = "metadata", summary = "Entity definitions", responses((status = 200, description = "every definition", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn definitions(State(state): State<AppState>) -> ApiResult<Json<Vec<EntityDefinition>>> {
     admin(&state, |a| a.definitions()).await.map(Json)
 }
 
 /// The body of `PUT /metadata/entities/{name}`: attributes to add.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DefineBody {
+    /// Attribute name -> type (text, integer, decimal, money, boolean, datetime, guid, reference, ...).
+    #[schema(value_type = BTreeMap<String, String>)]
     pub attributes: BTreeMap<String, AttributeType>,
 }
 
+#[utoipa::path(put, path = "/api/v1/metadata/entities/{name}", tag = "metadata", summary = "Define an entity or add attributes", params(("name" = String, Path, description = "the entity's logical name")), request_body(content = crate::server::DefineBody, content_type = "application/json", description = "attributes to add"), responses((status = 200, description = "the definition", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn define_entity(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -539,6 +584,7 @@ impl IntoResponse for Jobs<Vec<SystemJob>> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", summary = "List system jobs (filters, keyset paging with after)", params(crate::admin::JobFilter), responses((status = 200, description = "a page of jobs", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn jobs(
     State(state): State<AppState>,
     Params(filter): Params<JobFilter>,
@@ -547,11 +593,13 @@ async fn jobs(
     admin(&state, move |a| a.jobs_of(&who, &filter)).await.map(Jobs)
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", summary = "A system job", params(("id" = String, Path, description = "the id (a GUID)")), responses((status = 200, description = "the job", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn job(State(state): State<AppState>, Path(id): Path<String>, Extension(who): Who) -> ApiResult<Jobs<SystemJob>> {
     let id = guid_param(&id)?;
     admin(&state, move |a| a.job_of(&who, id)).await.map(Jobs)
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", summary = "Queue a job for an asynchronous step (recurrence, postpone, token)", request_body(content = serde_json::Value, content_type = "application/json", description = "step, parameters, recurrence_pattern, recurrence_start, postpone_until, dependency_token"), responses((status = 201, description = "the job", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn create_job(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -563,6 +611,7 @@ async fn create_job(
     Ok((StatusCode::CREATED, Jobs(job)))
 }
 
+#[utoipa::path(post, path = "/api/v1/bulk/delete", tag = "jobs", summary = "Queue a bulk delete of the records a query selects", request_body(content = serde_json::Value, content_type = "application/json", description = "query and name"), responses((status = 201, description = "the job", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn bulk_delete(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -578,8 +627,9 @@ async fn bulk_delete(
 }
 
 /// The query of `POST /bulk/import`; the body is the file.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ImportQuery {
     pub entity: String,
     /// `csv` (default) or `jsonl`.
@@ -589,6 +639,7 @@ pub struct ImportQuery {
     pub name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/bulk/import", tag = "jobs", summary = "Queue an import of a CSV or JSON-lines file", params(crate::server::ImportQuery), request_body(content = Vec<u8>, content_type = "text/csv", description = "the file"), responses((status = 201, description = "the job", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn bulk_import(
     State(state): State<AppState>,
     Params(q): Params<ImportQuery>,
@@ -612,6 +663,7 @@ pub struct PostponeBody {
     pub until: serde_json::Value,
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/{action}", tag = "jobs", summary = "cancel, pause, resume, postpone (body: until) or retry a job", params(("id" = String, Path, description = "the id (a GUID)"), ("action" = String, Path, description = "cancel, pause, resume, postpone or retry")), responses((status = 200, description = "the job after the action", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn job_action(
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
@@ -637,6 +689,7 @@ async fn job_action(
     audited(&state, &who.clone(), name, id.to_string(), move |a| a.manage_job_of(&who, id, action)).await.map(Jobs)
 }
 
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", summary = "Delete a job that is not running", params(("id" = String, Path, description = "the id (a GUID)")), responses((status = 204, description = "deleted"), crate::server::openapi::ApiErrors))]
 async fn delete_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -648,10 +701,12 @@ async fn delete_job(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/service", tag = "service", summary = "The asynchronous service's state and job counts", responses((status = 200, description = "the service", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn service(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>> {
     admin(&state, |a| a.service(None)).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/service/{action}", tag = "service", summary = "Pause or resume the asynchronous service", params(("action" = String, Path, description = "pause or resume")), responses((status = 200, description = "the service", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn service_action(
     State(state): State<AppState>,
     Path(action): Path<String>,
@@ -663,6 +718,8 @@ async fn service_action(
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "service", summary = "Prometheus metrics (public if http.public_metrics)",
+    responses((status = 200, description = "the text exposition format", body = String, content_type = "text/plain"), super::openapi::ApiErrors))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
     use std::sync::atomic::Ordering::Relaxed;
     let counts = admin(&state, |a| a.counts()).await?;

@@ -7,34 +7,35 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::api::{ApiResult, Params, Who, admin, audited, json_body};
 use super::auth::{self, Access};
+use super::api::ApiRouter;
 use super::{ApiError, AppState};
+use utoipa_axum::routes;
 use crate::accounts::{Grant, KeySpec};
 use crate::security::{ApiKey, AuditEntry, Capability, NewKey, Principal, Role, User};
 
-pub(super) fn routes(_state: &AppState) -> axum::Router<AppState> {
+pub(super) fn routes(_state: &AppState) -> ApiRouter {
     let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));
-    let security = Router::new()
-        .route("/users", get(users).post(create_user))
-        .route("/users/{name}/{action}", post(user_action))
-        .route("/keys", get(keys).post(create_key))
-        .route("/keys/{id}/revoke", post(revoke_key))
-        .route("/roles", get(roles).post(create_role))
-        .route("/roles/{name}/grant", post(grant))
+    let security = ApiRouter::new()
+        .routes(routes!(users, create_user))
+        .routes(routes!(user_action))
+        .routes(routes!(keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(roles, create_role))
+        .routes(routes!(grant))
         .route_layer(need(Access::Capability(Capability::Security)));
-    let audit = Router::new().route("/audit", get(audit)).route_layer(need(Access::Capability(Capability::Audit)));
+    let audit = ApiRouter::new().routes(routes!(audit)).route_layer(need(Access::Capability(Capability::Audit)));
     // Any key may ask who it is (Dataverse's WhoAmI).
-    security.merge(audit).route("/whoami", get(whoami))
+    security.merge(audit).routes(routes!(whoami))
 }
 
 /// The body of `POST /users`.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewUserBody {
     pub name: String,
     #[serde(default)]
@@ -50,21 +51,24 @@ pub struct RolesBody {
 }
 
 /// The body of `POST /roles`.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewRoleBody {
     pub name: String,
     #[serde(default)]
     pub description: String,
 }
 
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "security", summary = "The caller: user, roles, privileges", responses((status = 200, description = "the principal", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn whoami(Extension(who): Who) -> Json<Principal> {
     Json((*who).clone())
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "security", summary = "Users", responses((status = 200, description = "every user", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn users(State(state): State<AppState>) -> ApiResult<Json<Vec<User>>> {
     admin(&state, |a| a.users()).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "security", summary = "Create a user", request_body(content = crate::server::NewUserBody, content_type = "application/json", description = "name and roles"), responses((status = 201, description = "the user", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn create_user(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -75,6 +79,7 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+#[utoipa::path(post, path = "/api/v1/users/{name}/{action}", tag = "security", summary = "roles (body: roles), enable or disable a user", params(("name" = String, Path, description = "the user's name"), ("action" = String, Path, description = "roles, enable or disable")), responses((status = 200, description = "the user", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn user_action(
     State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
@@ -103,10 +108,12 @@ struct KeysQuery {
     user: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/keys", tag = "security", summary = "API keys (never their secrets)", responses((status = 200, description = "the keys", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn keys(State(state): State<AppState>, Params(q): Params<KeysQuery>) -> ApiResult<Json<Vec<ApiKey>>> {
     admin(&state, move |a| a.keys(q.user.as_deref())).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/keys", tag = "security", summary = "Create an API key (the secret is in this answer only)", request_body(content = serde_json::Value, content_type = "application/json", description = "user, label, expires"), responses((status = 201, description = "the key and its secret", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn create_key(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -117,6 +124,7 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(key)))
 }
 
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "security", summary = "Revoke a key", params(("id" = String, Path, description = "the id (a GUID)")), responses((status = 200, description = "the key", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -126,10 +134,12 @@ async fn revoke_key(
     audited(&state, &who, "keys.revoke", id.to_string(), move |a| a.revoke_key(id)).await.map(Json)
 }
 
+#[utoipa::path(get, path = "/api/v1/roles", tag = "security", summary = "Roles", responses((status = 200, description = "every role", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn roles(State(state): State<AppState>) -> ApiResult<Json<Vec<Role>>> {
     admin(&state, |a| a.roles()).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/roles", tag = "security", summary = "Create a role", request_body(content = crate::server::NewRoleBody, content_type = "application/json", description = "name and description"), responses((status = 201, description = "the role", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn create_role(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -141,6 +151,7 @@ async fn create_role(
     Ok((StatusCode::CREATED, Json(role)))
 }
 
+#[utoipa::path(post, path = "/api/v1/roles/{name}/grant", tag = "security", summary = "Grant privileges and capabilities to a role", params(("name" = String, Path, description = "the role's name")), request_body(content = serde_json::Value, content_type = "application/json", description = "privileges and capabilities"), responses((status = 200, description = "the role", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn grant(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -157,6 +168,7 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "security", summary = "The audit log, newest first", responses((status = 200, description = "audit entries", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn audit(State(state): State<AppState>, Params(q): Params<AuditQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
     admin(&state, move |a| a.audit_log(q.before, q.limit)).await.map(Json)
 }

@@ -7,11 +7,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::api::ApiRouter;
+use utoipa_axum::routes;
 use super::api::{ApiResult, Params, Who, admin, audited, guid_param, json_body, raw_body};
 use super::auth::{self, Access};
 use crate::jobs::JobView;
@@ -19,19 +20,19 @@ use crate::security::Capability;
 use crate::workflow::LogEntry;
 use crate::workflow::ops::WorkflowView;
 
-pub(super) fn routes(_state: &AppState) -> Router<AppState> {
+pub(super) fn routes(_state: &AppState) -> ApiRouter {
     let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));
-    let change = Router::new()
-        .route("/workflows", post(create))
-        .route("/workflows/{name}", axum::routing::put(update).delete(delete))
-        .route("/workflows/{name}/activate", post(activate))
-        .route("/workflows/{name}/deactivate", post(deactivate))
+    let change = ApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(update, delete))
+        .routes(routes!(activate))
+        .routes(routes!(deactivate))
         .route_layer(need(Access::Capability(Capability::Customization)));
-    let read = Router::new()
-        .route("/workflows", get(list))
-        .route("/workflows/{name}", get(show))
-        .route("/workflows/{name}/run", post(run))
-        .route("/jobs/{id}/log", get(log))
+    let read = ApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(run))
+        .routes(routes!(log))
         .route_layer(need(Access::Member));
     change.merge(read)
 }
@@ -47,10 +48,12 @@ struct ShowQuery {
     version: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/workflows", tag = "workflows", operation_id = "workflow_list", summary = "Workflows", responses((status = 200, description = "every workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkflowView>>> {
     admin(&state, |a| a.workflows()).await.map(Json)
 }
 
+#[utoipa::path(get, path = "/api/v1/workflows/{name}", tag = "workflows", operation_id = "workflow_show", summary = "A workflow (version: an activated version)", params(("name" = String, Path, description = "the workflow's name")), responses((status = 200, description = "the workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -59,6 +62,7 @@ async fn show(
     admin(&state, move |a| a.workflow(&name, q.version)).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows", operation_id = "workflow_create", summary = "Create a workflow from its definition", request_body(content = serde_json::Value, content_type = "application/json", description = "a definition (docs/workflow.schema.json)"), responses((status = 201, description = "the workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn create(
     State(state): State<AppState>,
     Extension(who): Who,
@@ -71,6 +75,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(put, path = "/api/v1/workflows/{name}", tag = "workflows", operation_id = "workflow_update", summary = "Replace an inactive workflow's definition", params(("name" = String, Path, description = "the workflow's name")), request_body(content = serde_json::Value, content_type = "application/json", description = "a definition"), responses((status = 200, description = "the workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn update(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -81,6 +86,7 @@ async fn update(
     audited(&state, &who, "workflows.update", name.clone(), move |a| a.workflow_update(&name, &bytes)).await.map(Json)
 }
 
+#[utoipa::path(delete, path = "/api/v1/workflows/{name}", tag = "workflows", operation_id = "workflow_delete", summary = "Delete an inactive workflow", params(("name" = String, Path, description = "the workflow's name")), responses((status = 200, description = "the deleted workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -89,6 +95,7 @@ async fn delete(
     audited(&state, &who, "workflows.delete", name.clone(), move |a| a.workflow_delete(&name)).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/workflows/{name}/activate", tag = "workflows", operation_id = "workflow_activate", summary = "Activate: freeze a version and run it on its triggers", params(("name" = String, Path, description = "the workflow's name")), responses((status = 200, description = "the workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn activate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -99,6 +106,7 @@ async fn activate(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/workflows/{name}/deactivate", tag = "workflows", operation_id = "workflow_deactivate", summary = "Deactivate (runs under way go on)", params(("name" = String, Path, description = "the workflow's name")), responses((status = 200, description = "the workflow", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn deactivate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -109,6 +117,7 @@ async fn deactivate(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/api/v1/workflows/{name}/run", tag = "workflows", operation_id = "workflow_run", summary = "Run an on-demand workflow on a record", params(("name" = String, Path, description = "the workflow's name")), request_body(content = serde_json::Value, content_type = "application/json", description = "record"), responses((status = 201, description = "the run's job", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn run(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -122,6 +131,7 @@ async fn run(
     Ok((StatusCode::CREATED, axum::response::IntoResponse::into_response(Json(JobView::of(&job)))))
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/log", tag = "workflows", operation_id = "workflow_log", summary = "A workflow run's log", params(("id" = String, Path, description = "the id (a GUID)")), responses((status = 200, description = "log rows", body = serde_json::Value), crate::server::openapi::ApiErrors))]
 async fn log(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod http;
 mod model;
+mod openapi;
 mod queue;
 mod registry;
 mod remote;
