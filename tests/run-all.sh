@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (the WASM target, PostgreSQL from
-# Debian's packages if missing), runs every test with the embedded store (the store's
+# The whole test suite: installs what it needs (the WASM target; PostgreSQL, and
+# headless Chromium with its WebDriver for the dashboard's tests, from Debian's
+# packages if missing), runs every test with the embedded store (the store's
 # own tests and the shared-store tests use PostgreSQL too), then runs the end-to-end
 # suite again with every server on PostgreSQL: one conformance suite, both backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -q && $sudo apt-get install -y -q postgresql
+    $sudo apt-get update -q && $sudo apt-get install -y -q "${missing[@]}"
 fi
 
 cargo test --workspace --locked

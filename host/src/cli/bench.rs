@@ -22,6 +22,9 @@ pub(crate) enum Bench {
     Lease(LeaseBench),
     /// Workflow runs per second (three steps, no waits) against plain async step jobs.
     Workflows(WorkflowBench),
+    /// The dashboard's jobs page (first pages, filters, a deep page) and overview with
+    /// 1,000 and with 1,000,000 jobs in the store, through a real server.
+    Dashboard(DashboardBench),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +64,7 @@ impl Bench {
             Bench::Queue(b) => b.run(g),
             Bench::Lease(b) => b.run(g),
             Bench::Workflows(b) => b.run(g),
+            Bench::Dashboard(b) => b.run(g),
         }
     }
 }
@@ -913,6 +917,231 @@ impl LeaseBench {
                 self.backlog - small
             )
         })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DashboardBench {
+    /// Jobs in the store for the second measurement (the first has 1,000).
+    #[arg(long, default_value_t = 1_000_000)]
+    jobs: usize,
+    /// Requests per page and store size.
+    #[arg(long, default_value_t = 20)]
+    requests: usize,
+    /// Where the benchmark's store lives (default: a temporary directory in the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// One page's latency at both store sizes.
+#[derive(Serialize)]
+struct PageTiming {
+    page: &'static str,
+    index: &'static str,
+    small_p50_ms: f64,
+    large_p50_ms: f64,
+    large_p95_ms: f64,
+    ratio: f64,
+}
+
+impl DashboardBench {
+    fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        use plughost::jobs::{JobStatus, OperationType, SystemJob};
+        use plughost::model::ExecutionContext;
+        use plughost::store::{ChangeSet, JobQueue};
+        let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
+        let tmp = tempfile::tempdir_in(self.dir.clone().unwrap_or_else(|| ".".into())).map_err(|e| fail(&e))?;
+        let mut config = plughost::config::Config { store: g.load_config()?.store, ..Default::default() };
+        config.workers.workers = 0;
+        let pipeline = plughost::server::open_host(&config, tmp.path()).map_err(|e| fail(&e))?;
+        let store = pipeline.store().clone();
+        let committer = pipeline.committer().clone();
+        store
+            .ensure_token_key(
+                plughost::security::ADMIN_USER,
+                plughost::security::SYSTEM_ADMINISTRATOR,
+                "bench",
+                "bench-dashboard-key",
+            )
+            .map_err(|e| fail(&e))?;
+        let queue = JobQueue::new(store.clone(), committer.clone());
+        let admin = plughost::admin::Admin::new(pipeline.clone(), queue).map_err(|e| fail(&e))?;
+        let state = plughost::server::AppState {
+            admin: Arc::new(admin),
+            auth: Arc::new(plughost::server::Authenticator::new(pipeline.clone())),
+            loopback: true,
+            config: Arc::new(config),
+            ui: Arc::default(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| fail(&e))?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| fail(&e))?;
+        let addr = listener.local_addr().map_err(|e| fail(&e))?;
+        let app = plughost::server::app(state);
+        let server = rt.spawn(async move { axum::serve(listener, app).await });
+
+        // 20 steps, the statuses of a store that has run a while, completions over two hours.
+        let steps: Vec<uuid::Uuid> = (0..20).map(|_| uuid::Uuid::new_v4()).collect();
+        let now = plughost::clock::now_ms();
+        let mut made = 0usize;
+        let mut fill = |until: usize| -> Result<(), CliError> {
+            while made < until {
+                let n = (until - made).min(10_000);
+                let jobs = (made..made + n)
+                    .map(|i| {
+                        let (status, done) = match i % 100 {
+                            0..=3 => (JobStatus::Failed, true),
+                            4 => (JobStatus::Canceled, true),
+                            5..=7 => (JobStatus::Waiting, false),
+                            8 | 9 => (JobStatus::WaitingForResources, false),
+                            _ => (JobStatus::Succeeded, true),
+                        };
+                        let step = steps[i % steps.len()];
+                        let mut job = SystemJob::plugin_execution(
+                            &format!("bench step {}", i % steps.len()),
+                            step,
+                            None,
+                            ExecutionContext::default(),
+                        );
+                        if i % 20 == 0 {
+                            job.operation_type = OperationType::Workflow;
+                        }
+                        job.status = status;
+                        if done {
+                            job.completed_on = Some(now - (i as i64 * 7) % 7_200_000);
+                            job.duration_us = 1_000 + (i as u64 * 37) % 50_000;
+                        }
+                        if status == JobStatus::Waiting {
+                            job.postpone_until = Some(now + 365 * 86_400_000);
+                        }
+                        job
+                    })
+                    .collect();
+                committer.commit_blocking(ChangeSet { jobs, ..Default::default() }).map_err(|e| fail(&e))?;
+                made += n;
+            }
+            Ok(())
+        };
+        let base = format!("http://{addr}");
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+        let login = agent
+            .post(format!("{base}/ui/login"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send("key=bench-dashboard-key&next=%2Fui%2Fjobs")
+            .map_err(|e| fail(&e))?;
+        let cookie = login
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .ok_or_else(|| CliError::new("bench", "the dashboard's login gave no session"))?
+            .to_owned();
+        let get = |path: &str| -> Result<Duration, CliError> {
+            let t = Instant::now();
+            let mut r = agent.get(format!("{base}{path}")).header("Cookie", &cookie).call().map_err(|e| fail(&e))?;
+            let body = r.body_mut().read_to_string().map_err(|e| fail(&e))?;
+            if r.status().as_u16() != 200 {
+                return Err(CliError::new("bench", format!("{path} answered {}: {body}", r.status())));
+            }
+            Ok(t.elapsed())
+        };
+        let step = steps[3];
+        let pages = |middle: uuid::Uuid| -> Vec<(&'static str, &'static str, String)> {
+            vec![
+                ("jobs, oldest first", "id", "/ui/jobs".into()),
+                ("jobs, newest first", "id", "/ui/jobs?order=newest".into()),
+                ("status Failed", "status", "/ui/jobs?status=Failed".into()),
+                ("status Waiting, newest first", "status", "/ui/jobs?status=Waiting&order=newest".into()),
+                ("one step", "step", format!("/ui/jobs?step={step}")),
+                ("created in the last 10 minutes", "id", format!("/ui/jobs?since={}", now - 600_000)),
+                ("status Succeeded, a page in the middle", "status", format!("/ui/jobs?status=Succeeded&after={middle}")),
+                ("Failed workflows (type checked job by job)", "status + check", "/ui/jobs?status=Failed&type=workflow".into()),
+                ("name contains (no index: stops at its budget)", "id + check", "/ui/jobs?name=no-such-name".into()),
+                ("overview (counts, charts of the last hour)", "counts", "/ui/overview".into()),
+            ]
+        };
+        let measure = |middle: uuid::Uuid| -> Result<Vec<(f64, f64)>, CliError> {
+            pages(middle)
+                .into_iter()
+                .map(|(_, _, path)| {
+                    get(&path)?; // warm
+                    let mut times = (0..self.requests).map(|_| get(&path)).collect::<Result<Vec<_>, _>>()?;
+                    times.sort();
+                    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e3;
+                    Ok((pct(0.5), pct(0.95)))
+                })
+                .collect()
+        };
+        let middle_of = |n: usize| -> Result<uuid::Uuid, CliError> {
+            let query = plughost::jobs::JobQuery {
+                status: Some(JobStatus::Succeeded),
+                limit: Some(1),
+                after: None,
+                ..Default::default()
+            };
+            // The id of a Succeeded job about halfway: page through the index once.
+            let mut after = None;
+            let mut seen = 0;
+            loop {
+                let q = plughost::jobs::JobQuery { after, limit: Some(5000), ..query.clone() };
+                let page = store.list_jobs(&q).map_err(|e| fail(&e))?;
+                seen += page.len();
+                after = page.last().map(|j| j.id);
+                if seen >= n * 86 / 200 || page.len() < 5000 {
+                    return after.ok_or_else(|| CliError::new("bench", "no succeeded job"));
+                }
+            }
+        };
+        let small = 1000.min(self.jobs);
+        fill(small)?;
+        let small_times = measure(middle_of(small)?)?;
+        let filled = Instant::now();
+        fill(self.jobs)?;
+        let fill_s = filled.elapsed().as_secs_f64();
+        let middle = middle_of(self.jobs)?;
+        let large_times = measure(middle)?;
+        server.abort();
+        let timings: Vec<PageTiming> = pages(middle)
+            .into_iter()
+            .zip(small_times.iter().zip(&large_times))
+            .map(|((page, index, _), (s, l))| PageTiming {
+                page,
+                index,
+                small_p50_ms: s.0,
+                large_p50_ms: l.0,
+                large_p95_ms: l.1,
+                ratio: l.0 / s.0,
+            })
+            .collect();
+        let json = serde_json::json!({
+            "command": "plughost bench dashboard",
+            "store": store.engine_name(),
+            "small": small,
+            "large": self.jobs,
+            "fill_seconds": fill_s,
+            "requests": self.requests,
+            "pages": timings,
+        });
+        g.print(&json, || {
+            let mut rows = vec![
+                ["PAGE", "INDEX", &format!("P50 MS ({small})"), &format!("P50 MS ({})", self.jobs), "P95 MS", "RATIO"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for t in &timings {
+                rows.push(vec![
+                    t.page.to_owned(),
+                    t.index.to_owned(),
+                    format!("{:.1}", t.small_p50_ms),
+                    format!("{:.1}", t.large_p50_ms),
+                    format!("{:.1}", t.large_p95_ms),
+                    format!("{:.2}", t.ratio),
+                ]);
+            }
+            table(rows)
+        })?;
+        rt.shutdown_timeout(Duration::from_secs(2));
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -28,7 +28,7 @@ pub use self::identity::{NewRoleBody, NewUserBody, RolesBody};
 pub use self::listen::HttpConfig;
 pub use self::openapi::operations as openapi_operations;
 pub use self::tls::client_config as tls_client_config;
-pub use self::ui::{MAX_SESSIONS, SCAN_BUDGET, SESSION_COOKIE, SESSION_TTL_MS};
+pub use self::ui::{MAX_SESSIONS, SCAN_BUDGET, SESSION_COOKIE, SESSION_TTL_MS, Sessions};
 use crate::admin::Admin;
 use crate::config::{Config, SERVER_FILE};
 use crate::pipeline::Pipeline;

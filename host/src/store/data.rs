@@ -151,17 +151,10 @@ impl Store {
         rows.into_iter().map(|(id, v)| Ok((Uuid::from_u128(id), codec::decode(&v)?))).collect()
     }
 
-    /// Completed jobs of the last `window_ms` by completion time, newest first, at
-    /// most `max` (the dashboard's throughput and duration charts).
-    pub fn recently_completed(&self, since: i64, max: usize) -> Result<Vec<SystemJob>> {
-        let txn = self.read()?;
-        let mut ids = Vec::new();
-        txn.scan(&super::jobs::COMPLETED, (since, 0)..=(i64::MAX, u128::MAX), true, |(_, id), ()| {
-            ids.push(id);
-            Ok(if ids.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-        })?;
-        let jobs = txn.get_many(&JOBS, &ids)?;
-        jobs.into_iter().flatten().map(|v| Ok(codec::decode(&v)?)).collect()
+    /// Run statistics of the minutes from `since` (UTC ms), oldest first.
+    pub fn job_minutes(&self, since: i64) -> Result<Vec<(i64, crate::jobs::MinuteStats)>> {
+        let rows = self.read()?.all_in(&super::jobs::MINUTES, since.div_euclid(60_000)..)?;
+        rows.into_iter().map(|(m, v)| Ok((m * 60_000, codec::decode(&v)?))).collect()
     }
 
     fn with_contexts(&self, txn: &super::kv::Read, mut out: Vec<SystemJob>) -> Result<Vec<SystemJob>> {
@@ -268,8 +261,28 @@ pub(super) fn select_jobs(
         (JobIndex::Step, _, Some(step), _) => {
             scan_index(r, &super::jobs::STEP_JOBS, step.as_u128(), low, high, newest, &mut take)?
         }
-        (JobIndex::Status, _, _, Some(status)) => {
+        (JobIndex::Status, _, _, Some(status)) if super::jobs::in_status_index(status) => {
             scan_index(r, &super::jobs::BY_STATUS, status.code(), low, high, newest, &mut take)?
+        }
+        // Locked jobs are few and all in the lease index: read it whole, in id order.
+        (JobIndex::Status, ..) => {
+            let mut ids: Vec<u128> = r
+                .all(&super::jobs::LEASES)?
+                .into_iter()
+                .map(|((_, id), ())| id)
+                .filter(|id| (low..=high).contains(id))
+                .collect();
+            ids.sort_unstable();
+            if newest {
+                ids.reverse();
+            }
+            for (id, job) in ids.iter().zip(r.fetch_many(&JOBS, &ids)?) {
+                if let Some(v) = job
+                    && take(*id, codec::decode(&v)?).is_break()
+                {
+                    break;
+                }
+            }
         }
         _ => r.scan(&JOBS, low..=high, newest, |id, v| Ok(take(id, codec::decode(&v)?)))?,
     }

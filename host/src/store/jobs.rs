@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::kv::{ALL_TABLES, Read, Reads, Table, Write};
 use super::{DELETION_SERVICE_JOB, HOUSEKEEPER, JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, StoreError, get};
 use crate::codec;
-use crate::jobs::{JobState, JobStatus, OperationType, StepStats, SystemJob};
+use crate::jobs::{JobState, JobStatus, MinuteStats, OperationType, StepStats, SystemJob};
 
 /// Runnable jobs by creation sequence.
 pub(super) const READY: Table<u64, u128> = Table::new(ALL_TABLES[10]);
@@ -36,15 +36,28 @@ pub(super) const BULK_ROWS: Table<(u128, u64), Vec<u8>> = Table::new(ALL_TABLES[
 /// Schema 7 and before: how many jobs had each status code. Schema 8 counts by
 /// operation type too ([`TYPE_COUNTS`]) and empties this table when it migrates.
 pub(super) const STATUS_COUNTS: Table<u32, u64> = Table::new(ALL_TABLES[17]);
-/// Jobs by status in id order: (status code, id). The status filter of a listing
-/// pages it.
+/// Jobs by status in id order: (status code, id), for every status but the locked
+/// ones ([`in_status_index`]). The status filter of a listing pages it.
 pub(super) const BY_STATUS: Table<(u32, u128), ()> = Table::new(ALL_TABLES[31]);
+
+/// Whether a job of `status` has a `jobs_by_status` entry. Locked jobs (InProgress,
+/// Pausing, Canceling) do not: they are few (what the workers hold) and all in
+/// `jobs_leases`, which a listing of them reads instead. So leasing a job and
+/// completing it write one status entry between them, not four.
+pub(super) fn in_status_index(status: JobStatus) -> bool {
+    status.state() != JobState::Locked
+}
 /// How many jobs have each operation type and status: (type code, status code) ->
 /// count, for metrics and the dashboard without a scan.
 pub(super) const TYPE_COUNTS: Table<(u32, u32), u64> = Table::new(ALL_TABLES[32]);
 /// What each step's asynchronous runs did: step -> [`StepStats`], added to once per
 /// completion batch.
 pub(super) const STEP_STATS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[33]);
+/// What the runs that ended in each minute did: minute (UTC ms / 60,000) ->
+/// [`MinuteStats`], added to once per completion batch, kept for [`MINUTES_KEPT`].
+pub(super) const MINUTES: Table<i64, Vec<u8>> = Table::new(ALL_TABLES[35]);
+/// Minutes of run statistics kept (a day).
+pub(crate) const MINUTES_KEPT: i64 = 24 * 60;
 /// Jobs with a recurrence pattern, by id (few: the dashboard's recurring list).
 pub(super) const RECURRING: Table<u128, ()> = Table::new(ALL_TABLES[34]);
 
@@ -60,11 +73,26 @@ pub(crate) struct Tables<'a, 't> {
     deltas: Deltas,
     /// Step statistics to add, written once when the operation ends.
     step_stats: Vec<(u128, StepStats)>,
+    /// Per-minute run statistics to add, written once when the operation ends.
+    minutes: Vec<(i64, MinuteStats)>,
 }
 
 impl Tables<'_, '_> {
     fn count(&mut self, job: &SystemJob, delta: i64) {
         self.deltas[type_slot(job.operation_type)][slot(job.status)] += delta;
+    }
+
+    /// Counts a run that ended (succeeded or failed for good) at `now`.
+    pub(crate) fn run_ended(&mut self, now: i64, succeeded: bool, duration_us: u64) {
+        let minute = now.div_euclid(60_000);
+        match self.minutes.iter_mut().find(|(m, _)| *m == minute) {
+            Some((_, s)) => s.record(succeeded, duration_us),
+            None => {
+                let mut s = MinuteStats::default();
+                s.record(succeeded, duration_us);
+                self.minutes.push((minute, s));
+            }
+        }
     }
 
     /// Adds a run's figures to its step's statistics.
@@ -91,13 +119,28 @@ pub(crate) fn with_tables<T, E: From<StoreError>>(
     w: &Write<'_>,
     op: impl FnOnce(&mut Tables<'_, '_>) -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
-    let mut t = Tables { w, deltas: [[0; JobStatus::ALL.len()]; OperationType::ALL.len()], step_stats: Vec::new() };
+    let mut t = Tables {
+        w,
+        deltas: [[0; JobStatus::ALL.len()]; OperationType::ALL.len()],
+        step_stats: Vec::new(),
+        minutes: Vec::new(),
+    };
     let out = op(&mut t)?;
     write_counts(w, &t.deltas)?;
     for (step, add) in t.step_stats {
         let mut stats: StepStats = get(w, &STEP_STATS, &step)?.unwrap_or_default();
         stats.add(&add);
         w.insert(&STEP_STATS, &step, &codec::encode(&stats).map_err(StoreError::from)?)?;
+    }
+    for (minute, add) in t.minutes {
+        let stored: Option<MinuteStats> = get(w, &MINUTES, &minute)?;
+        if stored.is_none() {
+            // A new minute: the day before it goes.
+            w.remove_range(&MINUTES, ..minute - MINUTES_KEPT)?;
+        }
+        let mut stats = stored.unwrap_or_default();
+        stats.add(&add);
+        w.insert(&MINUTES, &minute, &codec::encode(&stats).map_err(StoreError::from)?)?;
     }
     Ok(out)
 }
@@ -126,7 +169,9 @@ pub(super) fn upgrade_to_8(w: &Write<'_>) -> Result<usize> {
     })?;
     let mut deltas: Deltas = [[0; JobStatus::ALL.len()]; OperationType::ALL.len()];
     for (id, status, op, recurring) in &jobs {
-        w.insert(&BY_STATUS, &(status.code(), *id), &())?;
+        if in_status_index(*status) {
+            w.insert(&BY_STATUS, &(status.code(), *id), &())?;
+        }
         if *recurring {
             w.insert(&RECURRING, id, &())?;
         }
@@ -211,7 +256,7 @@ pub(crate) fn put_job(
             t.w.remove(&STEP_JOBS, &(step.as_u128(), id))?;
         }
         t.count(o, -1);
-        if new.is_none_or(|n| n.status != o.status) {
+        if new.is_none_or(|n| n.status != o.status) && in_status_index(o.status) {
             t.w.remove(&BY_STATUS, &(o.status.code(), id))?;
         }
         if o.recurrence_pattern.is_some() && new.is_none_or(|n| n.recurrence_pattern.is_none()) {
@@ -240,7 +285,7 @@ pub(crate) fn put_job(
             let record = codec::encode(n)?;
             t.w.insert(&JOBS, &n.id.as_u128(), &record)?;
             t.count(n, 1);
-            if old.is_none_or(|o| o.status != n.status) {
+            if old.is_none_or(|o| o.status != n.status) && in_status_index(n.status) {
                 t.w.insert(&BY_STATUS, &(n.status.code(), n.id.as_u128()), &())?;
             }
             if n.recurrence_pattern.is_some() && old.is_none_or(|o| o.recurrence_pattern.is_none()) {
@@ -282,9 +327,13 @@ pub(crate) fn put_job(
                     }
                 }
             }
-            if let Some(step) = n.step_id {
-                t.w.insert(&STEP_JOBS, &(step.as_u128(), id), &())?;
-            }
+        }
+        // Every job of a step has its entry from its creation (a job may be created
+        // finished: an import of history, the benchmarks).
+        if (old.is_none() || in_chains(new) && !in_chains(old))
+            && let Some(step) = n.step_id
+        {
+            t.w.insert(&STEP_JOBS, &(step.as_u128(), id), &())?;
         }
         if n.state() == JobState::Locked
             && let Some(at) = n.lease_expiry
@@ -729,6 +778,121 @@ mod tests {
             .map(|t| redb::TableHandle::name(&t).to_owned())
             .collect();
         assert!(tables.iter().all(|t| t.starts_with("kv:")), "the typed tables are gone: {tables:?}");
+    }
+
+    /// What the status index and the counts should say: read from the jobs themselves
+    /// (the counts as the last operation left them).
+    fn check_indexes(t: &Tables<'_, '_>) {
+        let jobs: Vec<SystemJob> = t.w.all(&JOBS).unwrap().into_iter().map(|(_, v)| codec::decode(&v).unwrap()).collect();
+        let mut by_status: Vec<(u32, u128)> =
+            jobs.iter().filter(|j| in_status_index(j.status)).map(|j| (j.status.code(), j.id.as_u128())).collect();
+        by_status.sort();
+        let indexed: Vec<(u32, u128)> = t.w.all(&BY_STATUS).unwrap().into_iter().map(|(k, ())| k).collect();
+        assert_eq!(indexed, by_status, "the status index holds each job once, under its status");
+        for (op, status, n) in type_counts_in(t.w) {
+            let real = jobs.iter().filter(|j| j.operation_type == op && j.status == status).count() as u64;
+            assert_eq!(n, real, "{op:?} {status:?}");
+        }
+        let recurring: Vec<u128> = t.w.all(&RECURRING).unwrap().into_iter().map(|(k, ())| k).collect();
+        let mut real: Vec<u128> =
+            jobs.iter().filter(|j| j.recurrence_pattern.is_some()).map(|j| j.id.as_u128()).collect();
+        real.sort();
+        assert_eq!(recurring, real);
+    }
+
+    fn type_counts_in(w: &Write<'_>) -> Vec<(OperationType, JobStatus, u64)> {
+        let stored: std::collections::HashMap<(u32, u32), u64> = w.all(&TYPE_COUNTS).unwrap().into_iter().collect();
+        let mut out = Vec::new();
+        for t in OperationType::ALL {
+            for s in JobStatus::ALL {
+                out.push((t, s, stored.get(&(t.code(), s.code())).copied().unwrap_or(0)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_status_index_and_the_counts_follow_every_change_and_a_schema_7_store_gains_them() {
+        for (_dir, store) in testing::stores() {
+            let ids = store
+                .write(|w| {
+                    with_tables(w, |t| {
+                        let plugin = SystemJob::plugin_execution("p", Uuid::nil(), None, ExecutionContext::default());
+                        let workflow = SystemJob { operation_type: OperationType::Workflow, ..plugin.clone() };
+                        let recurring = SystemJob {
+                            recurrence_pattern: Some("FREQ=DAILY".into()),
+                            recurrence_start: Some(0),
+                            postpone_until: Some(i64::MAX / 2),
+                            ..plugin.clone()
+                        };
+                        let mut jobs = vec![plugin; 12];
+                        jobs.extend(vec![workflow; 6]);
+                        jobs.push(recurring);
+                        let ids: Vec<Uuid> = enqueue(t, &jobs, 0)?.into_iter().map(|(id, _)| id).collect();
+                        // Cancel four, fail two, pause two, delete one canceled one.
+                        let mut moves = Vec::new();
+                        moves.extend(ids[0..4].iter().map(|id| (*id, JobStatus::Canceled)));
+                        moves.extend(ids[12..14].iter().map(|id| (*id, JobStatus::Failed)));
+                        moves.extend(ids[4..6].iter().map(|id| (*id, JobStatus::Waiting)));
+                        for (id, status) in moves {
+                            let old = load(t, id)?.unwrap();
+                            let done = status.code() >= 30;
+                            let new = SystemJob { status, completed_on: done.then_some(1), ..old.clone() };
+                            put_job(t, Some(&old), Some(&new), 0)?;
+                        }
+                        let gone = load(t, ids[0])?.unwrap();
+                        put_job(t, Some(&gone), None, 0)?;
+                        Ok::<_, StoreError>(ids)
+                    })
+                })
+                .unwrap();
+            store.write(|w| with_tables(w, |t| Ok::<_, StoreError>(check_indexes(t)))).unwrap();
+            let counts = store.job_type_counts().unwrap();
+            let count = |op, st| counts.iter().find(|(o, s, _)| *o == op && *s == st).unwrap().2;
+            assert_eq!(count(OperationType::PluginExecution, JobStatus::Canceled), 3);
+            assert_eq!(count(OperationType::Workflow, JobStatus::Failed), 2);
+            assert_eq!(count(OperationType::PluginExecution, JobStatus::Waiting), 2, "the two paused");
+            assert_eq!(store.recurring_jobs().unwrap().len(), 1);
+            // A listing reads the status index, in id order, and pages on.
+            let query = |status: JobStatus, limit| crate::jobs::JobQuery {
+                status: Some(status),
+                limit: Some(limit),
+                ..Default::default()
+            };
+            let canceled = store.list_jobs_page(&query(JobStatus::Canceled, 2), None).unwrap();
+            let got: Vec<Uuid> = canceled.jobs.iter().map(|j| j.id).collect();
+            assert_eq!((got, canceled.scanned), (vec![ids[1], ids[2]], 2), "read only what the page needs");
+            let next = crate::jobs::JobQuery { after: canceled.next_after, ..query(JobStatus::Canceled, 2) };
+            let rest = store.list_jobs_page(&next, None).unwrap();
+            assert_eq!(rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[3]]);
+            assert!(rest.next_after.is_none(), "the last page says so");
+            // A filter no index covers stops at its budget and says where to go on.
+            let named = crate::jobs::JobQuery { name: Some("nothing like it".into()), ..Default::default() };
+            let short = store.list_jobs_page(&named, Some(7)).unwrap();
+            assert!(short.jobs.is_empty() && short.budget_spent && short.scanned == 7);
+            assert_eq!(short.next_after, Some(ids[7]), "the 7th job read (the 1st was deleted)");
+            assert_eq!(named.unindexed(), vec!["name"]);
+            // A schema-7 store: no status index, counts by status alone.
+            store
+                .write(|w| {
+                    w.remove_range(&BY_STATUS, ..)?;
+                    w.remove_range(&TYPE_COUNTS, ..)?;
+                    w.remove_range(&RECURRING, ..)?;
+                    w.insert(&STATUS_COUNTS, &0, &99)?;
+                    w.insert(&META, &crate::store::SCHEMA_KEY.to_owned(), &codec::encode(&7u32)?)
+                })
+                .unwrap();
+            store.check_schema().unwrap();
+            store
+                .write(|w| {
+                    with_tables(w, |t| {
+                        check_indexes(t);
+                        assert!(t.w.all(&STATUS_COUNTS)?.is_empty(), "the old counts are dropped");
+                        Ok::<_, StoreError>(())
+                    })
+                })
+                .unwrap();
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl<K, V> Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableId(pub(crate) u8, pub(crate) &'static str);
 
-pub(crate) const ALL_TABLES: [TableId; 35] = [
+pub(crate) const ALL_TABLES: [TableId; 36] = [
     TableId(0, "meta"),
     TableId(1, "assemblies"),
     TableId(2, "assembly_bytes"),
@@ -242,6 +242,7 @@ pub(crate) const ALL_TABLES: [TableId; 35] = [
     TableId(32, "jobs_type_counts"),
     TableId(33, "step_stats"),
     TableId(34, "jobs_recurring"),
+    TableId(35, "job_minutes"),
 ];
 
 /// redb's table for a logical table (a name apart from schema 4's typed tables).
@@ -249,7 +250,7 @@ pub(super) fn redb_table(id: TableId) -> TableDefinition<'static, &'static [u8],
     TableDefinition::new(REDB_NAMES[id.0 as usize])
 }
 
-const REDB_NAMES: [&str; 35] = [
+const REDB_NAMES: [&str; 36] = [
     "kv:meta",
     "kv:assemblies",
     "kv:assembly_bytes",
@@ -285,6 +286,7 @@ const REDB_NAMES: [&str; 35] = [
     "kv:jobs_type_counts",
     "kv:step_stats",
     "kv:jobs_recurring",
+    "kv:job_minutes",
 ];
 
 /// Creates every table of a redb store (so readers never meet a missing one).

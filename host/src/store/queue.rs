@@ -382,6 +382,9 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
     };
     let (fuel, run_us) = (report.fuel_used, report.duration_us);
     let (mut new, run) = crate::jobs::after_run(&old, result, report, &retry, now);
+    if matches!(run, RunOutcome::Succeeded | RunOutcome::Failed) {
+        t.run_ended(now, run == RunOutcome::Succeeded, run_us);
+    }
     if let Some(step) = old.step_id {
         let outcome = |o: RunOutcome| u64::from(run == o);
         t.step_ran(

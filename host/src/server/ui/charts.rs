@@ -1,14 +1,13 @@
 //! The overview's charts as inline SVG: succeeded and failed runs per minute, and
-//! run duration p50 / p95 per minute, over the last hour.
+//! run duration p50 / p95 per minute, over the last hour, from the store's
+//! per-minute run statistics (60 rows, whatever the throughput).
 
 use std::fmt::Write as _;
 
-use crate::jobs::{JobStatus, SystemJob};
+use crate::jobs::MinuteStats;
 
 /// Minutes the charts cover.
 pub(super) const MINUTES: usize = 60;
-/// Most completions the charts read (the newest): past it they say they sample.
-pub(super) const MAX_COMPLETIONS: usize = 20_000;
 
 /// Per-minute figures of the last hour, oldest minute first.
 #[derive(Debug, Default)]
@@ -17,47 +16,30 @@ pub(super) struct Minutes {
     pub(super) failed: Vec<u64>,
     pub(super) p50_us: Vec<u64>,
     pub(super) p95_us: Vec<u64>,
-    /// Completions read (at most [`MAX_COMPLETIONS`]).
-    pub(super) read: usize,
     pub(super) failed_total: u64,
 }
 
-/// Buckets `jobs` (completed since `now - 1h`) by minute.
-pub(super) fn minutes(jobs: &[SystemJob], now: i64) -> Minutes {
-    let start = now - MINUTES as i64 * 60_000;
+/// Lays the store's per-minute rows (minute start in UTC ms) on the last hour.
+pub(super) fn minutes(rows: &[(i64, MinuteStats)], now: i64) -> Minutes {
+    let this_minute = now.div_euclid(60_000);
     let mut m = Minutes {
         succeeded: vec![0; MINUTES],
         failed: vec![0; MINUTES],
         p50_us: vec![0; MINUTES],
         p95_us: vec![0; MINUTES],
-        read: jobs.len(),
         failed_total: 0,
     };
-    let mut durations: Vec<Vec<u64>> = vec![Vec::new(); MINUTES];
-    for j in jobs {
-        let Some(done) = j.completed_on else { continue };
-        if done < start {
+    for (start, stats) in rows {
+        let age = this_minute - start.div_euclid(60_000);
+        if !(0..MINUTES as i64).contains(&age) {
             continue;
         }
-        let i = (((done - start) / 60_000) as usize).min(MINUTES - 1);
-        match j.status {
-            JobStatus::Succeeded => m.succeeded[i] += 1,
-            JobStatus::Failed => {
-                m.failed[i] += 1;
-                m.failed_total += 1;
-            }
-            _ => continue,
-        }
-        durations[i].push(j.duration_us);
-    }
-    for (i, d) in durations.iter_mut().enumerate() {
-        if d.is_empty() {
-            continue;
-        }
-        d.sort_unstable();
-        let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
-        m.p50_us[i] = at(0.5);
-        m.p95_us[i] = at(0.95);
+        let i = MINUTES - 1 - age as usize;
+        m.succeeded[i] = stats.succeeded;
+        m.failed[i] = stats.failed;
+        m.failed_total += stats.failed;
+        m.p50_us[i] = stats.quantile_us(0.5);
+        m.p95_us[i] = stats.quantile_us(0.95);
     }
     m
 }

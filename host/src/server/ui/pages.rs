@@ -79,8 +79,8 @@ fn overview_data(a: &Admin, with_charts: bool) -> Result<Overview, AdminError> {
     let runnable = a.counts()?.runnable;
     let minutes = if with_charts {
         let now = now_ms();
-        let recent = a.store().recently_completed(now - charts::MINUTES as i64 * 60_000, charts::MAX_COMPLETIONS)?;
-        Some(charts::minutes(&recent, now))
+        let rows = a.store().job_minutes(now - charts::MINUTES as i64 * 60_000)?;
+        Some(charts::minutes(&rows, now))
     } else {
         None
     };
@@ -92,15 +92,7 @@ fn total(o: &Overview, status: JobStatus) -> u64 {
 }
 
 fn charts_html(m: &charts::Minutes) -> String {
-    let mut out = charts::throughput(m) + &charts::durations(m);
-    if m.read >= charts::MAX_COMPLETIONS {
-        let _ = write!(
-            out,
-            "<p class=\"hint\">The charts read the newest {} completions of the hour: older minutes may be incomplete.</p>",
-            charts::MAX_COMPLETIONS
-        );
-    }
-    out
+    charts::throughput(m) + &charts::durations(m)
 }
 
 /// The live figures the overview's script fills in (`data-k` and `data-cell`).
@@ -136,7 +128,7 @@ pub(super) async fn overview(State(state): State<AppState>, Extension(s): Extens
         .raw(&card("runnable", o.runnable, "Runnable now"))
         .raw(&card("in_progress", total(&o, JobStatus::InProgress), "In progress"))
         .raw(&card("waiting", total(&o, JobStatus::Waiting), "Waiting"))
-        .raw(&card("failed_hour", m.failed_total, "Failed in the last hour"))
+        .raw(&card("failed_hour", m.failed_total, "Runs failed in the last hour"))
         .raw("</div>");
     h.raw("<h2>Jobs by operation type and status</h2>");
     let mut head = vec!["Operation type"];
