@@ -210,7 +210,10 @@ impl Admin {
                 crate::bulk::JOB_ACTION_BATCH
             )));
         }
-        Ok(ids.iter().map(|id| (*id, self.manage_job_of(who, *id, action).map(|_| ()).map_err(|e| e.to_string()))).collect())
+        Ok(ids
+            .iter()
+            .map(|id| (*id, self.manage_job_of(who, *id, action).map(|_| ()).map_err(|e| e.to_string())))
+            .collect())
     }
 
     /// An action on a job `who` may act on.

@@ -40,7 +40,9 @@ impl Browser {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "headless Chromium is required under CI=true: apt-get install -y chromium chromium-driver"
             );
-            eprintln!("Chromium is not installed (apt-get install -y chromium chromium-driver): the browser tests are not run");
+            eprintln!(
+                "Chromium is not installed (apt-get install -y chromium chromium-driver): the browser tests are not run"
+            );
             return None;
         };
         let port = crate::free_port();
@@ -183,7 +185,12 @@ impl Browser {
             if let Some(t) = check() {
                 return Some(t);
             }
-            assert!(Instant::now() < deadline, "waited 10 s for {what} on {}; the page says:\n{}", self.url(), self.page_text());
+            assert!(
+                Instant::now() < deadline,
+                "waited 10 s for {what} on {}; the page says:\n{}",
+                self.url(),
+                self.page_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -1055,8 +1055,16 @@ impl DashboardBench {
                 ("status Waiting, newest first", "status", "/ui/jobs?status=Waiting&order=newest".into()),
                 ("one step", "step", format!("/ui/jobs?step={step}")),
                 ("created in the last 10 minutes", "id", format!("/ui/jobs?since={}", now - 600_000)),
-                ("status Succeeded, a page in the middle", "status", format!("/ui/jobs?status=Succeeded&after={middle}")),
-                ("Failed workflows (type checked job by job)", "status + check", "/ui/jobs?status=Failed&type=workflow".into()),
+                (
+                    "status Succeeded, a page in the middle",
+                    "status",
+                    format!("/ui/jobs?status=Succeeded&after={middle}"),
+                ),
+                (
+                    "Failed workflows (type checked job by job)",
+                    "status + check",
+                    "/ui/jobs?status=Failed&type=workflow".into(),
+                ),
                 ("name contains (no index: stops at its budget)", "id + check", "/ui/jobs?name=no-such-name".into()),
                 ("overview (counts, charts of the last hour)", "counts", "/ui/overview".into()),
             ]
@@ -1068,7 +1076,8 @@ impl DashboardBench {
                     get(&path)?; // warm
                     let mut times = (0..self.requests).map(|_| get(&path)).collect::<Result<Vec<_>, _>>()?;
                     times.sort();
-                    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e3;
+                    let pct =
+                        |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e3;
                     Ok((pct(0.5), pct(0.95)))
                 })
                 .collect()

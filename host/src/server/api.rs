@@ -11,9 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 
 use axum::{Json, Router};
-use utoipa_axum::routes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::{self, Access};

@@ -2,22 +2,22 @@
 //! `/api/v1/users`, `/keys`, `/roles`, `/audit`. Every change is audited, and drops
 //! the cached principals at once (`Admin`'s operations move the security epoch).
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::api::ApiRouter;
 use super::api::{ApiResult, Params, Who, admin, audited, json_body};
 use super::auth::{self, Access};
-use super::api::ApiRouter;
 use super::{ApiError, AppState};
-use utoipa_axum::routes;
 use crate::accounts::{Grant, KeySpec};
 use crate::security::{ApiKey, AuditEntry, Capability, NewKey, Principal, Role, User};
+use utoipa_axum::routes;
 
 pub(super) fn routes(_state: &AppState) -> ApiRouter {
     let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));

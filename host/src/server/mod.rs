@@ -149,8 +149,13 @@ pub async fn serve(
     }
     let auth = Arc::new(Authenticator::new(pipeline.clone()));
     let loopback = addr.ip().is_loopback();
-    let state =
-        AppState { admin: Arc::new(admin), auth, loopback, config: Arc::new(config), ui: Arc::new(ui::Sessions::default()) };
+    let state = AppState {
+        admin: Arc::new(admin),
+        auth,
+        loopback,
+        config: Arc::new(config),
+        ui: Arc::new(ui::Sessions::default()),
+    };
     if pipeline.store().is_shared() {
         // Other `serve` processes on the same database change the registry and the
         // service state: follow them (correctness of jobs never depends on this).

@@ -18,7 +18,8 @@ pub(super) struct ApiErrors;
 impl utoipa::IntoResponses for ApiErrors {
     fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
         let answer = |what: &str| {
-            let content = ContentBuilder::new().schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))));
+            let content =
+                ContentBuilder::new().schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))));
             RefOr::T(ResponseBuilder::new().description(what).content("application/json", content.build()).build())
         };
         [
@@ -102,8 +103,13 @@ pub(super) fn finish(mut api: OpenApi) -> OpenApi {
 pub fn operations(api: &OpenApi) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (path, item) in &api.paths.paths {
-        let ops: [(&str, &Option<Operation>); 5] =
-            [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("PATCH", &item.patch), ("DELETE", &item.delete)];
+        let ops: [(&str, &Option<Operation>); 5] = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ];
         for (method, op) in ops {
             if op.is_some() {
                 out.push((method.to_owned(), path.clone()));

@@ -2,19 +2,19 @@
 //! remote workers (`GET /api/v1/workers`, admin). Handlers translate between HTTP
 //! and `crate::fleet`'s operations.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::Json;
 
 use super::AppState;
 use super::api::ApiRouter;
-use utoipa_axum::routes;
 use super::api::{ApiResult, admin, json_body, raw_body};
 use crate::protocol::{Leased, ReadAnswer, Registry, Renewed, Welcome, WireOutcome, WorkerInfo};
+use utoipa_axum::routes;
 
 /// Largest body a worker may send (a batch of completions with their effects).
 pub(super) const MAX_WORKER_BODY_BYTES: usize = 256 << 20;

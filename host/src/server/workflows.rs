@@ -2,23 +2,23 @@
 //! `customization`), and a run's log at `/api/v1/jobs/{id}/log` (the jobs rule: one's
 //! own runs, or every run with `manage_jobs`). Every change is audited.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::api::ApiRouter;
-use utoipa_axum::routes;
 use super::api::{ApiResult, Params, Who, admin, audited, guid_param, json_body, raw_body};
 use super::auth::{self, Access};
 use crate::jobs::JobView;
 use crate::security::Capability;
 use crate::workflow::LogEntry;
 use crate::workflow::ops::WorkflowView;
+use utoipa_axum::routes;
 
 pub(super) fn routes(_state: &AppState) -> ApiRouter {
     let need = |access: Access| middleware::from_fn(move |r, n: Next| auth::require(access, r, n));

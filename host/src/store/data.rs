@@ -198,25 +198,25 @@ impl Store {
 /// The ids a query can select: its id prefix, its created range, its paging.
 pub(super) fn id_bounds(query: &JobQuery) -> Result<(u128, u128)> {
     let (mut low, mut high) = query.id_range().map_err(StoreError::Invalid)?;
-        // Ids are UUIDv7 made when a job is queued: the created range bounds them (a
-        // minute's margin for the time between the job's creation and its commit;
-        // the injected clock skew moves `created_on` and not the id).
-        let skew = crate::clock::skew();
-        let margin = 60_000;
-        if let Some(since) = query.since {
-            low = low.max(v7_floor(since.saturating_sub(skew).saturating_sub(margin)));
+    // Ids are UUIDv7 made when a job is queued: the created range bounds them (a
+    // minute's margin for the time between the job's creation and its commit;
+    // the injected clock skew moves `created_on` and not the id).
+    let skew = crate::clock::skew();
+    let margin = 60_000;
+    if let Some(since) = query.since {
+        low = low.max(v7_floor(since.saturating_sub(skew).saturating_sub(margin)));
+    }
+    if let Some(until) = query.until {
+        high = high.min(v7_floor(until.saturating_sub(skew).saturating_add(margin)));
+    }
+    if let Some(after) = query.after.map(|a| a.as_u128()) {
+        // The page goes on past `after`, in the direction of the listing.
+        if query.newest_first {
+            high = high.min(after.checked_sub(1).ok_or(StoreError::Invalid("nothing is before id 0".into()))?);
+        } else {
+            low = low.max(after.checked_add(1).ok_or(StoreError::Invalid("nothing is after the last id".into()))?);
         }
-        if let Some(until) = query.until {
-            high = high.min(v7_floor(until.saturating_sub(skew).saturating_add(margin)));
-        }
-        if let Some(after) = query.after.map(|a| a.as_u128()) {
-            // The page goes on past `after`, in the direction of the listing.
-            if query.newest_first {
-                high = high.min(after.checked_sub(1).ok_or(StoreError::Invalid("nothing is before id 0".into()))?);
-            } else {
-                low = low.max(after.checked_add(1).ok_or(StoreError::Invalid("nothing is after the last id".into()))?);
-            }
-        }
+    }
     if let Some(before) = query.before {
         high = high.min(before.as_u128().saturating_sub(1));
     }

@@ -315,16 +315,17 @@ pub(crate) fn put_job(
     }
     if let Some(n) = new {
         let id = n.id.as_u128();
-        if in_chains(new) && !in_chains(old) {
-            if let Some(token) = &n.dependency_token {
-                t.w.insert(&TOKENS, &(token.clone(), n.sequence), &id)?;
-                // A job re-entering its chain (a retried one) ahead of the current head
-                // takes its place: the old head waits again.
-                if token_head(t, token)? == Some(id) {
-                    let behind = t.w.first(&TOKENS, (token.clone(), n.sequence + 1)..=(token.clone(), u64::MAX), 1)?;
-                    if let Some(((_, previous_head), _)) = behind.into_iter().next() {
-                        t.w.remove(&READY, &previous_head)?;
-                    }
+        if in_chains(new)
+            && !in_chains(old)
+            && let Some(token) = &n.dependency_token
+        {
+            t.w.insert(&TOKENS, &(token.clone(), n.sequence), &id)?;
+            // A job re-entering its chain (a retried one) ahead of the current head
+            // takes its place: the old head waits again.
+            if token_head(t, token)? == Some(id) {
+                let behind = t.w.first(&TOKENS, (token.clone(), n.sequence + 1)..=(token.clone(), u64::MAX), 1)?;
+                if let Some(((_, previous_head), _)) = behind.into_iter().next() {
+                    t.w.remove(&READY, &previous_head)?;
                 }
             }
         }
@@ -783,7 +784,8 @@ mod tests {
     /// What the status index and the counts should say: read from the jobs themselves
     /// (the counts as the last operation left them).
     fn check_indexes(t: &Tables<'_, '_>) {
-        let jobs: Vec<SystemJob> = t.w.all(&JOBS).unwrap().into_iter().map(|(_, v)| codec::decode(&v).unwrap()).collect();
+        let jobs: Vec<SystemJob> =
+            t.w.all(&JOBS).unwrap().into_iter().map(|(_, v)| codec::decode(&v).unwrap()).collect();
         let mut by_status: Vec<(u32, u128)> =
             jobs.iter().filter(|j| in_status_index(j.status)).map(|j| (j.status.code(), j.id.as_u128())).collect();
         by_status.sort();
@@ -846,7 +848,14 @@ mod tests {
                     })
                 })
                 .unwrap();
-            store.write(|w| with_tables(w, |t| Ok::<_, StoreError>(check_indexes(t)))).unwrap();
+            store
+                .write(|w| {
+                    with_tables(w, |t| {
+                        check_indexes(t);
+                        Ok::<_, StoreError>(())
+                    })
+                })
+                .unwrap();
             let counts = store.job_type_counts().unwrap();
             let count = |op, st| counts.iter().find(|(o, s, _)| *o == op && *s == st).unwrap().2;
             assert_eq!(count(OperationType::PluginExecution, JobStatus::Canceled), 3);

@@ -428,71 +428,6 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
     Ok(CompletionOutcome::Recorded { status: new.status, run })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::ExecutionContext;
-
-    #[test]
-    fn job_actions_are_named_and_unknown_ones_are_errors() {
-        for action in [
-            JobAction::Cancel,
-            JobAction::Pause,
-            JobAction::Resume,
-            JobAction::Retry,
-            JobAction::Delete,
-            JobAction::Postpone(5),
-        ] {
-            assert_eq!(JobAction::parse(action.name(), Some(5)), Ok(action));
-        }
-        assert!(JobAction::parse("frobnicate", None).unwrap_err().contains("unknown job action 'frobnicate'"));
-        assert!(JobAction::parse("postpone", None).is_err(), "postpone needs a time");
-    }
-
-    #[test]
-    fn a_job_whose_lease_keeps_expiring_fails_and_renewal_keeps_a_lease() {
-        for (_dir, store) in crate::store::testing::stores() {
-            lease_expiry_on(Arc::new(store));
-        }
-    }
-
-    fn lease_expiry_on(store: Arc<Store>) {
-        let queue = JobQueue::new(store.clone(), Committer::start(store.clone(), 16)).with_max_lease_expirations(1);
-        let job =
-            queue.create(SystemJob::plugin_execution("j", Uuid::nil(), None, ExecutionContext::default())).unwrap();
-        let short = Duration::from_millis(1);
-        let first = queue.lease("a", 10, short).unwrap();
-        assert_eq!(first.len(), 1);
-        // A heartbeat keeps it: renewed for a minute, nothing expires.
-        assert_eq!(
-            queue.renew(vec![(job.id, first[0].fencing_token)], Duration::from_secs(60)).unwrap(),
-            vec![Renewal::Renewed]
-        );
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(queue.lease("b", 10, short).unwrap().is_empty(), "a renewed lease is not recovered");
-        // Without renewals it expires: once is forgiven, twice is more than the maximum of 1.
-        queue.renew(vec![(job.id, first[0].fencing_token)], short).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        let second = queue.lease("b", 10, short).unwrap();
-        assert_eq!((second.len(), second[0].lease_expirations), (1, 1), "recovered and leased again");
-        assert_eq!(
-            queue.renew(vec![(job.id, first[0].fencing_token)], short).unwrap(),
-            vec![Renewal::Lost],
-            "the old lease is gone"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(queue.lease("c", 10, short).unwrap().is_empty());
-        let failed = store.job(job.id).unwrap().unwrap();
-        assert_eq!(
-            (failed.status, failed.error_code.as_deref()),
-            (JobStatus::Failed, Some(crate::jobs::LEASE_EXPIRED))
-        );
-        // A user's retry starts the count again.
-        let retried = queue.manage(job.id, JobAction::Retry).unwrap().unwrap();
-        assert_eq!((retried.status, retried.lease_expirations), (JobStatus::WaitingForResources, 0));
-    }
-}
-
 /// A user's action on job `id` inside a write transaction: the job after it
 /// (`None`: deleted) and whether a running job must be told to stop.
 pub(crate) fn manage_in(
@@ -528,7 +463,11 @@ pub(crate) fn manage_in(
                 new.status = JobStatus::Pausing;
                 interrupted = true;
             }
-            _ => return Err(refuse("only ready or running jobs, and recurring jobs between occurrences, can be paused")),
+            _ => {
+                return Err(refuse(
+                    "only ready or running jobs, and recurring jobs between occurrences, can be paused",
+                ));
+            }
         },
         // Runs now; a recurring job then goes on with its next occurrence after now.
         JobAction::Resume => match old.status {
@@ -613,7 +552,13 @@ fn job_action_batch(
         ..selection.query.clone()
     };
     let bounds = super::data::id_bounds(&query)?;
-    let page = super::data::select_jobs(t.w, &query, bounds, crate::bulk::JOB_ACTION_BATCH, Some(crate::bulk::JOB_ACTION_BATCH))?;
+    let page = super::data::select_jobs(
+        t.w,
+        &query,
+        bounds,
+        crate::bulk::JOB_ACTION_BATCH,
+        Some(crate::bulk::JOB_ACTION_BATCH),
+    )?;
     for target in &page.jobs {
         match manage_in(t, target.id, selection.action, now) {
             Ok(_) => applied += 1,
@@ -636,4 +581,69 @@ fn job_action_batch(
         if more { " (more to do)" } else { "" }
     );
     Ok(Ok((more, output, message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExecutionContext;
+
+    #[test]
+    fn job_actions_are_named_and_unknown_ones_are_errors() {
+        for action in [
+            JobAction::Cancel,
+            JobAction::Pause,
+            JobAction::Resume,
+            JobAction::Retry,
+            JobAction::Delete,
+            JobAction::Postpone(5),
+        ] {
+            assert_eq!(JobAction::parse(action.name(), Some(5)), Ok(action));
+        }
+        assert!(JobAction::parse("frobnicate", None).unwrap_err().contains("unknown job action 'frobnicate'"));
+        assert!(JobAction::parse("postpone", None).is_err(), "postpone needs a time");
+    }
+
+    #[test]
+    fn a_job_whose_lease_keeps_expiring_fails_and_renewal_keeps_a_lease() {
+        for (_dir, store) in crate::store::testing::stores() {
+            lease_expiry_on(Arc::new(store));
+        }
+    }
+
+    fn lease_expiry_on(store: Arc<Store>) {
+        let queue = JobQueue::new(store.clone(), Committer::start(store.clone(), 16)).with_max_lease_expirations(1);
+        let job =
+            queue.create(SystemJob::plugin_execution("j", Uuid::nil(), None, ExecutionContext::default())).unwrap();
+        let short = Duration::from_millis(1);
+        let first = queue.lease("a", 10, short).unwrap();
+        assert_eq!(first.len(), 1);
+        // A heartbeat keeps it: renewed for a minute, nothing expires.
+        assert_eq!(
+            queue.renew(vec![(job.id, first[0].fencing_token)], Duration::from_secs(60)).unwrap(),
+            vec![Renewal::Renewed]
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(queue.lease("b", 10, short).unwrap().is_empty(), "a renewed lease is not recovered");
+        // Without renewals it expires: once is forgiven, twice is more than the maximum of 1.
+        queue.renew(vec![(job.id, first[0].fencing_token)], short).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = queue.lease("b", 10, short).unwrap();
+        assert_eq!((second.len(), second[0].lease_expirations), (1, 1), "recovered and leased again");
+        assert_eq!(
+            queue.renew(vec![(job.id, first[0].fencing_token)], short).unwrap(),
+            vec![Renewal::Lost],
+            "the old lease is gone"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(queue.lease("c", 10, short).unwrap().is_empty());
+        let failed = store.job(job.id).unwrap().unwrap();
+        assert_eq!(
+            (failed.status, failed.error_code.as_deref()),
+            (JobStatus::Failed, Some(crate::jobs::LEASE_EXPIRED))
+        );
+        // A user's retry starts the count again.
+        let retried = queue.manage(job.id, JobAction::Retry).unwrap().unwrap();
+        assert_eq!((retried.status, retried.lease_expirations), (JobStatus::WaitingForResources, 0));
+    }
 }

@@ -182,7 +182,8 @@ fn operators_manage_jobs_from_the_dashboard_in_a_real_browser() {
 
     // A user who cannot manage jobs sees them read-only.
     s.run(&["users", "create", "viewer", "--role", "basic-user", "--json"]).ok();
-    let key = s.run(&["keys", "create", "--user", "viewer", "--json"]).ok().json()["secret"].as_str().unwrap().to_owned();
+    let key =
+        s.run(&["keys", "create", "--user", "viewer", "--json"]).ok().json()["secret"].as_str().unwrap().to_owned();
     b.delete_cookies();
     b.goto(&ui("/ui/login"));
     b.type_text(&b.find("#key"), &key);
@@ -211,8 +212,7 @@ struct Answer {
 
 impl Client {
     fn new(base: &str) -> Client {
-        let agent =
-            ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
         Client { agent, base: base.to_owned(), cookie: String::new() }
     }
 
@@ -242,7 +242,12 @@ impl Client {
         .expect("HTTP");
         let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let (location, cookie) = (header("location"), header("set-cookie"));
-        Answer { status: r.status().as_u16(), location, cookie, body: r.body_mut().read_to_string().unwrap_or_default() }
+        Answer {
+            status: r.status().as_u16(),
+            location,
+            cookie,
+            body: r.body_mut().read_to_string().unwrap_or_default(),
+        }
     }
 
     fn login(&mut self, key: &str) -> Answer {

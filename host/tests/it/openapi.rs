@@ -49,8 +49,14 @@ fn the_openapi_document_lists_every_route_served_and_every_error_code() {
             &concrete,
             body,
         );
-        let fallback = reply.status == 404 && reply.body["error"]["message"].as_str().is_some_and(|m| m.starts_with("no such route"));
-        assert!(!fallback && reply.status != 405, "{method} {path} is documented but not served: {} {}", reply.status, reply.body);
+        let fallback = reply.status == 404
+            && reply.body["error"]["message"].as_str().is_some_and(|m| m.starts_with("no such route"));
+        assert!(
+            !fallback && reply.status != 405,
+            "{method} {path} is documented but not served: {} {}",
+            reply.status,
+            reply.body
+        );
     }
     // And a route that is not documented is not served.
     let missing = s.get("/api/v1/no-such-thing");

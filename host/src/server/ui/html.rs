@@ -49,7 +49,12 @@ impl Html {
     }
 
     /// A table from a header and rows of ready HTML cells.
-    pub(super) fn table(&mut self, class: &str, head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> &mut Self {
+    pub(super) fn table(
+        &mut self,
+        class: &str,
+        head: &[&str],
+        rows: impl IntoIterator<Item = Vec<String>>,
+    ) -> &mut Self {
         let _ = write!(self.0, "<div class=\"scroll\"><table class=\"{class}\"><thead><tr>");
         for h in head {
             let _ = write!(self.0, "<th>{}</th>", esc(h));
@@ -120,7 +125,8 @@ pub(super) fn layout(title: &str, current: &str, who: &Principal, csrf: &str, bo
 
 /// UTC milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub(super) fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }
 
 pub(super) fn opt_time(ms: Option<i64>) -> String {

@@ -154,7 +154,8 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
 
 fn cookie(request: &HttpRequest) -> Option<String> {
     request.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
-        v.split(';').find_map(|c| c.trim().strip_prefix(SESSION_COOKIE).and_then(|r| r.strip_prefix('=')).map(str::to_owned))
+        v.split(';')
+            .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE).and_then(|r| r.strip_prefix('=')).map(str::to_owned))
     })
 }
 
@@ -308,7 +309,10 @@ async fn login(State(state): State<AppState>, body: Result<Bytes, BytesRejection
     };
     let (id, _) = state.ui.open(key);
     let secure = if state.config.tls.cert.is_some() { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_TTL_MS / 1000);
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION_TTL_MS / 1000
+    );
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response())
 }
 

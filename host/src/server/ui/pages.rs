@@ -119,7 +119,10 @@ pub(super) async fn overview(State(state): State<AppState>, Extension(s): Extens
     let m = o.minutes.as_ref().expect("asked for charts");
     let mut h = Html::default();
     if o.paused {
-        h.raw(&html::notice("warn", "The asynchronous service is <strong>paused</strong>: no job starts until it is resumed."));
+        h.raw(&html::notice(
+            "warn",
+            "The asynchronous service is <strong>paused</strong>: no job starts until it is resumed.",
+        ));
     }
     let card = |k: &str, n: u64, label: &str| {
         format!("<div class=\"card\"><span class=\"n\" data-k=\"{k}\">{n}</span><span>{}</span></div>", esc(label))
@@ -208,15 +211,24 @@ fn filter_of(p: &[(String, String)]) -> JobFilter {
 }
 
 /// The filter fields of a query string, to carry into links and forms.
-const FILTER_FIELDS: [&str; 13] =
-    ["status", "type", "plugin", "step", "entity", "record", "name", "token", "since", "until", "id_prefix", "order", "limit"];
+const FILTER_FIELDS: [&str; 13] = [
+    "status",
+    "type",
+    "plugin",
+    "step",
+    "entity",
+    "record",
+    "name",
+    "token",
+    "since",
+    "until",
+    "id_prefix",
+    "order",
+    "limit",
+];
 
 fn filter_query(p: &[(String, String)]) -> String {
-    FILTER_FIELDS
-        .iter()
-        .filter_map(|n| field(p, n).map(|v| format!("{n}={}", url(v))))
-        .collect::<Vec<_>>()
-        .join("&")
+    FILTER_FIELDS.iter().filter_map(|n| field(p, n).map(|v| format!("{n}={}", url(v)))).collect::<Vec<_>>().join("&")
 }
 
 fn select(name: &str, current: Option<&str>, options: &[(String, String)]) -> String {
@@ -238,7 +250,10 @@ fn input(name: &str, label: &str, current: Option<&str>, kind: &str) -> String {
 }
 
 fn regarding(j: &SystemJob) -> String {
-    j.regarding.as_ref().map(|r| format!("{} <code>{}</code>", esc(&r.logical_name), &r.id.to_string()[..8])).unwrap_or_default()
+    j.regarding
+        .as_ref()
+        .map(|r| format!("{} <code>{}</code>", esc(&r.logical_name), &r.id.to_string()[..8]))
+        .unwrap_or_default()
 }
 
 pub(super) async fn jobs(
@@ -259,7 +274,8 @@ pub(super) async fn jobs(
     let mut h = Html::default();
     h.raw(&done_notice(&p));
     // The filter form.
-    let statuses: Vec<(String, String)> = JobStatus::ALL.iter().map(|s| (s.name().to_owned(), s.name().to_owned())).collect();
+    let statuses: Vec<(String, String)> =
+        JobStatus::ALL.iter().map(|s| (s.name().to_owned(), s.name().to_owned())).collect();
     let types: Vec<(String, String)> =
         OperationType::ALL.iter().map(|t| (t.name().to_owned(), t.label().to_owned())).collect();
     let orders = [("oldest".to_owned(), "oldest first".to_owned()), ("newest".to_owned(), "newest first".to_owned())];
@@ -300,8 +316,10 @@ pub(super) async fn jobs(
         None => "/ui/jobs".to_owned(),
     };
     if manage {
-        let actions: Vec<(String, String)> =
-            ["cancel", "pause", "resume", "postpone", "retry", "delete"].iter().map(|a| (a.to_string(), a.to_string())).collect();
+        let actions: Vec<(String, String)> = ["cancel", "pause", "resume", "postpone", "retry", "delete"]
+            .iter()
+            .map(|a| (a.to_string(), a.to_string()))
+            .collect();
         let mut carried = String::new();
         for n in FILTER_FIELDS {
             if let Some(v) = field(&p, n) {
@@ -413,9 +431,10 @@ pub(super) async fn jobs_action(
                 )));
             }
             let target = format!("{} selected jobs", ids.len());
-            let results =
-                audited(&state, &who.clone(), "jobs.bulk_action", target, move |a| a.job_action_each(&who, &ids, action))
-                    .await?;
+            let results = audited(&state, &who.clone(), "jobs.bulk_action", target, move |a| {
+                a.job_action_each(&who, &ids, action)
+            })
+            .await?;
             let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
             let refused = results.len() - ok;
             let sep = if back.contains('?') { "&" } else { "?" };
@@ -516,7 +535,10 @@ pub(super) async fn job(
         ("Id", format!("<code>{}</code>", j.id)),
         ("Name", esc(&j.name)),
         ("Operation type", format!("{} ({})", esc(j.operation_type.label()), j.operation_type.code())),
-        ("State / status", format!("{:?} ({}) / {} ({})", j.state(), j.state().code(), html::status(j.status), j.status.code())),
+        (
+            "State / status",
+            format!("{:?} ({}) / {} ({})", j.state(), j.state().code(), html::status(j.status), j.status.code()),
+        ),
         ("Created", html::time(j.created_on)),
         ("Started", html::opt_time(j.started_on)),
         ("Completed", html::opt_time(j.completed_on)),
@@ -543,7 +565,9 @@ pub(super) async fn job(
     }
     h.fields(&fields);
     if !chain.is_empty() {
-        h.raw("<h2>Dependency chain</h2><p class=\"hint\">Jobs with this token run one at a time, in creation order.</p>");
+        h.raw(
+            "<h2>Dependency chain</h2><p class=\"hint\">Jobs with this token run one at a time, in creation order.</p>",
+        );
         h.table(
             "jobs",
             &["Id", "Name", "Status", "Created"],
@@ -676,10 +700,8 @@ pub(super) async fn plugins(
     RawQuery(q): RawQuery,
 ) -> UiResult<Response> {
     require(&s.principal, Capability::Registration)?;
-    let (assemblies, plugins, steps, stats) = admin(&state, |a| {
-        Ok((a.assemblies()?, a.plugins()?, a.steps()?, a.store().step_stats()?))
-    })
-    .await?;
+    let (assemblies, plugins, steps, stats) =
+        admin(&state, |a| Ok((a.assemblies()?, a.plugins()?, a.steps()?, a.store().step_stats()?))).await?;
     let mut h = Html::default();
     h.raw(&done_notice(&pairs(&q)));
     h.raw("<h2>Assemblies</h2>");
@@ -713,11 +735,28 @@ pub(super) async fn plugins(
     h.raw("<h2>Steps</h2><p class=\"hint\">Counts are of asynchronous runs (system jobs), kept by the store since schema 8.</p>");
     h.table(
         "steps",
-        &["Step", "Plug-in", "Message", "Entity", "Stage", "Mode", "Rank", "Filters", "Limits", "Enabled", "Succeeded", "Failed", "Retried", "Avg fuel", "Avg time", ""],
+        &[
+            "Step",
+            "Plug-in",
+            "Message",
+            "Entity",
+            "Stage",
+            "Mode",
+            "Rank",
+            "Filters",
+            "Limits",
+            "Enabled",
+            "Succeeded",
+            "Failed",
+            "Retried",
+            "Avg fuel",
+            "Avg time",
+            "",
+        ],
         steps.iter().map(|st| {
             let stat = stats.iter().find(|(id, _)| *id == st.id).map(|(_, s)| *s).unwrap_or_default();
             let runs = stat.succeeded + stat.failed + stat.retried;
-            let avg = |v: u64| if runs == 0 { 0 } else { v / runs };
+            let avg = |v: u64| v.checked_div(runs).unwrap_or(0);
             let toggle = if st.enabled { "disable" } else { "enable" };
             vec![
                 format!("<a href=\"/ui/jobs?step={}\">{}</a>", st.id, esc(&st.name)),
@@ -792,7 +831,19 @@ pub(super) async fn workers(State(state): State<AppState>, Extension(s): Extensi
     let remote = state.admin.remote_workers();
     h.table(
         "workers",
-        &["Name", "Host", "Pid", "Version", "Threads", "Started", "Last heartbeat", "Leased", "Succeeded", "Failed", "State"],
+        &[
+            "Name",
+            "Host",
+            "Pid",
+            "Version",
+            "Threads",
+            "Started",
+            "Last heartbeat",
+            "Leased",
+            "Succeeded",
+            "Failed",
+            "State",
+        ],
         remote.iter().map(|w| {
             vec![
                 esc(&w.name),
@@ -832,7 +883,10 @@ pub(super) async fn service(
         ("Remote workers", st.remote_workers.to_string()),
         (
             "Housekeeper",
-            st.housekeeper.as_ref().map(|k| format!("{} (until {})", esc(&k.instance), html::time(k.until))).unwrap_or_default(),
+            st.housekeeper
+                .as_ref()
+                .map(|k| format!("{} (until {})", esc(&k.instance), html::time(k.until)))
+                .unwrap_or_default(),
         ),
         ("Runnable now", st.counts.runnable.to_string()),
     ]);
@@ -857,4 +911,3 @@ pub(super) async fn service_action(
     audited(&state, &s.principal, name, "asynchronous service", move |a| a.service(Some(parsed))).await?;
     Ok(Redirect::to("/ui/service").into_response())
 }
-
