@@ -118,6 +118,15 @@ for _ in $(seq 100); do "$PH" jobs show "$RUN" | grep -q 'Succeeded (30)' && bre
 "$PH" entities query email
 "$PH" entities get incident "$CASE"
 
+step "The dashboard at $URL/ui (log in with an API key), and the API's OpenAPI document"
+COOKIES="$PLUGHOST_DATA_DIR/dashboard-cookies"
+curl -s -o /dev/null -c "$COOKIES" --data-urlencode "key=$(cat "$PLUGHOST_DATA_DIR/admin-token")" "$URL/ui/login"
+echo "the overview's counts of plug-in jobs by status (the page itself is HTML):"
+curl -s -b "$COOKIES" "$URL/ui/overview" | grep -o 'data-cell="plugin_execution:[A-Za-z]*">[0-9]*' \
+  | sed -E 's/data-cell="plugin_execution:([A-Za-z]+)">([0-9]+)/  \1: \2/'
+echo "operations described at $URL/api/v1/openapi.json: $(curl -s "$URL/api/v1/openapi.json" | grep -o '"operationId"' | wc -l)"
+echo "(the demo's server stops below; run plughost serve and open $URL/ui in a browser to look around)"
+
 step "The audit log: every administrative action, who did it and how it ended"
 "$PH" audit list
 

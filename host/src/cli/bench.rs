@@ -973,6 +973,7 @@ impl DashboardBench {
             loopback: true,
             config: Arc::new(config),
             ui: Arc::default(),
+            stopping: tokio::sync::watch::channel(false).1,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| fail(&e))?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| fail(&e))?;

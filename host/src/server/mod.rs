@@ -49,6 +49,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The dashboard's sessions.
     pub ui: Arc<ui::Sessions>,
+    /// Becomes true when the server begins to shut down: long responses (the
+    /// dashboard's event streams) end instead of holding the shutdown up.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a running server tells the CLI about itself (`<data dir>/server.json`).
@@ -149,12 +152,14 @@ pub async fn serve(
     }
     let auth = Arc::new(Authenticator::new(pipeline.clone()));
     let loopback = addr.ip().is_loopback();
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = AppState {
         admin: Arc::new(admin),
         auth,
         loopback,
         config: Arc::new(config),
         ui: Arc::new(ui::Sessions::default()),
+        stopping,
     };
     if pipeline.store().is_shared() {
         // Other `serve` processes on the same database change the registry and the
@@ -173,7 +178,11 @@ pub async fn serve(
             }
         });
     }
-    listen::serve(listener, app(state), &http, shutdown_signal(), grace, tls).await;
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    listen::serve(listener, app(state), &http, shutdown, grace, tls).await;
     if let Some(w) = workers {
         // Stop leasing; in-flight jobs finish within the grace period, unstarted ones go back.
         let all = tokio::task::spawn_blocking(move || w.shutdown(grace)).await.unwrap_or(false);

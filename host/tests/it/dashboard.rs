@@ -165,6 +165,11 @@ fn operators_manage_jobs_from_the_dashboard_in_a_real_browser() {
     let steps = b.text_of("table.steps");
     assert!(steps.contains("trap") && steps.contains("hostile"), "{steps}");
     b.screenshot(&dir.join("plugins.png"));
+    // Disable a step from the page.
+    b.click(&b.find("table.steps form[action$='/disable'] button"));
+    b.wait_for("the disable notice", || b.page_text().contains("disable: done").then_some(()));
+    let steps = s.get("/api/v1/steps").expect(200);
+    assert_eq!(steps.as_array().unwrap().iter().filter(|st| st["enabled"] == false).count(), 1, "{steps}");
     b.goto(&ui("/ui/workers"));
     assert!(b.page_text().contains("Worker threads"));
     b.screenshot(&dir.join("workers.png"));

@@ -197,7 +197,12 @@ fn users_cancel_pause_resume_retry_and_delete_jobs() {
     assert_eq!(action("pause").expect(200)["status"], "Waiting");
     let refused = action("pause");
     assert_eq!((refused.status, refused.code()), (409, "conflict"));
-    assert!(refused.body["error"]["message"].as_str().unwrap().contains("only ready or running jobs can be paused"));
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only ready or running jobs, and recurring jobs between occurrences, can be paused")
+    );
     assert_eq!(action("resume").expect(200)["status"], "WaitingForResources");
     assert_eq!(action("cancel").expect(200)["status"], "Canceled");
     assert_eq!(action("retry").expect(200)["status"], "WaitingForResources");

@@ -166,6 +166,10 @@ pub(super) async fn events(State(state): State<AppState>) -> impl IntoResponse {
         if tick > 0 {
             tokio::time::sleep(TICK).await;
         }
+        // The server is shutting down: end the stream (the page reconnects elsewhere).
+        if *state.stopping.borrow() {
+            return None;
+        }
         let with_charts = tick % CHART_TICKS == CHART_TICKS - 1;
         let event = match admin(&state, move |a| overview_data(a, with_charts)).await {
             Ok(o) => {
@@ -807,13 +811,14 @@ pub(super) async fn workers(State(state): State<AppState>, Extension(s): Extensi
     require(&s.principal, Capability::Service)?;
     let mut h = Html::default();
     h.raw("<h2>In this process</h2>");
+    // The service's state reads the store: on a blocking thread, as every store read.
+    let threads = admin(&state, |a| a.service(None)).await?.workers;
     match state.admin.workers() {
         Some(w) => {
             let st = &w.stats;
-            let status = state.admin.service(None).map(|s| s.workers).unwrap_or(0);
             h.fields(&[
                 ("Host", esc(&crate::worker::hostname())),
-                ("Worker threads", status.to_string()),
+                ("Worker threads", threads.to_string()),
                 ("Jobs leased", st.leased.load(Relaxed).to_string()),
                 ("Succeeded", st.succeeded.load(Relaxed).to_string()),
                 ("Failed", st.failed.load(Relaxed).to_string()),
@@ -842,9 +847,13 @@ pub(super) async fn workers(State(state): State<AppState>, Extension(s): Extensi
             "Leased",
             "Succeeded",
             "Failed",
+            "Runs/min",
             "State",
         ],
         remote.iter().map(|w| {
+            // Runs it completed per minute since it started (its throughput).
+            let up_ms = (w.last_heartbeat - w.started).max(1) as f64;
+            let per_minute = (w.done + w.failures) as f64 * 60_000.0 / up_ms;
             vec![
                 esc(&w.name),
                 esc(&w.host),
@@ -856,6 +865,7 @@ pub(super) async fn workers(State(state): State<AppState>, Extension(s): Extensi
                 w.leased.to_string(),
                 w.done.to_string(),
                 w.failures.to_string(),
+                format!("{per_minute:.0}"),
                 if w.lost { "<span class=\"status s31\">lost</span>".into() } else { "alive".into() },
             ]
         }),
