@@ -86,6 +86,23 @@ fn operators_manage_jobs_from_the_dashboard_in_a_real_browser() {
     create(&s, "B");
     b.wait_for("the live count", || (cell("plugin_execution:Failed") == "2").then_some(()));
     assert_eq!(b.text_of("#live"), "live");
+    // A hidden tab closes its event stream: no update while hidden, live again when shown.
+    let set_hidden = |hidden: bool| {
+        let script = "Object.defineProperty(document, 'hidden', {value: arguments[0], configurable: true}); \
+                      document.dispatchEvent(new Event('visibilitychange')); \
+                      return document.getElementById('live').dataset.updated || '';";
+        b.execute(script, json!([hidden]))
+    };
+    let before = set_hidden(true);
+    assert_eq!(b.text_of("#live"), "paused while hidden");
+    create(&s, "C");
+    wait_until("the third failure", || jobs_where(&s, "status=Failed").len() == 3);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(b.execute("return document.getElementById('live').dataset.updated || '';", json!([])), before);
+    assert_eq!(cell("plugin_execution:Failed"), "2", "no update while hidden");
+    set_hidden(false);
+    b.wait_for("the count after the tab shows again", || (cell("plugin_execution:Failed") == "3").then_some(()));
+    assert_eq!(b.text_of("#live"), "live");
 
     // Filter the list.
     b.goto(&ui("/ui/jobs"));
@@ -93,7 +110,7 @@ fn operators_manage_jobs_from_the_dashboard_in_a_real_browser() {
     b.click(&b.find("#filters button[type=submit]"));
     b.wait_for("the filtered list", || b.url().contains("status=Failed").then_some(()));
     let rows = b.find_all("table.jobs tbody tr");
-    assert_eq!(rows.len(), 2, "{}", b.page_text());
+    assert_eq!(rows.len(), 3, "{}", b.page_text());
     assert!(rows.iter().all(|r| b.text(r).contains("Failed")));
     assert!(b.text_of("#plan").contains("status"), "the page says which index it reads");
     b.screenshot(&dir.join("jobs-failed.png"));
