@@ -127,6 +127,7 @@ pub(crate) fn with_tables<T, E: From<StoreError>>(
     };
     let out = op(&mut t)?;
     write_counts(w, &t.deltas)?;
+    w.prefetch(&STEP_STATS, t.step_stats.iter().map(|(s, _)| *s))?;
     for (step, add) in t.step_stats {
         let mut stats: StepStats = get(w, &STEP_STATS, &step)?.unwrap_or_default();
         stats.add(&add);
@@ -146,6 +147,14 @@ pub(crate) fn with_tables<T, E: From<StoreError>>(
 }
 
 fn write_counts(w: &Write<'_>, deltas: &Deltas) -> Result<()> {
+    // The changed counters in one read (one round trip on PostgreSQL).
+    let changed = deltas.iter().enumerate().flat_map(|(ti, row)| {
+        row.iter()
+            .enumerate()
+            .filter(|(_, d)| **d != 0)
+            .map(move |(si, _)| (OperationType::ALL[ti].code(), JobStatus::ALL[si].code()))
+    });
+    w.prefetch(&TYPE_COUNTS, changed)?;
     for (ti, row) in deltas.iter().enumerate() {
         for (si, delta) in row.iter().enumerate() {
             if *delta != 0 {
