@@ -21,9 +21,22 @@ pub(crate) enum Jobs {
         /// Only jobs of this step (id).
         #[arg(long)]
         step: Option<String>,
+        /// Only jobs of this operation type (plugin_execution, workflow, bulk_delete,
+        /// bulk_import, deletion_service, job_action, or its code).
+        #[arg(long = "type")]
+        operation_type: Option<String>,
+        /// Only jobs queued by a step of this plug-in.
+        #[arg(long)]
+        plugin: Option<String>,
         /// Only jobs regarding records of this entity.
         #[arg(long)]
         entity: Option<String>,
+        /// Only jobs regarding this record (id).
+        #[arg(long)]
+        record: Option<String>,
+        /// Only jobs whose name contains this text (any case).
+        #[arg(long)]
+        name: Option<String>,
         /// Only jobs with this dependency token.
         #[arg(long)]
         token: Option<String>,
@@ -236,11 +249,28 @@ impl Jobs {
             Jobs::Retry { id } => act(&id, JobAction::Retry)?,
             Jobs::Delete { id } => act(&id, JobAction::Delete)?,
             Jobs::Postpone { id, until } => act(&id, JobAction::Postpone(time(&until)?))?,
-            Jobs::List { status, step, entity, token, since, limit, after, newest } => {
+            Jobs::List {
+                status,
+                step,
+                operation_type,
+                plugin,
+                entity,
+                record,
+                name,
+                token,
+                since,
+                limit,
+                after,
+                newest,
+            } => {
                 let filter = JobFilter {
                     status: status.map(|s| s.name().to_owned()),
                     step,
+                    operation_type,
+                    plugin,
                     entity,
+                    record,
+                    name,
                     token,
                     since: since.as_deref().map(time).transpose()?.map(|t| t.to_string()),
                     limit,

@@ -362,3 +362,27 @@ fn revoking_the_key_ends_its_dashboard_session_and_read_only_users_cannot_act() 
     let after = c.send("GET", "/ui/jobs", None, &[]);
     assert_eq!(after.status, 303, "back to the login");
 }
+
+#[test]
+fn the_cli_lists_jobs_by_type_plugin_record_and_name_like_the_dashboard() {
+    let (s, _) = seeded();
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["jobs", "list", "--json"];
+        all.extend_from_slice(args);
+        let out = s.run(&all).ok().json();
+        out.as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&["--plugin", "hostile"]), vec!["trap"]);
+    assert_eq!(ids(&["--name", "TRA"]), vec!["trap"], "any case");
+    assert_eq!(ids(&["--type", "workflow"]), Vec::<String>::new());
+    assert_eq!(ids(&["--type", "1", "--status", "Waiting"]).len(), 4, "three postponed and the recurring one");
+    let account = s.get("/api/v1/entities/account").expect(200)["entities"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(ids(&["--record", &account]).len(), 2, "the two jobs of its Create");
+    let bad = s.run(&["jobs", "list", "--type", "nope"]).expect_code(1);
+    assert!(bad.stderr.contains("unknown operation type 'nope'"), "{}", bad.stderr);
+    // Without a server, on the store itself: the same answers.
+    let cli = s.kill();
+    let _ = std::fs::remove_file(cli.data_dir().join("server.json"));
+    let out = cli.run(&["jobs", "list", "--plugin", "hostile", "--json"]).ok().json();
+    assert_eq!(out.as_array().unwrap().len(), 1);
+}
