@@ -359,9 +359,11 @@ fn a_recurring_job_runs_once_for_missed_occurrences_and_never_past_its_count() {
     assert_eq!(metric(&s, "plughost_jobs_succeeded_total"), 3, "each successful occurrence is a success");
     assert_eq!(metric(&s, "plughost_jobs_retried_total"), 0, "waiting for the next occurrence is not a retry");
 
-    // A daily job starting tomorrow waits, Suspended/Waiting, until then.
-    let later =
-        s.run(&["jobs", "create", "--step", "tick", "--recurrence", "FREQ=DAILY;BYHOUR=2", "--json"]).ok().json();
+    // A daily job at an hour that is not this one waits, Suspended/Waiting, until then
+    // (at this hour, today's occurrence could be due now).
+    let hour = (chrono_ms() / 3_600_000 + 12) % 24;
+    let pattern = format!("FREQ=DAILY;BYHOUR={hour}");
+    let later = s.run(&["jobs", "create", "--step", "tick", "--recurrence", &pattern, "--json"]).ok().json();
     assert_eq!((later["status"].as_str(), later["statecode"].as_u64()), (Some("Waiting"), Some(1)));
     assert!(later["postpone_until"].as_i64().unwrap() > chrono_ms());
     // A job for a step that does not exist is not found (404), not a server error.
