@@ -164,13 +164,6 @@ impl Admin {
         Ok(query)
     }
 
-    /// A page of the jobs `filter` selects that `who` may see, reading at most
-    /// `budget` jobs (the dashboard's listing: it says when it stopped short).
-    pub fn jobs_page_of(&self, who: &Principal, filter: &JobFilter, budget: usize) -> Result<crate::jobs::JobPage> {
-        let query = self.job_query_of(who, filter)?;
-        Ok(self.store().list_jobs_page(&query, Some(budget))?)
-    }
-
     /// A job `who` may see.
     pub fn job_of(&self, who: &Principal, id: Uuid) -> Result<SystemJob> {
         let job = self.job(id)?;
@@ -224,7 +217,7 @@ impl Admin {
 }
 
 /// Users see and act on the jobs they queued; `manage_jobs` sees every job.
-fn may_see(who: &Principal, job: &SystemJob) -> Result<()> {
+pub(crate) fn may_see(who: &Principal, job: &SystemJob) -> Result<()> {
     let owner = job.context.initiating_user_id;
     if who.privileges.has(Capability::ManageJobs) || (owner == who.user_id && owner != SYSTEM_USER) {
         return Ok(());

@@ -92,6 +92,18 @@ impl JobAction {
         }
     }
 
+    /// The action's name in the audit log (`jobs.cancel`, ...).
+    pub fn audit_name(self) -> &'static str {
+        match self {
+            JobAction::Cancel => "jobs.cancel",
+            JobAction::Pause => "jobs.pause",
+            JobAction::Resume => "jobs.resume",
+            JobAction::Postpone(_) => "jobs.postpone",
+            JobAction::Retry => "jobs.retry",
+            JobAction::Delete => "jobs.delete",
+        }
+    }
+
     /// The action named `name`; `until` is the postpone action's time. An unknown
     /// name is an error, never a guess.
     pub fn parse(name: &str, until: Option<i64>) -> Result<JobAction, String> {

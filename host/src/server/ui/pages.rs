@@ -271,7 +271,7 @@ pub(super) async fn jobs(
     let f = filter.clone();
     let (page_, index, unindexed) = admin(&state, move |a| {
         let query = a.job_query_of(&who, &f)?;
-        let page = a.jobs_page_of(&who, &f, SCAN_BUDGET)?;
+        let page = a.store().list_jobs_page(&query, Some(SCAN_BUDGET))?;
         Ok((page, query.index().name(), query.unindexed()))
     })
     .await?;
@@ -623,16 +623,8 @@ pub(super) async fn job_action(
         ))
         .into());
     }
-    let audit = format!("jobs.{}", action.name());
-    let audit: &'static str = match audit.as_str() {
-        "jobs.cancel" => "jobs.cancel",
-        "jobs.pause" => "jobs.pause",
-        "jobs.resume" => "jobs.resume",
-        "jobs.postpone" => "jobs.postpone",
-        "jobs.retry" => "jobs.retry",
-        _ => "jobs.delete",
-    };
-    audited(&state, &who.clone(), audit, id.to_string(), move |a| a.manage_job_of(&who, id, action)).await?;
+    audited(&state, &who.clone(), action.audit_name(), id.to_string(), move |a| a.manage_job_of(&who, id, action))
+        .await?;
     let back = form.get("back").map(|b| back_to(Some(b)));
     Ok(match (action, back) {
         (_, Some(back)) => {
@@ -655,7 +647,7 @@ pub(super) async fn recurring(
     let who = s.principal.clone();
     let jobs = admin(&state, move |a| {
         let all = a.store().recurring_jobs()?;
-        Ok(all.into_iter().filter(|j| a.job_of(&who, j.id).is_ok()).collect::<Vec<_>>())
+        Ok(all.into_iter().filter(|j| crate::accounts::may_see(&who, j).is_ok()).collect::<Vec<_>>())
     })
     .await?;
     let manage = can_manage(&s.principal);
