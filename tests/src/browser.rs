@@ -124,7 +124,7 @@ impl Browser {
 
     /// The first element `css` selects, waiting up to 10 s for it.
     pub fn find(&self, css: &str) -> Element {
-        self.wait_for(&format!("an element {css}"), || self.try_find(css)).expect("waited")
+        self.wait_for(&format!("an element {css}"), || self.try_find(css))
     }
 
     pub fn try_find(&self, css: &str) -> Option<Element> {
@@ -158,7 +158,6 @@ impl Browser {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
         })
-        .expect("waited")
     }
 
     pub fn text(&self, e: &Element) -> String {
@@ -179,11 +178,11 @@ impl Browser {
     }
 
     /// Waits up to 10 s until `check` gives something.
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(t) = check() {
-                return Some(t);
+                return t;
             }
             assert!(
                 Instant::now() < deadline,

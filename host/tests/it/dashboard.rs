@@ -166,8 +166,12 @@ fn operators_manage_jobs_from_the_dashboard_in_a_real_browser() {
     b.goto(&ui("/ui/jobs?status=Waiting"));
     b.choose("#bulk select[name=action]", "cancel");
     b.click(&b.find("#apply-all"));
-    b.wait_for("the action's job page", || b.page_text().contains("Bulk job action").then_some(()));
-    let action_id = b.url().rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    // The list's type filter names "Bulk job action" too: wait for the job's own page.
+    let action_id = b.wait_for("the action's job page", || {
+        let url = b.url();
+        let id = url.split("/ui/jobs/").nth(1)?.split('?').next()?.to_owned();
+        (id.len() == 36 && b.page_text().contains("Bulk job action")).then_some(id)
+    });
     wait_until("the bulk action to finish", || {
         let j = job(&s, &action_id);
         assert_ne!(j["status"], "Failed", "{j}");
