@@ -464,6 +464,19 @@ impl Admin {
         Ok(self.queue.create_with_rows(job, rows)?)
     }
 
+    /// Queues a bulk mail (`SendBulkMail`): one Pending Send email per record the
+    /// query selects, rendered from the template.
+    pub fn bulk_mail(&self, spec: crate::mail::BulkMail, by: Uuid) -> Result<SystemJob> {
+        let job = self.pipeline.new_bulk_mail(spec, by)?;
+        Ok(self.queue.create(job)?)
+    }
+
+    /// Queues the distribution of a campaign activity (`DistributeCampaignActivity`).
+    pub fn distribute_campaign_activity(&self, activity: Uuid, name: Option<String>, by: Uuid) -> Result<SystemJob> {
+        let job = self.pipeline.new_distribution(activity, name, by)?;
+        Ok(self.queue.create(job)?)
+    }
+
     /// The asynchronous service's state, after `action` if given. Without a worker
     /// pool in this process, pausing or resuming sets how the next one starts.
     pub fn service(&self, action: Option<ServiceAction>) -> Result<ServiceStatus> {

@@ -273,6 +273,10 @@ pub struct Progress {
     pub failed: u64,
     /// The first [`MAX_FAILURES_KEPT`] failures.
     pub failures: Vec<Failure>,
+    /// Records passed over on purpose (bulk mail: no address, opted out), counted in
+    /// `processed`, and the first [`MAX_FAILURES_KEPT`] of them with the reason.
+    pub skipped: u64,
+    pub skips: Vec<Failure>,
     /// The job has finished its work (a recurring one starts over at its next run).
     pub done: bool,
 }
@@ -287,7 +291,7 @@ impl Progress {
         if matches!(output.get("Done"), Some(ParameterValue::Value(Value::Boolean(true)))) {
             return Progress::default();
         }
-        let failures = match output.get("Failures") {
+        let rows = |name: &str| match output.get(name) {
             Some(ParameterValue::Entities(rows)) => rows.iter().map(Failure::from_entity).collect(),
             _ => Vec::new(),
         };
@@ -300,7 +304,9 @@ impl Progress {
             processed: int("Processed"),
             succeeded: int("Succeeded"),
             failed: int("Failed"),
-            failures,
+            failures: rows("Failures"),
+            skipped: int("Skipped"),
+            skips: rows("Skips"),
             done: false,
         }
     }
@@ -314,6 +320,10 @@ impl Progress {
             ("Done".to_owned(), ParameterValue::Value(Value::Boolean(self.done))),
             ("Failures".to_owned(), ParameterValue::Entities(self.failures.iter().map(Failure::to_entity).collect())),
         ]);
+        if self.skipped > 0 {
+            out.insert("Skipped".into(), int(self.skipped));
+            out.insert("Skips".into(), ParameterValue::Entities(self.skips.iter().map(Failure::to_entity).collect()));
+        }
         if self.next_row > 0 {
             out.insert("NextRow".into(), int(self.next_row));
         }
@@ -336,10 +346,20 @@ impl Progress {
         }
     }
 
+    /// A record passed over on purpose, and why.
+    pub fn skip(&mut self, why: Failure) {
+        self.processed += 1;
+        self.skipped += 1;
+        if self.skips.len() < MAX_FAILURES_KEPT {
+            self.skips.push(why);
+        }
+    }
+
     /// One line for the job's message.
     pub fn summary(&self) -> String {
         let state = if self.done { "done" } else { "in progress" };
-        format!("{state}: {} processed, {} succeeded, {} failed", self.processed, self.succeeded, self.failed)
+        let skipped = if self.skipped > 0 { format!(", {} skipped", self.skipped) } else { String::new() };
+        format!("{state}: {} processed, {} succeeded, {} failed{skipped}", self.processed, self.succeeded, self.failed)
     }
 }
 
@@ -435,7 +455,9 @@ mod tests {
         let mut p = Progress { next_row: 200, after: Some(Uuid::now_v7()), ..Progress::default() };
         p.record(None);
         p.record(Some(Failure { row: Some(7), id: None, code: "plugin_error".into(), message: "no".into() }));
+        p.skip(Failure { row: None, id: Some(Uuid::now_v7()), code: "no_address".into(), message: "none".into() });
         assert_eq!(Progress::from_output(&p.to_output()), p);
+        assert!(p.summary().ends_with("1 failed, 1 skipped"), "{}", p.summary());
         p.done = true;
         assert_eq!(Progress::from_output(&p.to_output()), Progress::default());
     }

@@ -54,6 +54,8 @@ pub struct Config {
     pub store: Option<String>,
     /// Most connections to a PostgreSQL store this process opens.
     pub store_connections: usize,
+    /// Outgoing email over SMTP (`[mail]`).
+    pub mail: crate::mail::smtp::MailSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,6 +103,7 @@ impl Default for Config {
             http: crate::server::HttpConfig::default(),
             store: None,
             store_connections: crate::store::DEFAULT_CONNECTIONS,
+            mail: crate::mail::smtp::MailSettings::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Config {
                 crate::store::MIN_CONNECTIONS
             ));
         }
+        self.mail.validate()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key go together: set both, or neither".into());
         }
@@ -171,6 +175,21 @@ impl Config {
             "PLUGHOST_HTTP_MAX_CONNECTIONS" => self.http.max_connections,
             "PLUGHOST_POOLING" => self.runtime.pooling,
             "PLUGHOST_STORE_CONNECTIONS" => self.store_connections,
+            "PLUGHOST_MAIL_MAX_PER_MINUTE" => self.mail.max_per_minute,
+            "PLUGHOST_MAIL_RETRY_BACKOFF_MS" => self.mail.retry_backoff_ms,
+            "PLUGHOST_MAIL_MAX_ATTEMPTS" => self.mail.max_attempts,
+            "PLUGHOST_MAIL_INSECURE" => self.mail.insecure,
+            "PLUGHOST_MAIL_RECURRENCE" => self.mail.recurrence,
+        }
+        for (name, slot) in [
+            ("PLUGHOST_MAIL_SMTP", &mut self.mail.smtp),
+            ("PLUGHOST_MAIL_FROM", &mut self.mail.from),
+            ("PLUGHOST_MAIL_USERNAME", &mut self.mail.username),
+            ("PLUGHOST_MAIL_PASSWORD", &mut self.mail.password),
+        ] {
+            if let Some(v) = var(name).filter(|v| !v.is_empty()) {
+                *slot = Some(v);
+            }
         }
         if let Some(v) = var("PLUGHOST_STORE").filter(|v| !v.is_empty()) {
             self.store = Some(v);

@@ -154,6 +154,15 @@ pub enum OperationType {
     /// see [`crate::bulk::JobSelection`]. Stored jobs keep the variant order: new
     /// ones go last.
     JobAction,
+    /// Renders one email per record a query selects (Dataverse 2, "Bulk E-mail",
+    /// `SendBulkMail`): see [`crate::mail`].
+    BulkEmail,
+    /// One activity per member of a campaign activity's lists (Dataverse 6,
+    /// "Activity Propagation", `DistributeCampaignActivity`).
+    ActivityPropagation,
+    /// Sends Pending Send emails over SMTP (Dataverse 50, "Outgoing Activity"), on a
+    /// recurrence and when new ones are queued.
+    OutgoingActivity,
 }
 
 impl OperationType {
@@ -165,16 +174,22 @@ impl OperationType {
             OperationType::BulkImport => 5,
             OperationType::Workflow => 10,
             OperationType::JobAction => 100,
+            OperationType::BulkEmail => 2,
+            OperationType::ActivityPropagation => 6,
+            OperationType::OutgoingActivity => 50,
         }
     }
 
-    pub const ALL: [OperationType; 6] = [
+    pub const ALL: [OperationType; 9] = [
         OperationType::PluginExecution,
         OperationType::BulkImport,
         OperationType::Workflow,
         OperationType::BulkDelete,
         OperationType::DeletionService,
         OperationType::JobAction,
+        OperationType::BulkEmail,
+        OperationType::ActivityPropagation,
+        OperationType::OutgoingActivity,
     ];
 
     /// The name people read (Dataverse's label).
@@ -186,6 +201,9 @@ impl OperationType {
             OperationType::BulkImport => "Import",
             OperationType::Workflow => "Workflow",
             OperationType::JobAction => "Bulk job action",
+            OperationType::BulkEmail => "Bulk e-mail",
+            OperationType::ActivityPropagation => "Activity propagation",
+            OperationType::OutgoingActivity => "Outgoing activity",
         }
     }
 
@@ -198,6 +216,9 @@ impl OperationType {
             OperationType::BulkImport => "bulk_import",
             OperationType::Workflow => "workflow",
             OperationType::JobAction => "job_action",
+            OperationType::BulkEmail => "bulk_email",
+            OperationType::ActivityPropagation => "activity_propagation",
+            OperationType::OutgoingActivity => "outgoing_activity",
         }
     }
 }
@@ -371,6 +392,16 @@ impl SystemJob {
             // The first occurrence is now; completing it computes the next one after it.
             postpone_until: Some(now),
             ..SystemJob::plugin_execution("", Uuid::nil(), None, ExecutionContext::default())
+        }
+    }
+
+    /// The recurring outgoing-mail job: first run now, then on `pattern`, and
+    /// whenever new emails become Pending Send.
+    pub fn outgoing_mail(pattern: &str, now: i64) -> SystemJob {
+        SystemJob {
+            name: "Outgoing e-mail".into(),
+            operation_type: OperationType::OutgoingActivity,
+            ..SystemJob::deletion_service(pattern, now)
         }
     }
 

@@ -17,6 +17,7 @@ pub mod fleet;
 #[cfg(test)]
 mod fuzz;
 pub mod jobs;
+pub mod mail;
 pub mod memdata;
 pub mod metadata;
 pub mod model;

@@ -120,6 +120,10 @@ pub struct WorkerConfig {
     pub completed_job_retention_secs: u64,
     /// When the deletion service runs (RRULE; default hourly).
     pub deletion_service_recurrence: String,
+    /// The SMTP client the outgoing-mail job sends through (`[mail]`; set by `serve`).
+    /// Without one this pool never leases that job.
+    #[serde(skip)]
+    pub mailer: Option<Arc<crate::mail::smtp::Mailer>>,
 }
 
 impl Default for WorkerConfig {
@@ -136,6 +140,7 @@ impl Default for WorkerConfig {
             host_id: None,
             completed_job_retention_secs: 30 * 24 * 3600,
             deletion_service_recurrence: "FREQ=HOURLY".into(),
+            mailer: None,
         }
     }
 }
@@ -569,6 +574,14 @@ impl Worker {
             OperationType::JobAction => (JobRun::succeeded(), None),
             OperationType::BulkDelete | OperationType::BulkImport => (shared.pipeline.run_bulk(&job, stop), None),
             OperationType::Workflow => (shared.pipeline.run_workflow(&job, stop), None),
+            OperationType::BulkEmail | OperationType::ActivityPropagation => {
+                (shared.pipeline.run_mail(&job, stop), None)
+            }
+            OperationType::OutgoingActivity => match &shared.config.mailer {
+                Some(mailer) => (shared.pipeline.run_outgoing_mail(&job, stop, mailer), None),
+                // Leased before `[mail]` went away: it waits, and the next `serve` removes it.
+                None => (JobRun::retry("mail_not_configured", "this process has no [mail] smtp setting".into()), None),
+            },
         };
         lock(&shared.running).remove(&job.id);
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod browser;
+pub mod smtp;
 
 /// Paths of the guest components, built from `example-plugins/rust` by build.rs.
 pub mod artifacts {

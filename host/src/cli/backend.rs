@@ -51,6 +51,10 @@ pub(crate) trait Backend {
     fn bulk_delete(&self, spec: BulkDelete) -> Result<SystemJob, CliError>;
     /// Queues an import of `file`.
     fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError>;
+    /// Queues a bulk mail.
+    fn bulk_mail(&self, spec: plughost::mail::BulkMail) -> Result<SystemJob, CliError>;
+    /// Queues the distribution of a campaign activity.
+    fn distribute(&self, activity: uuid::Uuid, name: Option<String>) -> Result<SystemJob, CliError>;
     /// A page of the jobs `filter` selects.
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError>;
     fn manage_job(&self, id: uuid::Uuid, action: JobAction) -> Result<Option<SystemJob>, CliError>;
@@ -204,6 +208,17 @@ impl Backend for Local {
     fn bulk_import(&self, query: &ImportQuery, file: &[u8]) -> Result<SystemJob, CliError> {
         self.audited("bulk.import", &query.entity, |a| {
             a.bulk_import(&query.entity, query.format.as_deref(), file, query.name.clone(), SYSTEM_USER)
+        })
+    }
+
+    fn bulk_mail(&self, spec: plughost::mail::BulkMail) -> Result<SystemJob, CliError> {
+        let target = spec.query.entity_name.clone();
+        self.audited("mail.bulk", &target, |a| a.bulk_mail(spec, SYSTEM_USER))
+    }
+
+    fn distribute(&self, activity: uuid::Uuid, name: Option<String>) -> Result<SystemJob, CliError> {
+        self.audited("campaigns.distribute", &activity.to_string(), |a| {
+            a.distribute_campaign_activity(activity, name, SYSTEM_USER)
         })
     }
 
@@ -533,6 +548,14 @@ impl Backend for Remote {
             }
         }
         self.answer(req.header("Content-Type", "application/octet-stream").send(file))
+    }
+
+    fn bulk_mail(&self, spec: plughost::mail::BulkMail) -> Result<SystemJob, CliError> {
+        self.post("/mail/bulk", &spec)
+    }
+
+    fn distribute(&self, activity: uuid::Uuid, name: Option<String>) -> Result<SystemJob, CliError> {
+        self.post(&format!("/campaigns/activities/{activity}/distribute"), &serde_json::json!({ "name": name }))
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<SystemJob>, CliError> {

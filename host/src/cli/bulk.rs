@@ -1,4 +1,5 @@
-//! `plughost bulk delete|import`: bulk operations, run as system jobs.
+//! `plughost bulk delete|import`, `plughost mail bulk`, `plughost campaigns
+//! distribute`: bulk operations, run as system jobs.
 
 use std::process::ExitCode;
 
@@ -53,18 +54,7 @@ impl Bulk {
         let backend = g.backend()?;
         let (job, wait) = match self {
             Bulk::Delete { entity, conditions, file, recurrence, name, wait } => {
-                let query = match (file, entity) {
-                    (Some(path), _) => read_json::<Query>(&path, "query file")?,
-                    (None, Some(entity)) => Query {
-                        entity_name: entity,
-                        criteria: Filter {
-                            conditions: conditions.iter().map(|c| condition(c)).collect::<Result<_, _>>()?,
-                            ..Default::default()
-                        },
-                        ..Query::default()
-                    },
-                    (None, None) => return Err(CliError::new("invalid", "give the entity, or a query with --file")),
-                };
+                let query = query_of(entity, &conditions, file)?;
                 let spec = BulkDelete {
                     query,
                     name,
@@ -87,6 +77,98 @@ impl Bulk {
             true => super::jobs::watch(g, backend.as_ref(), &job.id.to_string(), 250),
             false => print_queued(g, &job),
         }
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum Mail {
+    /// Queue a bulk mail (SendBulkMail): one Pending Send email per record a query
+    /// selects (--where as in `entities query`, or --file), rendered from a template's
+    /// subject and body ({{attribute}} placeholders). Records without an address, or
+    /// with donotemail set, are skipped and listed on the job.
+    Bulk {
+        entity: Option<String>,
+        /// The template: a `template` record's id or name.
+        #[arg(long)]
+        template: String,
+        #[arg(long = "where", value_name = "ATTR:OP[:VALUE]")]
+        conditions: Vec<String>,
+        /// A JSON query file (entity_name, criteria).
+        #[arg(long = "file")]
+        file: Option<std::path::PathBuf>,
+        /// The attribute holding each record's address (default emailaddress1).
+        #[arg(long)]
+        address_attribute: Option<String>,
+        /// The sender (default: [mail] from).
+        #[arg(long)]
+        sender: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Follow the job until it completes, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum Campaigns {
+    /// Queue the distribution of a campaign activity (DistributeCampaignActivity): one
+    /// activity per member of its lists (once per member), skipping members who opted
+    /// out or lack the channel's address; one bulkoperationlog row per member.
+    Distribute {
+        /// The campaign activity's id.
+        activity: uuid::Uuid,
+        #[arg(long)]
+        name: Option<String>,
+        /// Follow the job until it completes, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+impl Mail {
+    pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        let backend = g.backend()?;
+        let Mail::Bulk { entity, template, conditions, file, address_attribute, sender, name, wait } = self;
+        let query = query_of(entity, &conditions, file)?;
+        let spec = plughost::mail::BulkMail { template, query, address_attribute, sender, name };
+        let job = backend.bulk_mail(spec)?;
+        match wait {
+            true => super::jobs::watch(g, backend.as_ref(), &job.id.to_string(), 250),
+            false => print_queued(g, &job),
+        }
+    }
+}
+
+impl Campaigns {
+    pub(crate) fn run(self, g: &Global) -> Result<ExitCode, CliError> {
+        let backend = g.backend()?;
+        let Campaigns::Distribute { activity, name, wait } = self;
+        let job = backend.distribute(activity, name)?;
+        match wait {
+            true => super::jobs::watch(g, backend.as_ref(), &job.id.to_string(), 250),
+            false => print_queued(g, &job),
+        }
+    }
+}
+
+/// A query from a file, or from an entity and `--where` conditions.
+fn query_of(
+    entity: Option<String>,
+    conditions: &[String],
+    file: Option<std::path::PathBuf>,
+) -> Result<Query, CliError> {
+    match (file, entity) {
+        (Some(path), _) => read_json::<Query>(&path, "query file"),
+        (None, Some(entity)) => Ok(Query {
+            entity_name: entity,
+            criteria: Filter {
+                conditions: conditions.iter().map(|c| condition(c)).collect::<Result<_, _>>()?,
+                ..Default::default()
+            },
+            ..Query::default()
+        }),
+        (None, None) => Err(CliError::new("invalid", "give the entity, or a query with --file")),
     }
 }
 

@@ -174,7 +174,10 @@ fn progress(job: &SystemJob) -> (u64, Option<u64>) {
         _ => None,
     };
     match job.operation_type {
-        OperationType::BulkImport | OperationType::BulkDelete => (int("Processed").unwrap_or(0), int("Total")),
+        OperationType::BulkImport
+        | OperationType::BulkDelete
+        | OperationType::BulkEmail
+        | OperationType::ActivityPropagation => (int("Processed").unwrap_or(0), int("Total")),
         OperationType::Workflow => {
             let steps = plughost::workflow::state::RunState::from_output(&job.output).map_or(0, |s| s.log_seq);
             (u64::from(steps), None)

@@ -102,6 +102,13 @@ enum Command {
     /// Bulk operations run as system jobs: delete by query, import a file.
     #[command(subcommand)]
     Bulk(bulk::Bulk),
+    /// Bulk mail: one email per record a query selects, rendered from a template,
+    /// delivered by the outgoing-mail job over `[mail] smtp`.
+    #[command(subcommand)]
+    Mail(bulk::Mail),
+    /// Campaigns: distribute a campaign activity to the members of its lists.
+    #[command(subcommand)]
+    Campaigns(bulk::Campaigns),
     /// Show where the data lives and whether a server is running.
     Status(status::Status),
     /// Pause, resume and inspect the asynchronous service of a running server.
@@ -150,6 +157,8 @@ impl Cli {
             Command::Entities(c) => c.run(&g),
             Command::Jobs(c) => c.run(&g),
             Command::Bulk(c) => c.run(&g),
+            Command::Mail(c) => c.run(&g),
+            Command::Campaigns(c) => c.run(&g),
             Command::Status(c) => c.run(&g),
             Command::Bench(c) => c.run(&g),
             Command::Service(c) => c.run(&g),

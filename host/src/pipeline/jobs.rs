@@ -291,7 +291,7 @@ impl JobRun {
         JobRun::ended(crate::store::JobResult::Failed { code: code.into(), message })
     }
 
-    pub(super) fn retry(code: &str, message: String) -> JobRun {
+    pub fn retry(code: &str, message: String) -> JobRun {
         JobRun::ended(crate::store::JobResult::Retry { code: code.into(), message })
     }
 

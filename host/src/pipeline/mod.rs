@@ -13,6 +13,7 @@
 //! change that did not commit.
 
 mod jobs;
+mod mail;
 mod overlay;
 mod read;
 mod scope;
@@ -33,6 +34,7 @@ use crate::runtime::{Failure, Limits, Runtime, ServiceError};
 use crate::store::{ChangeSet, CommitError, Committer, Store, StoreError};
 
 pub use self::jobs::{BulkDelete, JobRun, NewJob};
+pub use self::mail::{MAIL_BATCH, OUTGOING_BATCH, OUTGOING_RUN_MS};
 use self::scope::Scope;
 pub use self::source::{Registered, Source, View};
 use self::steps::{StepIndex, invoke_step};

@@ -64,6 +64,7 @@ fn api_routes(state: &AppState) -> ApiRouter {
         .routes(routes!(jobs, create_job))
         .routes(routes!(bulk_delete))
         .routes(routes!(bulk_import))
+        .merge(super::mail::routes())
         .routes(routes!(job, delete_job))
         .routes(routes!(job_action))
         .routes(routes!(service));
@@ -564,7 +565,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 // ---- jobs ----
 
 /// Jobs as the API shows them: with Dataverse's state and status numbers.
-struct Jobs<T>(T);
+pub(super) struct Jobs<T>(pub(super) T);
 
 impl IntoResponse for Jobs<SystemJob> {
     fn into_response(self) -> HttpResponse {

@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod identity;
 mod listen;
+mod mail;
 mod openapi;
 mod tls;
 mod ui;
@@ -92,6 +93,15 @@ pub async fn serve(
     let queue = JobQueue::new(pipeline.store().clone(), pipeline.committer().clone())
         .with_max_lease_expirations(config.workers.max_lease_expirations);
     tokio::task::block_in_place(|| queue.ensure_deletion_service(deletion_service.as_deref()))?;
+    // With `[mail] smtp`, the outgoing-mail job exists and this process's pool sends.
+    let mut config = config;
+    if config.mail.smtp.is_some() {
+        let mailer = crate::mail::smtp::Mailer::new(&config.mail).map_err(anyhow::Error::msg)?;
+        tracing::info!(smtp = %mailer.shown_url(), "outgoing mail enabled");
+        config.workers.mailer = Some(Arc::new(mailer));
+    }
+    let recurrence = config.mail.smtp.is_some().then(|| config.mail.recurrence.clone());
+    tokio::task::block_in_place(|| queue.ensure_outgoing_mail(recurrence.as_deref()))?;
     let admin_token = config.admin_token(&data_dir).map_err(anyhow::Error::msg)?;
     let worker_token = config.worker_token(&data_dir).map_err(anyhow::Error::msg)?;
     // The tokens are keys: the admin token of the first System Administrator, the

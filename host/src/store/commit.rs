@@ -321,9 +321,25 @@ pub(super) fn apply_in(t: &mut super::jobs::Tables<'_, '_>, changes: &ChangeSet)
     let before = apply_records(t.w, changes)?;
     // Waiting workflow runs learn of the change in its own transaction.
     super::workflows::wake(t, changes, &before, now)?;
+    // New Pending Send emails start the outgoing-mail job.
+    if changes
+        .records
+        .iter()
+        .zip(&before)
+        .any(|(c, was)| c.entity == crate::mail::EMAIL && pending(c.new.as_ref()) && !pending(was.as_ref()))
+    {
+        super::jobs::wake_outgoing_mail(t, now)?;
+    }
     let receipt = Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, now)? };
     super::workflows::write_log(t.w, changes, &receipt)?;
     Ok(receipt)
+}
+
+/// Whether an email record is Pending Send.
+fn pending(email: Option<&StoredRecord>) -> bool {
+    email.is_some_and(|r| {
+        r.attributes.get("statuscode") == Some(&crate::model::Value::OptionSet(crate::mail::PENDING_SEND))
+    })
 }
 
 /// Writes the change set's records, after checking every version against the

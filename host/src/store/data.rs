@@ -94,14 +94,7 @@ impl Store {
     /// Defines an entity, or adds attributes to an existing one.
     pub fn define_entity(&self, def: &EntityDefinition) -> Result<EntityDefinition> {
         def.validate().map_err(StoreError::Invalid)?;
-        self.write(|w| {
-            let mut current: EntityDefinition = super::get_row(w, &ENTITY_DEFS, &def.name)?
-                .unwrap_or_else(|| EntityDefinition { name: def.name.clone(), attributes: BTreeMap::new() });
-            current.merge(def).map_err(StoreError::Conflict)?;
-            current.validate().map_err(StoreError::Invalid)?;
-            w.insert(&ENTITY_DEFS, &def.name, &super::rows::encode(&current)?)?;
-            Ok(current)
-        })
+        self.write(|w| merge_definition(w, def))
     }
 
     pub fn job(&self, id: Uuid) -> Result<Option<SystemJob>> {
@@ -335,4 +328,14 @@ fn scan_index<P: super::kv::Key + Clone>(
             _ => return Ok(()),
         }
     }
+}
+
+/// Adds `def`'s attributes to the stored definition of its entity (creating it).
+pub(super) fn merge_definition(w: &super::kv::Write<'_>, def: &EntityDefinition) -> Result<EntityDefinition> {
+    let mut current: EntityDefinition = super::get_row(w, &ENTITY_DEFS, &def.name)?
+        .unwrap_or_else(|| EntityDefinition { name: def.name.clone(), attributes: BTreeMap::new() });
+    current.merge(def).map_err(StoreError::Conflict)?;
+    current.validate().map_err(StoreError::Invalid)?;
+    w.insert(&ENTITY_DEFS, &def.name, &super::rows::encode(&current)?)?;
+    Ok(current)
 }

@@ -13,7 +13,9 @@
 use uuid::Uuid;
 
 use super::kv::{ALL_TABLES, Read, Reads, Table, Write};
-use super::{DELETION_SERVICE_JOB, HOUSEKEEPER, JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, StoreError, get};
+use super::{
+    HOUSEKEEPER, JOB_CONTEXTS, JOB_SEQUENCE, JOBS, META, OUTGOING_MAIL_JOB, OUTGOING_MAIL_WOKEN, StoreError, get,
+};
 use crate::codec;
 use crate::jobs::{JobState, JobStatus, MinuteStats, OperationType, StepStats, SystemJob};
 
@@ -388,18 +390,20 @@ pub(crate) fn purge_completed(t: &mut Tables<'_, '_>, before: i64, max: usize, n
     Ok(ids.len())
 }
 
-/// Makes the deletion service job exist, unfinished, exactly when `pattern` is given:
-/// creates it (first run now), or removes a waiting one when completed jobs are kept.
-pub(crate) fn ensure_deletion_service(
+/// Makes a service job (the deletion service, the outgoing-mail job) whose id is kept
+/// under meta key `key` exist, unfinished, exactly when `wanted` is given: queues
+/// `wanted` if none exists, or removes a waiting one when it is no longer wanted.
+pub(crate) fn ensure_service_job(
     t: &mut Tables<'_, '_>,
-    pattern: Option<&str>,
+    key: &str,
+    wanted: Option<SystemJob>,
     now: i64,
 ) -> Result<Option<SystemJob>> {
-    let current = match get::<_, Uuid>(t.w, &META, &DELETION_SERVICE_JOB.to_owned())? {
+    let current = match get::<_, Uuid>(t.w, &META, &key.to_owned())? {
         Some(id) => load(t, id)?.filter(|j| j.state() != JobState::Completed),
         None => None,
     };
-    match (current, pattern) {
+    match (current, wanted) {
         (Some(job), Some(_)) => Ok(Some(job)),
         (Some(job), None) => {
             // A running one finishes; the next start removes it.
@@ -408,14 +412,43 @@ pub(crate) fn ensure_deletion_service(
             }
             Ok(None)
         }
-        (None, Some(pattern)) => {
-            let job = SystemJob::deletion_service(pattern, now);
+        (None, Some(job)) => {
             let (id, sequence) = enqueue(t, std::slice::from_ref(&job), now)?[0];
-            t.w.insert(&META, &DELETION_SERVICE_JOB.to_owned(), &codec::encode(&id)?)?;
+            t.w.insert(&META, &key.to_owned(), &codec::encode(&id)?)?;
             Ok(Some(SystemJob { id, sequence, ..job }))
         }
         (None, None) => Ok(None),
     }
+}
+
+/// The outgoing-mail job's id, if it exists.
+pub(crate) fn outgoing_mail_job(t: &Tables<'_, '_>) -> Result<Option<Uuid>> {
+    get::<_, Uuid>(t.w, &META, &OUTGOING_MAIL_JOB.to_owned())
+}
+
+/// New Pending Send emails were written: the outgoing-mail job runs now rather than
+/// at its next occurrence (one that runs now runs again when it ends). A paused one
+/// (waiting with no time) stays paused.
+pub(crate) fn wake_outgoing_mail(t: &mut Tables<'_, '_>, now: i64) -> Result<()> {
+    let Some(id) = outgoing_mail_job(t)? else { return Ok(()) };
+    let Some(old) = load(t, id)? else { return Ok(()) };
+    match old.status {
+        JobStatus::Waiting if old.postpone_until.is_some_and(|at| at > now) => {
+            let new = SystemJob { status: JobStatus::WaitingForResources, postpone_until: Some(now), ..old.clone() };
+            put_job(t, Some(&old), Some(&new), now)
+        }
+        JobStatus::InProgress => t.w.insert(&META, &OUTGOING_MAIL_WOKEN.to_owned(), &codec::encode(&true)?),
+        _ => Ok(()),
+    }
+}
+
+/// Whether Pending Send emails came while the outgoing-mail job ran (and forgets it).
+pub(crate) fn take_outgoing_mail_woken(t: &mut Tables<'_, '_>) -> Result<bool> {
+    let woken = get::<_, bool>(t.w, &META, &OUTGOING_MAIL_WOKEN.to_owned())?.unwrap_or(false);
+    if woken {
+        t.w.remove(&META, &OUTGOING_MAIL_WOKEN.to_owned())?;
+    }
+    Ok(woken)
 }
 
 /// Whether `job` is unfinished, so in its token's chain and its step's list.
@@ -576,13 +609,20 @@ pub(crate) fn lease(
     max: usize,
     lease_ms: i64,
     max_expirations: u32,
+    mail: bool,
     now: i64,
 ) -> Result<Vec<SystemJob>> {
     if is_housekeeper(t, instance, now)? {
         promote_due(t, now, max.max(64) * 4)?;
         recover_expired(t, now, max.max(64) * 4, max_expirations)?;
     }
-    let ids: Vec<u128> = t.w.first(&READY, .., max)?.into_iter().map(|(_, id)| id).collect();
+    let skip = if mail { None } else { outgoing_mail_job(t)?.map(|id| id.as_u128()) };
+    let mut ids: Vec<u128> =
+        t.w.first(&READY, .., max + usize::from(skip.is_some()))?.into_iter().map(|(_, id)| id).collect();
+    if let Some(skip) = skip {
+        ids.retain(|id| *id != skip);
+        ids.truncate(max);
+    }
     t.w.prefetch(&JOBS, ids.iter().copied())?;
     let mut leased = Vec::with_capacity(ids.len());
     for id in ids {

@@ -46,7 +46,7 @@ use kv::{ALL_TABLES, Read, Reads, Table, Write};
 /// table) and with lease-expiration and recurrence-run counters, and the steps' write
 /// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables; 6
 /// users, keys, roles, the audit log, jobs by owner, and the steps' run-as user.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -67,6 +67,11 @@ const JOBS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[8]);
 const JOB_CONTEXTS: Table<u128, Vec<u8>> = Table::new(ALL_TABLES[9]);
 /// Meta key of the deletion service job's id.
 const DELETION_SERVICE_JOB: &str = "deletion_service_job";
+/// Meta key of the outgoing-mail job's id.
+const OUTGOING_MAIL_JOB: &str = "outgoing_mail_job";
+/// Meta key set when Pending Send emails were written while the outgoing-mail job
+/// ran: its run may not have seen them, so it runs again at once.
+const OUTGOING_MAIL_WOKEN: &str = "outgoing_mail_woken";
 /// Meta key of whether the asynchronous service is paused.
 const SERVICE_PAUSED: &str = "service_paused";
 /// Meta key of the last job sequence number handed out.
@@ -319,16 +324,21 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew { path: path.clone(), found: v }),
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
-                Some(v @ 5..=7) => {
+                Some(v @ 5..=8) => {
                     let steps = if v == 5 { upgrade_steps_to_6(w)? } else { 0 };
                     // Schema 7 added the workflow tables, empty: nothing to rewrite.
                     // Schema 8 indexes jobs by status and counts them by type.
-                    let jobs = jobs::upgrade_to_8(w)?;
+                    let jobs = if v < 8 { jobs::upgrade_to_8(w)? } else { 0 };
+                    // Schema 9 defines the mail entities.
+                    define_builtin_entities(w)?;
                     tracing::info!(steps, jobs, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
                 }
                 Some(v) => Err(corrupt(format!("unknown schema version {v}"))),
-                None => w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?),
+                None => {
+                    define_builtin_entities(w)?;
+                    w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
+                }
             }
         })
     }
@@ -677,4 +687,20 @@ pub(crate) mod testing {
         }
         out
     }
+}
+
+/// Merges the built-in entities ([`crate::mail::builtin_entities`]) into the
+/// definitions: a user's entity of the same name keeps its own attributes, and one
+/// whose attribute has another type refuses the migration, naming it.
+fn define_builtin_entities(w: &Write<'_>) -> Result<()> {
+    for def in crate::mail::builtin_entities() {
+        data::merge_definition(w, &def).map_err(|e| match e {
+            StoreError::Conflict(m) => StoreError::Invalid(format!(
+                "the built-in entity {} cannot be defined: {m}; rename the attribute with an older plughost first",
+                def.name
+            )),
+            other => other,
+        })?;
+    }
+    Ok(())
 }

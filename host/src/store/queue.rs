@@ -194,12 +194,24 @@ impl JobQueue {
 
     /// Locks up to `max` runnable jobs for `host` (blocking).
     pub fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
+        self.lease_for(host, max, lease, true)
+    }
+
+    /// Leases like [`JobQueue::lease`]; without `mail` (a remote worker, which holds no
+    /// SMTP settings) the outgoing-mail job is left for a `serve` process.
+    pub fn lease_for(
+        &self,
+        host: &str,
+        max: usize,
+        lease: Duration,
+        mail: bool,
+    ) -> Result<Vec<SystemJob>, CommitError> {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let expirations = self.max_lease_expirations;
         let instance = self.instance.clone();
         let mut leased = wait(self.committer.submit_op(move |w| {
-            Ok(with_tables(w, |t| jobs::lease(t, &instance, &host, max, lease_ms, expirations, now_ms()))?)
+            Ok(with_tables(w, |t| jobs::lease(t, &instance, &host, max, lease_ms, expirations, mail, now_ms()))?)
         }))?;
         // A context never changes once queued: read it here, on the worker's thread.
         self.store.fill_contexts(&mut leased)?;
@@ -264,10 +276,26 @@ impl JobQueue {
     /// Makes the deletion service job exist exactly when `pattern` is given (see
     /// [`crate::worker::WorkerConfig::deletion_service`]); returns it.
     pub fn ensure_deletion_service(&self, pattern: Option<&str>) -> Result<Option<SystemJob>, CommitError> {
-        let pattern = pattern.map(str::to_owned);
-        let job = wait(self.committer.submit_op(move |w| {
-            Ok(with_tables(w, |t| jobs::ensure_deletion_service(t, pattern.as_deref(), now_ms()))?)
-        }))?;
+        let wanted = pattern.map(|p| SystemJob::deletion_service(p, now_ms()));
+        self.ensure_service_job(super::DELETION_SERVICE_JOB, wanted)
+    }
+
+    /// Makes the outgoing-mail job exist exactly when `pattern` is given (`[mail]`
+    /// with `smtp`); returns it.
+    pub fn ensure_outgoing_mail(&self, pattern: Option<&str>) -> Result<Option<SystemJob>, CommitError> {
+        let wanted = pattern.map(|p| SystemJob::outgoing_mail(p, now_ms()));
+        self.ensure_service_job(super::OUTGOING_MAIL_JOB, wanted)
+    }
+
+    fn ensure_service_job(
+        &self,
+        key: &'static str,
+        wanted: Option<SystemJob>,
+    ) -> Result<Option<SystemJob>, CommitError> {
+        let job = wait(
+            self.committer
+                .submit_op(move |w| Ok(with_tables(w, |t| jobs::ensure_service_job(t, key, wanted, now_ms()))?)),
+        )?;
         self.committer.notify();
         Ok(job)
     }
@@ -394,6 +422,15 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
     };
     let (fuel, run_us) = (report.fuel_used, report.duration_us);
     let (mut new, run) = crate::jobs::after_run(&old, result, report, &retry, now);
+    // Emails queued while it ran may lie behind where it looked: it runs again now.
+    if old.operation_type == crate::jobs::OperationType::OutgoingActivity
+        && jobs::take_outgoing_mail_woken(t)?
+        && new.status == JobStatus::Waiting
+        && new.postpone_until.is_some_and(|at| at > now)
+    {
+        new.status = JobStatus::WaitingForResources;
+        new.postpone_until = Some(now);
+    }
     if matches!(run, RunOutcome::Succeeded | RunOutcome::Failed) {
         t.run_ended(now, run == RunOutcome::Succeeded, run_us);
     }

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod dashboard;
 mod http;
+mod mail;
 mod model;
 mod openapi;
 mod queue;
