@@ -57,6 +57,11 @@ pub const CODES: &[(&str, &str)] = &[
     ("wrong_world", "the component does not implement the plug-in world"),
     ("unsupported_import", "the component imports something plug-ins cannot use"),
     ("exceeds_host_limits", "the component needs more memory than the host gives an instance"),
+    // Mail (per-record reasons in a bulk mail's or distribution's output).
+    ("no_address", "a bulk mail or distribution passed over a record without an address for the channel"),
+    ("invalid_address", "a bulk mail or distribution passed over a record whose address is not an email address"),
+    ("opted_out", "a bulk mail or distribution passed over a record that opted out (donotemail, donotphone, ...)"),
+    ("mail_not_configured", "the outgoing-mail job ran in a process without [mail] smtp"),
     // Remote workers.
     ("protocol_mismatch", "the worker and the server speak different versions of the worker protocol"),
     ("unknown_worker", "the server does not know the worker (it restarted): the worker says hello again"),

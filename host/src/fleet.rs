@@ -147,7 +147,10 @@ impl Admin {
         let completed = (!req.completions.is_empty()).then(|| self.submit_completions(req.completions.into_owned()));
         let mut jobs = Vec::new();
         if !self.is_paused() {
-            jobs = self.queue().lease_for(&name, max, lease, false).map_err(AdminError::from)?;
+            jobs = self
+                .queue()
+                .lease_for(&name, max, lease, crate::store::LeaseFilter::NotMail)
+                .map_err(AdminError::from)?;
         }
         let outcomes = match completed {
             Some(submitted) => self.settle_completions(req.worker, submitted)?,
@@ -157,7 +160,10 @@ impl Admin {
             // New jobs, or the service resuming, end the wait early.
             self.queue().wait_for_work(Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS)));
             if !self.is_paused() {
-                jobs = self.queue().lease_for(&name, max, lease, false).map_err(AdminError::from)?;
+                jobs = self
+                    .queue()
+                    .lease_for(&name, max, lease, crate::store::LeaseFilter::NotMail)
+                    .map_err(AdminError::from)?;
             }
         }
         fleet.with(req.worker, |w| w.leased += jobs.len() as u64)?;

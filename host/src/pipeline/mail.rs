@@ -284,6 +284,10 @@ impl Pipeline {
             }
             let (outcome, created, error) =
                 distribute_one(scope, job, activity, &record, channel, template.as_ref(), &member);
+            let (code, error) = match error {
+                Some((code, message)) => (code, Some(message)),
+                None => (outcome.name().to_owned(), None),
+            };
             let member_ref = reference(&member.logical_name, id);
             let mut log = mail::record(
                 mail::LOG,
@@ -301,9 +305,9 @@ impl Pipeline {
             let why = |code: &str, message: String| RowFailure { row: None, id: Some(id), code: code.into(), message };
             match outcome {
                 Outcome::Created => progress.record(None),
-                Outcome::Failed => progress.record(Some(why("failed", error.unwrap_or_default()))),
-                Outcome::OptedOut => progress.skip(why(outcome.name(), "the member opted out of this channel".into())),
-                Outcome::NoAddress => progress.skip(why(outcome.name(), error.unwrap_or_default())),
+                Outcome::Failed => progress.record(Some(why(&code, error.unwrap_or_default()))),
+                Outcome::OptedOut => progress.skip(why(&code, "the member opted out of this channel".into())),
+                Outcome::NoAddress => progress.skip(why(&code, error.unwrap_or_default())),
             }
         }
         if !more_in_list {
@@ -510,7 +514,7 @@ fn bulk_batch(
 }
 
 /// Creates the activity for one member, unless it opted out or lacks the channel's
-/// address: what happened, the activity made, and the error.
+/// address: what happened, the activity made, and the error (code, message).
 fn distribute_one(
     scope: &Scope,
     job: &SystemJob,
@@ -519,14 +523,14 @@ fn distribute_one(
     channel: Channel,
     template: Option<&Template>,
     member: &Entity,
-) -> (Outcome, Option<Uuid>, Option<String>) {
+) -> (Outcome, Option<Uuid>, Option<(String, String)>) {
     if channel.opt_out_attribute().is_some_and(|a| mail::flag(member, a)) {
         return (Outcome::OptedOut, None, None);
     }
     let address = match channel.address_attribute() {
         Some(a) => match mail::text_of(member, a) {
             Some(v) => Some(v.to_owned()),
-            None => return (Outcome::NoAddress, None, Some(format!("no {a}"))),
+            None => return (Outcome::NoAddress, None, Some(("no_address".into(), format!("no {a}")))),
         },
         None => None,
     };
@@ -544,7 +548,7 @@ fn distribute_one(
         Channel::Email => {
             let to = address.unwrap_or_default();
             match mail::addresses(&to) {
-                Err(e) => return (Outcome::NoAddress, None, Some(e)),
+                Err(e) => return (Outcome::NoAddress, None, Some(("invalid_address".into(), e))),
                 Ok(_) => template.expect("an email activity has a template").render(member).map(|(subject, body)| {
                     mail::record(
                         mail::EMAIL,
@@ -579,7 +583,7 @@ fn distribute_one(
     match built.map_err(PipelineError::Invalid).and_then(|record| scope.attempt(Request::Create { record })) {
         Ok(Response::Created(made)) => (Outcome::Created, Some(made), None),
         Ok(_) => (Outcome::Created, None, None),
-        Err(e) => (Outcome::Failed, None, Some(e.to_string())),
+        Err(e) => (Outcome::Failed, None, Some((e.code().to_owned(), e.to_string()))),
     }
 }
 

@@ -151,10 +151,18 @@ pub async fn serve(
     }
     let mut admin = tokio::task::block_in_place(|| Admin::new(pipeline.clone(), queue.clone()))?
         .with_worker_config(&config.workers, config.limits);
-    let workers = (config.workers.workers > 0).then(|| {
+    let workers = if config.workers.workers > 0 {
         let queue: Arc<dyn WorkQueue> = Arc::new(queue.clone());
-        WorkerPool::start(pipeline.clone(), queue, config.workers.clone(), admin.is_paused())
-    });
+        Some(WorkerPool::start(pipeline.clone(), queue, config.workers.clone(), admin.is_paused()))
+    } else if config.workers.mailer.is_some() {
+        // Remote workers run the jobs; the outgoing mail needs this process's SMTP
+        // settings: one thread that leases only the outgoing-mail job.
+        let queue: Arc<dyn WorkQueue> = Arc::new(queue.leasing(crate::store::LeaseFilter::OnlyMail));
+        let config = crate::worker::WorkerConfig { workers: 1, batch: 1, ..config.workers.clone() };
+        Some(WorkerPool::start(pipeline.clone(), queue, config, admin.is_paused()))
+    } else {
+        None
+    };
     let grace = std::time::Duration::from_millis(config.workers.shutdown_grace_ms);
     let http = config.http.clone();
     if let Some(w) = &workers {

@@ -609,20 +609,31 @@ pub(crate) fn lease(
     max: usize,
     lease_ms: i64,
     max_expirations: u32,
-    mail: bool,
+    filter: super::queue::LeaseFilter,
     now: i64,
 ) -> Result<Vec<SystemJob>> {
+    use super::queue::LeaseFilter;
     if is_housekeeper(t, instance, now)? {
         promote_due(t, now, max.max(64) * 4)?;
         recover_expired(t, now, max.max(64) * 4, max_expirations)?;
     }
-    let skip = if mail { None } else { outgoing_mail_job(t)?.map(|id| id.as_u128()) };
-    let mut ids: Vec<u128> =
-        t.w.first(&READY, .., max + usize::from(skip.is_some()))?.into_iter().map(|(_, id)| id).collect();
-    if let Some(skip) = skip {
-        ids.retain(|id| *id != skip);
-        ids.truncate(max);
-    }
+    let ids: Vec<u128> = match filter {
+        LeaseFilter::All => t.w.first(&READY, .., max)?.into_iter().map(|(_, id)| id).collect(),
+        LeaseFilter::NotMail => {
+            let skip = outgoing_mail_job(t)?.map(|id| id.as_u128());
+            let mut ids: Vec<u128> = t.w.first(&READY, .., max + 1)?.into_iter().map(|(_, id)| id).collect();
+            ids.retain(|id| Some(*id) != skip);
+            ids.truncate(max);
+            ids
+        }
+        LeaseFilter::OnlyMail => match outgoing_mail_job(t)? {
+            Some(id) if max > 0 => match load(t, id)? {
+                Some(job) if t.w.get(&READY, &job.sequence)? == Some(id.as_u128()) => vec![id.as_u128()],
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
+    };
     t.w.prefetch(&JOBS, ids.iter().copied())?;
     let mut leased = Vec::with_capacity(ids.len());
     for id in ids {

@@ -30,8 +30,8 @@ pub use identity::MAX_AUDIT_PAGE;
 pub use jobs::{HOUSEKEEPER_TTL_MS, Housekeeper, Renewal};
 pub use pg::{DEFAULT_CONNECTIONS, MIN_CONNECTIONS};
 pub use queue::{
-    CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, Outcomes, PURGE_BATCH,
-    QueueCounts,
+    CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, LeaseFilter, Outcomes,
+    PURGE_BATCH, QueueCounts,
 };
 
 use crate::codec::{self, CodecError};

@@ -143,6 +143,19 @@ pub struct JobQueue {
     /// This process among those sharing the store (host name and pid): who does the
     /// housekeeping ([`crate::store::Housekeeper`]).
     instance: Arc<str>,
+    /// Which jobs [`JobQueue::lease`] takes.
+    filter: LeaseFilter,
+}
+
+/// Which runnable jobs a lease takes: the outgoing-mail job needs the SMTP settings
+/// only `serve` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseFilter {
+    All,
+    /// All but the outgoing-mail job (remote workers).
+    NotMail,
+    /// Only the outgoing-mail job (a `serve` with `[mail]` and no workers of its own).
+    OnlyMail,
 }
 
 /// A job's lease may expire this often before the job fails, unless configured.
@@ -161,7 +174,13 @@ impl JobQueue {
             interrupts: Arc::default(),
             max_lease_expirations: DEFAULT_MAX_LEASE_EXPIRATIONS,
             instance,
+            filter: LeaseFilter::All,
         }
+    }
+
+    /// The same queue, leasing only what `filter` takes.
+    pub fn leasing(&self, filter: LeaseFilter) -> JobQueue {
+        JobQueue { filter, ..self.clone() }
     }
 
     /// This process's name among those sharing the store.
@@ -194,24 +213,23 @@ impl JobQueue {
 
     /// Locks up to `max` runnable jobs for `host` (blocking).
     pub fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
-        self.lease_for(host, max, lease, true)
+        self.lease_for(host, max, lease, self.filter)
     }
 
-    /// Leases like [`JobQueue::lease`]; without `mail` (a remote worker, which holds no
-    /// SMTP settings) the outgoing-mail job is left for a `serve` process.
+    /// Leases like [`JobQueue::lease`], the jobs `filter` takes.
     pub fn lease_for(
         &self,
         host: &str,
         max: usize,
         lease: Duration,
-        mail: bool,
+        filter: LeaseFilter,
     ) -> Result<Vec<SystemJob>, CommitError> {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let expirations = self.max_lease_expirations;
         let instance = self.instance.clone();
         let mut leased = wait(self.committer.submit_op(move |w| {
-            Ok(with_tables(w, |t| jobs::lease(t, &instance, &host, max, lease_ms, expirations, mail, now_ms()))?)
+            Ok(with_tables(w, |t| jobs::lease(t, &instance, &host, max, lease_ms, expirations, filter, now_ms()))?)
         }))?;
         // A context never changes once queued: read it here, on the worker's thread.
         self.store.fill_contexts(&mut leased)?;

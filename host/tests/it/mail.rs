@@ -317,3 +317,27 @@ fn killed_mid_delivery_no_email_is_rendered_twice_and_a_message_repeats_at_most_
         assert!(ids.contains(attr(e, "messageid").as_str().unwrap()));
     }
 }
+
+#[test]
+fn with_remote_workers_a_worker_renders_and_only_the_server_sends() {
+    let sink = SmtpSink::start("ok");
+    // The server runs no jobs of its own but the outgoing mail (its SMTP settings).
+    let s = mail_server(&sink, &[("PLUGHOST_WORKERS", "0")]);
+    let _worker = plughost_test_support::TestWorker::start(BIN, &s.url, s.cli.data_dir(), "mail-w", &[]);
+    for i in 0..3 {
+        create(&s, "contact", json!({"fullname": format!("R{i}"), "emailaddress1": format!("r{i}@example.com")}));
+    }
+    create(&s, "template", json!({"name": "t", "subject": "Hi {{fullname}}", "body": "-"}));
+    let queued =
+        s.post("/api/v1/mail/bulk", &json!({"template": "t", "query": {"entity_name": "contact"}})).expect(201);
+    let done = finished(&s, queued["id"].as_str().unwrap());
+    assert_eq!((&done["status"], &done["output"]["Succeeded"]), (&json!("Succeeded"), &json!(3)), "{done:#}");
+    settled_emails(&s, 3);
+    assert_eq!(sink.wait_for(3, 30).len(), 3);
+    let mail_job = &s.get("/api/v1/jobs?type=outgoing_activity").expect(200)[0];
+    assert_eq!(
+        (&mail_job["retry_count"], &mail_job["error_code"]),
+        (&json!(0), &Value::Null),
+        "never leased by the worker: {mail_job:#}"
+    );
+}
