@@ -5,7 +5,7 @@
 # the administrator) and with curl (as that user), and shows what the synchronous
 # plug-ins changed or rejected, what each user may see, the system jobs the async
 # step queued, a workflow run waiting for a record to change and finishing when it
-# does, and the audit log.
+# does, a small email campaign delivered to a local SMTP server, and the audit log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +19,23 @@ PH="$PWD/target/debug/plughost"
 WASM="$PWD/example-plugins/rust/target/wasm32-wasip2/release"
 
 export PLUGHOST_DATA_DIR="${PLUGHOST_DATA_DIR:-$(mktemp -d)}"
-step "Starting plughost serve with no workers of its own (data in $PLUGHOST_DATA_DIR)"
-PLUGHOST_WORKERS=0 "$PH" serve --listen 127.0.0.1:0 &
+step "A local SMTP server for the campaign: aiosmtpd (Debian's python3-aiosmtpd) writing a maildir"
+if ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q python3-aiosmtpd >/dev/null
+fi
+SMTP_PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+MAILDIR="$PLUGHOST_DATA_DIR/maildir"
+/usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$MAILDIR" &
+SMTP=$!
+echo "listening on 127.0.0.1:$SMTP_PORT, delivering to $MAILDIR"
+
+step "Starting plughost serve with no workers of its own but the outgoing mail (data in $PLUGHOST_DATA_DIR)"
+PLUGHOST_WORKERS=0 PLUGHOST_MAIL_SMTP="smtp://127.0.0.1:$SMTP_PORT" PLUGHOST_MAIL_FROM="Contoso <news@contoso.example>" \
+  "$PH" serve --listen 127.0.0.1:0 &
 SERVER=$!
 WORKER=
-trap 'kill -TERM $WORKER $SERVER 2>/dev/null || true; wait $WORKER $SERVER 2>/dev/null || true' EXIT
+trap 'kill -TERM $WORKER $SERVER $SMTP 2>/dev/null || true; wait $WORKER $SERVER $SMTP 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -f "$PLUGHOST_DATA_DIR/server.json" ] && break; sleep 0.1; done
 URL=$(sed -E 's/.*"url":"([^"]+)".*/\1/' "$PLUGHOST_DATA_DIR/server.json")
 
@@ -118,6 +130,36 @@ for _ in $(seq 100); do "$PH" jobs show "$RUN" | grep -q 'Succeeded (30)' && bre
 "$PH" entities query email
 "$PH" entities get incident "$CASE"
 
+step "A small campaign: one email activity to two lists, delivered over SMTP"
+"$PH" entities define contact --attr fullname:text --attr emailaddress1:text --attr donotemail:boolean
+for who in "Pat Lee:pat@example.com:false" "Sam Roe:sam@example.com:false" "Kim Ito:kim@example.com:true" "Lou Park::false"; do
+  IFS=: read -r name address optout <<<"$who"
+  "$PH" entities create contact --set "fullname=$name" ${address:+--set "emailaddress1=$address"} \
+    --set "donotemail=$optout" >/dev/null
+done
+contact() { "$PH" entities query contact --where "fullname:eq:$1" --json | grep -o '"id": *"[^"]*"' | head -1 | sed -E 's/.*"([^"]+)"$/\1/'; }
+ref() { printf '{"reference": {"logical_name": "%s", "id": "%s"}}' "$1" "$2"; }
+new_id() { awk '{print $2}'; }
+CUSTOMERS=$("$PH" entities create list --set name=Customers --set membertype=contact | new_id)
+PROSPECTS=$("$PH" entities create list --set name=Prospects --set membertype=contact | new_id)
+for member in "$CUSTOMERS:Pat Lee" "$CUSTOMERS:Sam Roe" "$PROSPECTS:Sam Roe" "$PROSPECTS:Kim Ito" "$PROSPECTS:Lou Park"; do
+  "$PH" entities create listmember --set "listid=$(ref list "${member%%:*}")" \
+    --set "entityid=$(ref contact "$(contact "${member#*:}")")" >/dev/null
+done
+CAMPAIGN=$("$PH" entities create campaign --set name='Spring launch' | new_id)
+ACTIVITY=$("$PH" entities create campaignactivity --set "campaignid=$(ref campaign "$CAMPAIGN")" --set channel=email \
+  --set 'subject=Spring is here, {{fullname}}' --set 'body=Dear {{fullname}}, our spring range is out.' | new_id)
+for list in "$CUSTOMERS" "$PROSPECTS"; do
+  "$PH" entities create campaignactivityitem --set "campaignactivityid=$(ref campaignactivity "$ACTIVITY")" \
+    --set "listid=$(ref list "$list")" >/dev/null
+done
+"$PH" campaigns distribute "$ACTIVITY" --wait
+echo "one log row per member (Sam is on both lists: once; Kim opted out; Lou has no address):"
+"$PH" entities query bulkoperationlog --columns outcome,error
+for _ in $(seq 100); do [ "$(find "$MAILDIR/new" -type f 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.1; done
+"$PH" entities query email --columns to,subject,statuscode,messageid
+echo "delivered to the SMTP server: $(find "$MAILDIR/new" -type f | wc -l) messages in $MAILDIR/new"
+
 step "The dashboard at $URL/ui (log in with an API key), and the API's OpenAPI document"
 COOKIES="$PLUGHOST_DATA_DIR/dashboard-cookies"
 curl -s -o /dev/null -c "$COOKIES" --data-urlencode "key=$(cat "$PLUGHOST_DATA_DIR/admin-token")" "$URL/ui/login"
@@ -135,5 +177,7 @@ kill -TERM $WORKER
 wait $WORKER || true
 kill -TERM $SERVER
 wait $SERVER || true
+kill -TERM $SMTP
+wait $SMTP || true
 trap - EXIT
 echo "done: the data stays in $PLUGHOST_DATA_DIR"

@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use super::{CliError, Global, table};
 
+mod mail;
+
 #[derive(clap::Subcommand)]
 pub(crate) enum Bench {
     /// Durable Create requests through the HTTP API.
@@ -25,6 +27,9 @@ pub(crate) enum Bench {
     /// The dashboard's jobs page (first pages, filters, a deep page) and overview with
     /// 1,000 and with 1,000,000 jobs in the store, through a real server.
     Dashboard(DashboardBench),
+    /// Emails rendered (bulk mail) and delivered (outgoing mail) per second to an SMTP
+    /// sink on 127.0.0.1, against a bulk import and bare SMTP sends.
+    Mail(mail::MailBench),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +70,7 @@ impl Bench {
             Bench::Lease(b) => b.run(g),
             Bench::Workflows(b) => b.run(g),
             Bench::Dashboard(b) => b.run(g),
+            Bench::Mail(b) => b.run(g),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::model::{
 };
 use crate::store::JobResult;
 
-use super::jobs::{JobRun, check_query, unknown_entity};
+use super::jobs::{JobRun, check_query};
 use super::{Pipeline, PipelineError, Request, Response, Result, Scope, Who};
 
 /// Records one run of bulk mail or distribution works through.
@@ -41,14 +41,21 @@ fn int(n: u64) -> ParameterValue {
 }
 
 impl Pipeline {
-    /// A bulk mail job: the template resolved (id or name) and checked against the
-    /// query's entity, the query checked.
-    pub fn new_bulk_mail(&self, spec: mail::BulkMail, by: Uuid) -> Result<SystemJob> {
-        let snapshot = self.store().snapshot()?;
+    /// A scope reading as `by` now (the checks made before a mail job is queued).
+    fn reading_as(self: &Arc<Self>, by: Uuid) -> Result<Arc<Scope>> {
+        let snapshot = self.source.view(None)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        Ok(Scope::new(self.clone(), snapshot, Uuid::now_v7(), Who::user(by), self.defaults.write_bytes, stop))
+    }
+
+    /// A bulk mail job: the template resolved (id or name, read as `by`) and checked
+    /// against the query's entity, the query checked.
+    pub fn new_bulk_mail(self: &Arc<Self>, spec: mail::BulkMail, by: Uuid) -> Result<SystemJob> {
+        let scope = self.reading_as(by)?;
         let q = &spec.query;
-        let def = snapshot.definition(&q.entity_name)?.ok_or_else(|| unknown_entity(&q.entity_name))?;
+        let def = scope.definition(&q.entity_name)?;
         check_query(q, &def)?;
-        let (template_id, template) = self.find_template(&spec.template)?;
+        let (template_id, template) = find_template(&scope, &spec.template)?;
         template.check(&def).map_err(PipelineError::Invalid)?;
         let address_attribute = spec.address_attribute.unwrap_or_else(|| mail::DEFAULT_ADDRESS_ATTRIBUTE.to_owned());
         if def.attribute_type(&address_attribute) != Some(crate::metadata::AttributeType::Text) {
@@ -79,19 +86,12 @@ impl Pipeline {
         spec.job(name, by).map_err(PipelineError::Invalid)
     }
 
-    /// A distribution job for campaign activity `activity`, checked first: the
-    /// activity exists, its channel is known, it targets lists, and an email
-    /// activity's template fits each list's members.
-    pub fn new_distribution(&self, activity: Uuid, name: Option<String>, by: Uuid) -> Result<SystemJob> {
-        let snapshot = self.store().snapshot()?;
-        let record = snapshot
-            .record(mail::CAMPAIGN_ACTIVITY, activity)?
-            .ok_or_else(|| super::scope::not_found(mail::CAMPAIGN_ACTIVITY, activity))?
-            .to_entity(mail::CAMPAIGN_ACTIVITY, activity);
-        let channel =
-            Channel::parse(mail::text_of(&record, "channel").unwrap_or("email")).map_err(PipelineError::Invalid)?;
-        let template = self.activity_template(&record, channel)?;
-        let lists = self.activity_lists(activity)?;
+    /// A distribution job for campaign activity `activity`, checked first (read as
+    /// `by`): the activity exists, its channel is known, it targets lists, and an
+    /// email activity's template fits each list's members.
+    pub fn new_distribution(self: &Arc<Self>, activity: Uuid, name: Option<String>, by: Uuid) -> Result<SystemJob> {
+        let scope = self.reading_as(by)?;
+        let (record, _, template, lists) = campaign_activity(&scope, activity)?;
         if lists.is_empty() {
             return Err(PipelineError::Invalid(format!(
                 "campaign activity {activity} targets no list: add {} records linking it to lists",
@@ -99,12 +99,8 @@ impl Pipeline {
             )));
         }
         for list in &lists {
-            let list = snapshot
-                .record(mail::LIST, *list)?
-                .ok_or_else(|| super::scope::not_found(mail::LIST, *list))?
-                .to_entity(mail::LIST, *list);
-            let members = list_members_entity(&list)?;
-            let def = snapshot.definition(&members)?.ok_or_else(|| unknown_entity(&members))?;
+            let list = retrieve(&scope, mail::LIST, *list)?;
+            let def = scope.definition(&list_members_entity(&list)?)?;
             if let Some(t) = &template {
                 t.check(&def).map_err(PipelineError::Invalid)?;
             }
@@ -116,82 +112,6 @@ impl Pipeline {
             format!("Distribute campaign activity '{}'", mail::text_of(&record, "subject").unwrap_or("(no subject)"))
         });
         MailSpec::Distribute { activity }.job(name, by).map_err(PipelineError::Invalid)
-    }
-
-    /// A template by id or name.
-    fn find_template(&self, key: &str) -> Result<(Uuid, Template)> {
-        let snapshot = self.store().snapshot()?;
-        let found = match Uuid::parse_str(key) {
-            Ok(id) => snapshot.record(mail::TEMPLATE, id)?.map(|r| r.to_entity(mail::TEMPLATE, id)),
-            Err(_) => {
-                let mut hit = Vec::new();
-                snapshot.scan(mail::TEMPLATE, None, &mut |id: Uuid, r: crate::store::StoredRecord| {
-                    let e = r.to_entity(mail::TEMPLATE, id);
-                    if mail::text_of(&e, "name") == Some(key) {
-                        hit.push(e);
-                    }
-                    std::ops::ControlFlow::Continue(())
-                })?;
-                if hit.len() > 1 {
-                    return Err(PipelineError::Invalid(format!(
-                        "{} templates are named '{key}': give its id",
-                        hit.len()
-                    )));
-                }
-                hit.pop()
-            }
-        };
-        let record = found.ok_or_else(|| PipelineError::NotFound(format!("no template '{key}' (an id or a name)")))?;
-        let template = Template::from_record(&record).map_err(PipelineError::Invalid)?;
-        Ok((record.id.expect("stored records have ids"), template))
-    }
-
-    /// The template an activity's emails are rendered from: its `templateid`, else
-    /// its own subject and body. Other channels use the activity's text as is.
-    fn activity_template(&self, activity: &Entity, channel: Channel) -> Result<Option<Template>> {
-        if channel != Channel::Email {
-            return Ok(None);
-        }
-        if let Some(Value::Reference(r)) = activity.attributes.get("templateid") {
-            return self.find_template(&r.id.to_string()).map(|(_, t)| Some(t));
-        }
-        let subject = mail::text_of(activity, "subject").ok_or_else(|| {
-            PipelineError::Invalid("an email campaign activity needs a templateid or a subject".into())
-        })?;
-        let body = match activity.attributes.get("body") {
-            Some(Value::Text(t)) => t.clone(),
-            _ => String::new(),
-        };
-        Ok(Some(Template { entity: None, subject: subject.to_owned(), body }))
-    }
-
-    /// The lists an activity targets, in the order they were linked.
-    fn activity_lists(&self, activity: Uuid) -> Result<Vec<Uuid>> {
-        let snapshot = self.store().snapshot()?;
-        let mut lists = Vec::new();
-        let mut too_many = false;
-        snapshot.scan(mail::CAMPAIGN_ACTIVITY_ITEM, None, &mut |id: Uuid, r: crate::store::StoredRecord| {
-            let e = r.to_entity(mail::CAMPAIGN_ACTIVITY_ITEM, id);
-            let of = |a: &str| match e.attributes.get(a) {
-                Some(Value::Reference(r)) => Some(r.id),
-                _ => None,
-            };
-            if of("campaignactivityid") == Some(activity)
-                && let Some(list) = of("listid")
-                && !lists.contains(&list)
-            {
-                lists.push(list);
-                too_many = lists.len() > mail::MAX_LISTS;
-            }
-            if too_many { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
-        })?;
-        if too_many {
-            return Err(PipelineError::Invalid(format!(
-                "a campaign activity targets at most {} lists",
-                mail::MAX_LISTS
-            )));
-        }
-        Ok(lists)
     }
 
     /// Runs one batch of a bulk mail or distribution job.
@@ -246,11 +166,7 @@ impl Pipeline {
         activity: Uuid,
         progress: &mut Progress,
     ) -> Result<bool> {
-        let record = retrieve(scope, mail::CAMPAIGN_ACTIVITY, activity)?;
-        let channel =
-            Channel::parse(mail::text_of(&record, "channel").unwrap_or("email")).map_err(PipelineError::Invalid)?;
-        let template = self.activity_template(&record, channel)?;
-        let lists = self.activity_lists(activity)?;
+        let (record, channel, template, lists) = campaign_activity(scope, activity)?;
         let Some(list_id) = lists.get(progress.next_row as usize).copied() else {
             return Ok(false);
         };
@@ -455,6 +371,70 @@ impl Pipeline {
             message: Some(message),
         }
     }
+}
+
+/// A template by id or name, read through `scope`.
+fn find_template(scope: &Scope, key: &str) -> Result<(Uuid, Template)> {
+    let found = match Uuid::parse_str(key) {
+        Ok(id) => match retrieve(scope, mail::TEMPLATE, id) {
+            Ok(t) => Some(t),
+            Err(PipelineError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        },
+        Err(_) => {
+            let mut q = Query { entity_name: mail::TEMPLATE.into(), page_size: Some(2), ..Query::default() };
+            q.criteria.conditions.push(equal("name", Value::Text(key.to_owned())));
+            let mut hit = query(scope, &q)?;
+            if hit.entities.len() > 1 {
+                return Err(PipelineError::Invalid(format!("several templates are named '{key}': give its id")));
+            }
+            hit.entities.pop()
+        }
+    };
+    let record = found.ok_or_else(|| PipelineError::NotFound(format!("no template '{key}' (an id or a name)")))?;
+    let template = Template::from_record(&record).map_err(PipelineError::Invalid)?;
+    Ok((record.id.expect("stored records have ids"), template))
+}
+
+/// A campaign activity, its channel, the template its emails are rendered from (its
+/// `templateid`, else its own subject and body; none for other channels) and the
+/// lists it targets, in the order they were linked.
+fn campaign_activity(scope: &Scope, activity: Uuid) -> Result<(Entity, Channel, Option<Template>, Vec<Uuid>)> {
+    let record = retrieve(scope, mail::CAMPAIGN_ACTIVITY, activity)?;
+    let channel =
+        Channel::parse(mail::text_of(&record, "channel").unwrap_or("email")).map_err(PipelineError::Invalid)?;
+    let template = match (channel, record.attributes.get("templateid")) {
+        (Channel::Email, Some(Value::Reference(r))) => Some(find_template(scope, &r.id.to_string())?.1),
+        (Channel::Email, _) => {
+            let subject = mail::text_of(&record, "subject").ok_or_else(|| {
+                PipelineError::Invalid("an email campaign activity needs a templateid or a subject".into())
+            })?;
+            let body = match record.attributes.get("body") {
+                Some(Value::Text(t)) => t.clone(),
+                _ => String::new(),
+            };
+            Some(Template { entity: None, subject: subject.to_owned(), body })
+        }
+        _ => None,
+    };
+    let mut q = Query {
+        entity_name: mail::CAMPAIGN_ACTIVITY_ITEM.into(),
+        page_size: Some(mail::MAX_LISTS as u32 + 1),
+        ..Query::default()
+    };
+    q.criteria.conditions.push(equal("campaignactivityid", reference(mail::CAMPAIGN_ACTIVITY, activity)));
+    let mut lists = Vec::new();
+    for item in query(scope, &q)?.entities {
+        if let Some(Value::Reference(l)) = item.attributes.get("listid")
+            && !lists.contains(&l.id)
+        {
+            lists.push(l.id);
+        }
+    }
+    if lists.len() > mail::MAX_LISTS {
+        return Err(PipelineError::Invalid(format!("a campaign activity targets at most {} lists", mail::MAX_LISTS)));
+    }
+    Ok((record, channel, template, lists))
 }
 
 /// One batch of a bulk mail: an email per record, Pending Send.

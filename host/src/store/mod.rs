@@ -577,8 +577,12 @@ impl Store {
     pub fn copy_to(&self, to: &Store) -> Result<Vec<(&'static str, u64)>> {
         let from = self.read()?;
         let target = to.read()?;
+        // A new store holds the meta row and the built-in entities: those are overwritten.
+        let builtin: Vec<String> = crate::mail::builtin_entities().into_iter().map(|d| d.name).collect();
+        let only_builtin = target.first(&ENTITY_DEFS, .., usize::MAX)?.iter().all(|(name, _)| builtin.contains(name));
         for t in ALL_TABLES {
-            if t != ALL_TABLES[0] && !target.first(&Table::<Vec<u8>, Vec<u8>>::new(t), .., 1)?.is_empty() {
+            let fresh = t == ALL_TABLES[0] || (t == ALL_TABLES[6] && only_builtin);
+            if !fresh && !target.first(&Table::<Vec<u8>, Vec<u8>>::new(t), .., 1)?.is_empty() {
                 return Err(StoreError::Conflict(format!(
                     "the target store {} already holds {}: copy into an empty store",
                     to.path.display(),

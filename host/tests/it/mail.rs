@@ -334,6 +334,19 @@ fn with_remote_workers_a_worker_renders_and_only_the_server_sends() {
     assert_eq!((&done["status"], &done["output"]["Succeeded"]), (&json!("Succeeded"), &json!(3)), "{done:#}");
     settled_emails(&s, 3);
     assert_eq!(sink.wait_for(3, 30).len(), 3);
+    // A distribution on the worker too: it reads the activity, its lists and members there.
+    let list = create(&s, "list", json!({"name": "all", "membertype": "contact", "dynamic": true, "query": "{}"}));
+    let activity = create(&s, "campaignactivity", json!({"channel": "email", "subject": "Again {{fullname}}"}));
+    create(
+        &s,
+        "campaignactivityitem",
+        json!({"campaignactivityid": reference("campaignactivity", &activity), "listid": reference("list", &list)}),
+    );
+    let queued = s.post(&format!("/api/v1/campaigns/activities/{activity}/distribute"), &json!({})).expect(201);
+    let done = finished(&s, queued["id"].as_str().unwrap());
+    assert_eq!((&done["status"], &done["output"]["Succeeded"]), (&json!("Succeeded"), &json!(3)), "{done:#}");
+    settled_emails(&s, 6);
+    assert_eq!(sink.wait_for(6, 30).len(), 6);
     let mail_job = &s.get("/api/v1/jobs?type=outgoing_activity").expect(200)[0];
     assert_eq!(
         (&mail_job["retry_count"], &mail_job["error_code"]),
