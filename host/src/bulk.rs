@@ -222,9 +222,8 @@ const SELECTION: &str = "Selection";
 
 impl JobSelection {
     pub fn job(&self, name: Option<String>, by: Uuid) -> Result<SystemJob, String> {
-        let json = serde_json::to_string(self).map_err(|e| e.to_string())?;
         let context = ExecutionContext {
-            input_parameters: Parameters::from([(SELECTION.to_owned(), text(&json))]),
+            input_parameters: Parameters::from([(SELECTION.to_owned(), json_value(self)?)]),
             initiating_user_id: by,
             user_id: by,
             ..ExecutionContext::default()
@@ -239,12 +238,22 @@ impl JobSelection {
     }
 
     pub fn from_job(job: &SystemJob) -> Result<JobSelection, String> {
-        match job.context.input_parameters.get(SELECTION) {
-            Some(ParameterValue::Value(Value::Text(json))) => {
-                serde_json::from_str(json).map_err(|e| format!("the job's selection is damaged: {e}"))
-            }
-            _ => Err("the bulk job action has no selection".into()),
+        json_parameter(job, SELECTION)
+    }
+}
+
+/// A job's specification as a JSON text parameter of its context.
+pub(crate) fn json_value(spec: &impl Serialize) -> Result<ParameterValue, String> {
+    Ok(text(&serde_json::to_string(spec).map_err(|e| e.to_string())?))
+}
+
+/// The specification a job keeps as JSON in its context's parameter `name`.
+pub(crate) fn json_parameter<T: serde::de::DeserializeOwned>(job: &SystemJob, name: &str) -> Result<T, String> {
+    match job.context.input_parameters.get(name) {
+        Some(ParameterValue::Value(Value::Text(json))) => {
+            serde_json::from_str(json).map_err(|e| format!("the job's {name} is damaged: {e}"))
         }
+        _ => Err(format!("the {} job has no {name}", job.operation_type.label())),
     }
 }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::jobs::{OperationType, SystemJob};
 use crate::metadata::{AttributeType, EntityDefinition};
-use crate::model::{Entity, ExecutionContext, ParameterValue, Parameters, Query, Value};
+use crate::model::{Entity, ExecutionContext, Parameters, Query, Value};
 
 pub const TEMPLATE: &str = "template";
 pub const EMAIL: &str = "email";
@@ -328,20 +328,19 @@ const SPEC: &str = "Spec";
 /// A mail job's spec, resolved: what its runs read back from its context.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MailSpec {
-    Bulk { template: Uuid, query: Query, address_attribute: String, sender: Option<String> },
+    Bulk { template: Uuid, query: Box<Query>, address_attribute: String, sender: Option<String> },
     Distribute { activity: Uuid },
 }
 
 impl MailSpec {
     pub fn job(&self, name: String, by: Uuid) -> Result<SystemJob, String> {
-        let json = serde_json::to_string(self).map_err(|e| e.to_string())?;
         let (operation, entity) = match self {
             MailSpec::Bulk { query, .. } => (OperationType::BulkEmail, query.entity_name.clone()),
             MailSpec::Distribute { .. } => (OperationType::ActivityPropagation, CAMPAIGN_ACTIVITY.to_owned()),
         };
         let context = ExecutionContext {
             primary_entity_name: entity,
-            input_parameters: Parameters::from([(SPEC.to_owned(), ParameterValue::Value(Value::Text(json)))]),
+            input_parameters: Parameters::from([(SPEC.to_owned(), crate::bulk::json_value(self)?)]),
             initiating_user_id: by,
             user_id: by,
             ..ExecutionContext::default()
@@ -362,12 +361,7 @@ impl MailSpec {
     }
 
     pub fn from_job(job: &SystemJob) -> Result<MailSpec, String> {
-        match job.context.input_parameters.get(SPEC) {
-            Some(ParameterValue::Value(Value::Text(json))) => {
-                serde_json::from_str(json).map_err(|e| format!("the job's spec is damaged: {e}"))
-            }
-            _ => Err("the mail job has no spec".into()),
-        }
+        crate::bulk::json_parameter(job, SPEC)
     }
 }
 

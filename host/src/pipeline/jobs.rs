@@ -15,6 +15,21 @@ use crate::store::ChangeSet;
 use super::{Pipeline, PipelineError, Request, Result, Scope};
 
 impl Pipeline {
+    /// A scope over the store as `job` sees it, running as `who` (default: the job's
+    /// users), writing at most `write_bytes`; a store that cannot be read is a run to retry.
+    pub(super) fn job_scope(
+        self: &Arc<Self>,
+        job: &SystemJob,
+        who: Option<super::Who>,
+        write_bytes: u64,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::result::Result<Arc<Scope>, Box<JobRun>> {
+        let snapshot =
+            self.source.view(Some(job)).map_err(|e| Box::new(JobRun::retry("store_error", e.to_string())))?;
+        let who = who.unwrap_or(super::Who { initiating: job.context.initiating_user_id, user: job.context.user_id });
+        Ok(Scope::new(self.clone(), snapshot, job.correlation_id, who, write_bytes, stop))
+    }
+
     /// Runs one batch of a bulk job (see [`crate::bulk`]): its rows or records go
     /// through the pipeline as top-level requests, each in its own savepoint. The
     /// successful ones' effects and the new progress come back, to be committed with
@@ -26,18 +41,10 @@ impl Pipeline {
             Ok(s) => s,
             Err(m) => return JobRun::failed("invalid_job", m),
         };
-        let snapshot = match self.source.view(Some(job)) {
-            Ok(s) => s,
-            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        let scope = match self.job_scope(job, None, self.defaults.write_bytes, stop) {
+            Ok(scope) => scope,
+            Err(run) => return *run,
         };
-        let scope = Scope::new(
-            self.clone(),
-            snapshot,
-            job.correlation_id,
-            super::Who { initiating: job.context.initiating_user_id, user: job.context.user_id },
-            self.defaults.write_bytes,
-            stop,
-        );
         let failure = |row: Option<u64>, id: Option<Uuid>, e: &PipelineError| RowFailure {
             row,
             id,

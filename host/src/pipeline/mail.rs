@@ -72,14 +72,14 @@ impl Pipeline {
         let name = spec.name.unwrap_or_else(|| format!("Bulk e-mail to {} records", q.entity_name));
         let spec = MailSpec::Bulk {
             template: template_id,
-            query: Query {
+            query: Box::new(Query {
                 columns: Vec::new(),
                 orders: Vec::new(),
                 top: None,
                 page_size: None,
                 paging_cookie: None,
                 ..spec.query
-            },
+            }),
             address_attribute,
             sender: spec.sender,
         };
@@ -121,22 +121,14 @@ impl Pipeline {
             Ok(s) => s,
             Err(m) => return JobRun::failed("invalid_job", m),
         };
-        let snapshot = match self.source.view(Some(job)) {
-            Ok(s) => s,
-            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        let scope = match self.job_scope(job, None, self.defaults.write_bytes, stop) {
+            Ok(scope) => scope,
+            Err(run) => return *run,
         };
-        let scope = Scope::new(
-            self.clone(),
-            snapshot,
-            job.correlation_id,
-            Who { initiating: job.context.initiating_user_id, user: job.context.user_id },
-            self.defaults.write_bytes,
-            stop,
-        );
         let mut progress = Progress::from_output(&job.output);
         let batch = match spec {
             MailSpec::Bulk { template, query, address_attribute, sender } => {
-                bulk_batch(&scope, job, template, query, &address_attribute, sender.as_deref(), &mut progress)
+                bulk_batch(&scope, job, template, *query, &address_attribute, sender.as_deref(), &mut progress)
             }
             MailSpec::Distribute { activity } => self.distribute_batch(&scope, job, activity, &mut progress),
         };
@@ -242,18 +234,10 @@ impl Pipeline {
     /// Runs the outgoing-mail job once: sends Pending Send emails through `mailer`.
     pub fn run_outgoing_mail(self: &Arc<Self>, job: &SystemJob, stop: Arc<AtomicBool>, mailer: &Mailer) -> JobRun {
         let started = std::time::Instant::now();
-        let snapshot = match self.source.view(Some(job)) {
-            Ok(s) => s,
-            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        let scope = match self.job_scope(job, Some(Who::user(Uuid::nil())), self.defaults.write_bytes, stop.clone()) {
+            Ok(scope) => scope,
+            Err(run) => return *run,
         };
-        let scope = Scope::new(
-            self.clone(),
-            snapshot,
-            job.correlation_id,
-            Who::user(Uuid::nil()),
-            self.defaults.write_bytes,
-            stop.clone(),
-        );
         let mut totals = Totals::from_output(&job.output);
         let mut q = Query {
             entity_name: mail::EMAIL.into(),

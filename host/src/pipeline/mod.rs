@@ -390,19 +390,11 @@ impl Pipeline {
                 );
             }
         };
-        let snapshot = match self.source.view(Some(job)) {
-            Ok(s) => s,
-            Err(e) => return JobRun::retry("store_error", e.to_string()),
-        };
         let limits = self.defaults.with(&step.limits);
-        let scope = Scope::new(
-            self.clone(),
-            snapshot,
-            job.correlation_id,
-            Who { initiating: job.context.initiating_user_id, user: job.context.user_id },
-            limits.write_bytes,
-            stop,
-        );
+        let scope = match self.job_scope(job, None, limits.write_bytes, stop) {
+            Ok(scope) => scope,
+            Err(run) => return *run,
+        };
         let mut context = job.context.clone();
         context.operation_id = Some(job.id);
         let invocation = invoke_step(&self.runtime, step, &plugin, &context, &limits, scope.clone());

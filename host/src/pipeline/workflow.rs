@@ -157,12 +157,10 @@ impl Pipeline {
                 ),
             );
         }
-        let snapshot = match self.source.view(Some(job)) {
-            Ok(s) => s,
-            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        let scope = match self.job_scope(job, None, self.defaults.write_bytes, stop) {
+            Ok(scope) => scope,
+            Err(run) => return *run,
         };
-        let who = Who { initiating: job.context.initiating_user_id, user: job.context.user_id };
-        let scope = Scope::new(self.clone(), snapshot, job.correlation_id, who, self.defaults.write_bytes, stop);
         scope.chain.store(job.depth, Ordering::SeqCst);
         let mut run =
             Run { scope: scope.clone(), job, def: &def, state, log: Vec::new(), trace: String::new(), fuel: 0 };

@@ -708,3 +708,53 @@ fn define_builtin_entities(w: &Write<'_>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod schema_9_tests {
+    use super::*;
+    use crate::metadata::{AttributeType, EntityDefinition};
+
+    #[test]
+    fn a_schema_8_store_gains_the_mail_entities_beside_its_own_and_a_conflict_is_named() {
+        for (_dir, store) in testing::stores() {
+            let builtin = crate::mail::builtin_entities();
+            assert!(
+                builtin.iter().all(|b| store.definitions().unwrap().iter().any(|d| d == b)),
+                "a new store has them"
+            );
+            // A schema-8 store with its own `email` (one more attribute) and a `list` whose
+            // `name` is a number.
+            store
+                .write(|w| {
+                    w.remove_range(&ENTITY_DEFS, ..)?;
+                    let email = EntityDefinition {
+                        name: "email".into(),
+                        attributes: [
+                            ("subject".to_owned(), AttributeType::Text),
+                            ("priority".to_owned(), AttributeType::Integer),
+                        ]
+                        .into(),
+                    };
+                    let list = EntityDefinition {
+                        name: "list".into(),
+                        attributes: [("name".to_owned(), AttributeType::Integer)].into(),
+                    };
+                    data::merge_definition(w, &email)?;
+                    data::merge_definition(w, &list)?;
+                    w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&8u32)?)
+                })
+                .unwrap();
+            let e = store.check_schema().unwrap_err().to_string();
+            assert!(e.contains("built-in entity list") && e.contains("'name'"), "{e}");
+            let version: u32 = get(&store.read().unwrap(), &META, &SCHEMA_KEY.to_owned()).unwrap().unwrap();
+            assert_eq!(version, 8, "nothing of the migration stays");
+            store.write(|w| w.remove(&ENTITY_DEFS, &"list".to_owned())).unwrap();
+            store.check_schema().unwrap();
+            let defs = store.definitions().unwrap();
+            let email = defs.iter().find(|d| d.name == "email").unwrap();
+            assert_eq!(email.attributes.get("priority"), Some(&AttributeType::Integer), "the user's attribute stays");
+            assert_eq!(email.attributes.get("statuscode"), Some(&AttributeType::Option));
+            assert!(builtin.iter().all(|b| defs.iter().any(|d| d.name == b.name)));
+        }
+    }
+}
