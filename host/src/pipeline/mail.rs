@@ -234,21 +234,32 @@ impl Pipeline {
     /// Runs the outgoing-mail job once: sends Pending Send emails through `mailer`.
     pub fn run_outgoing_mail(self: &Arc<Self>, job: &SystemJob, stop: Arc<AtomicBool>, mailer: &Mailer) -> JobRun {
         let started = std::time::Instant::now();
+        let mut totals = Totals::from_output(&job.output);
+        // The outbox says where the first email to send is (the snapshot, taken after,
+        // has it); one query reads the batch from there, past the sent ones between.
+        let first = match self.store().outbox(totals.after, 1) {
+            Ok(ids) => ids.first().copied(),
+            Err(e) => return JobRun::retry("store_error", e.to_string()),
+        };
         let scope = match self.job_scope(job, Some(Who::user(Uuid::nil())), self.defaults.write_bytes, stop.clone()) {
             Ok(scope) => scope,
             Err(run) => return *run,
         };
-        let mut totals = Totals::from_output(&job.output);
-        let mut q = Query {
-            entity_name: mail::EMAIL.into(),
-            page_size: Some(OUTGOING_BATCH as u32),
-            paging_cookie: totals.after.map(|id| format!("id:{id}")),
-            ..Query::default()
-        };
-        q.criteria.conditions.push(equal("statuscode", Value::OptionSet(mail::PENDING_SEND)));
-        let found = match scope.retrieve_multiple(&q, None) {
-            Ok(found) => found,
-            Err(e) => return JobRun::retry(e.code(), e.to_string()),
+        let found = match first {
+            None => EntityCollection::default(),
+            Some(first) => {
+                let mut q = Query {
+                    entity_name: mail::EMAIL.into(),
+                    page_size: Some(OUTGOING_BATCH as u32),
+                    paging_cookie: Some(format!("id:{}", Uuid::from_u128(first.as_u128().saturating_sub(1)))),
+                    ..Query::default()
+                };
+                q.criteria.conditions.push(equal("statuscode", Value::OptionSet(mail::PENDING_SEND)));
+                match scope.retrieve_multiple(&q, None) {
+                    Ok(found) => found,
+                    Err(e) => return JobRun::retry(e.code(), e.to_string()),
+                }
+            }
         };
         let settings = mailer.settings();
         let mut run = Totals::default();

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::kv::Write;
+use super::kv::{Reads, Write};
 use super::{RECORDS, Store, StoreError, StoredRecord, get};
 use crate::codec;
 use crate::jobs::SystemJob;
@@ -321,18 +321,50 @@ pub(super) fn apply_in(t: &mut super::jobs::Tables<'_, '_>, changes: &ChangeSet)
     let before = apply_records(t.w, changes)?;
     // Waiting workflow runs learn of the change in its own transaction.
     super::workflows::wake(t, changes, &before, now)?;
-    // New Pending Send emails start the outgoing-mail job.
-    if changes
-        .records
-        .iter()
-        .zip(&before)
-        .any(|(c, was)| c.entity == crate::mail::EMAIL && pending(c.new.as_ref()) && !pending(was.as_ref()))
-    {
+    // The outbox follows the emails' status; a new Pending Send one starts the
+    // outgoing-mail job.
+    let mut woken = false;
+    for (c, was) in changes.records.iter().zip(&before) {
+        if c.entity != crate::mail::EMAIL {
+            continue;
+        }
+        match (pending(was.as_ref()), pending(c.new.as_ref())) {
+            (false, true) => {
+                t.w.insert(&OUTBOX, &c.id.as_u128(), &())?;
+                woken = true;
+            }
+            (true, false) => t.w.remove(&OUTBOX, &c.id.as_u128())?,
+            _ => {}
+        }
+    }
+    if woken {
         super::jobs::wake_outgoing_mail(t, now)?;
     }
     let receipt = Receipt { jobs: super::jobs::enqueue(t, &changes.jobs, now)? };
     super::workflows::write_log(t.w, changes, &receipt)?;
     Ok(receipt)
+}
+
+/// The Pending Send emails, by id: what the outgoing-mail job sends, without reading
+/// the emails already sent.
+pub(super) const OUTBOX: super::kv::Table<u128, ()> = super::kv::Table::new(super::kv::ALL_TABLES[36]);
+
+/// Fills the outbox from the email records (schema 9's migration: emails a user's own
+/// `email` entity marked Pending Send before).
+pub(super) fn rebuild_outbox(w: &super::kv::Write<'_>) -> Result<usize, StoreError> {
+    let email = crate::mail::EMAIL.to_owned();
+    let mut pending_ids = Vec::new();
+    w.scan(&RECORDS, (email.clone(), 0)..=(email, u128::MAX), false, |(_, id), v: Vec<u8>| {
+        let record: StoredRecord = crate::codec::decode(&v)?;
+        if pending(Some(&record)) {
+            pending_ids.push(id);
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    })?;
+    for id in &pending_ids {
+        w.insert(&OUTBOX, id, &())?;
+    }
+    Ok(pending_ids.len())
 }
 
 /// Whether an email record is Pending Send.

@@ -206,7 +206,7 @@ impl<K, V> Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableId(pub(crate) u8, pub(crate) &'static str);
 
-pub(crate) const ALL_TABLES: [TableId; 36] = [
+pub(crate) const ALL_TABLES: [TableId; 37] = [
     TableId(0, "meta"),
     TableId(1, "assemblies"),
     TableId(2, "assembly_bytes"),
@@ -243,6 +243,7 @@ pub(crate) const ALL_TABLES: [TableId; 36] = [
     TableId(33, "step_stats"),
     TableId(34, "jobs_recurring"),
     TableId(35, "job_minutes"),
+    TableId(36, "mail_outbox"),
 ];
 
 /// redb's table for a logical table (a name apart from schema 4's typed tables).
@@ -250,7 +251,7 @@ pub(super) fn redb_table(id: TableId) -> TableDefinition<'static, &'static [u8],
     TableDefinition::new(REDB_NAMES[id.0 as usize])
 }
 
-const REDB_NAMES: [&str; 36] = [
+const REDB_NAMES: [&str; 37] = [
     "kv:meta",
     "kv:assemblies",
     "kv:assembly_bytes",
@@ -287,6 +288,7 @@ const REDB_NAMES: [&str; 36] = [
     "kv:step_stats",
     "kv:jobs_recurring",
     "kv:job_minutes",
+    "kv:mail_outbox",
 ];
 
 /// Creates every table of a redb store (so readers never meet a missing one).

@@ -329,8 +329,9 @@ impl Store {
                     // Schema 7 added the workflow tables, empty: nothing to rewrite.
                     // Schema 8 indexes jobs by status and counts them by type.
                     let jobs = if v < 8 { jobs::upgrade_to_8(w)? } else { 0 };
-                    // Schema 9 defines the mail entities.
+                    // Schema 9 defines the mail entities and fills the outbox.
                     define_builtin_entities(w)?;
+                    commit::rebuild_outbox(w)?;
                     tracing::info!(steps, jobs, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
                 }
@@ -614,6 +615,12 @@ impl Store {
         Ok(counts)
     }
 
+    /// Up to `max` Pending Send emails after `after`, in id order (the outbox).
+    pub fn outbox(&self, after: Option<Uuid>, max: usize) -> Result<Vec<Uuid>> {
+        let from = after.map_or(0, |id| id.as_u128().saturating_add(1));
+        Ok(self.read()?.first(&commit::OUTBOX, from.., max)?.into_iter().map(|(id, ())| Uuid::from_u128(id)).collect())
+    }
+
     /// Entries per table (what `store copy` verifies).
     pub fn table_counts(&self) -> Result<Vec<(&'static str, u64)>> {
         let r = self.read()?;
@@ -741,6 +748,16 @@ mod schema_9_tests {
                     };
                     data::merge_definition(w, &email)?;
                     data::merge_definition(w, &list)?;
+                    // Two emails of the user's entity, one of them Pending Send already.
+                    for (id, status) in [(1u128, 6), (2, 3)] {
+                        let record = StoredRecord {
+                            version: 1,
+                            created_on: 0,
+                            modified_on: 0,
+                            attributes: [("statuscode".to_owned(), crate::model::Value::OptionSet(status))].into(),
+                        };
+                        w.insert(&RECORDS, &("email".to_owned(), id), &codec::encode(&record)?)?;
+                    }
                     w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&8u32)?)
                 })
                 .unwrap();
@@ -755,6 +772,8 @@ mod schema_9_tests {
             assert_eq!(email.attributes.get("priority"), Some(&AttributeType::Integer), "the user's attribute stays");
             assert_eq!(email.attributes.get("statuscode"), Some(&AttributeType::Option));
             assert!(builtin.iter().all(|b| defs.iter().any(|d| d.name == b.name)));
+            assert_eq!(store.outbox(None, 10).unwrap(), vec![Uuid::from_u128(1)], "the outbox holds the pending one");
+            assert!(store.outbox(Some(Uuid::from_u128(1)), 10).unwrap().is_empty());
         }
     }
 }
