@@ -620,10 +620,11 @@ pub(super) fn drain(
     }
 }
 
-/// How many jobs have completed (succeeded or failed).
+/// How many jobs have completed (succeeded or failed). Polled every 5 ms during a
+/// drain: status counts only (counting the ready index would scan it on PostgreSQL).
 fn completed(queue: &plughost::store::JobQueue) -> Result<u64, CliError> {
-    let counts = queue.counts().map_err(|e| CliError::new("bench", e.to_string()))?;
-    Ok(counts.by_status.iter().filter(|(n, _, _)| n == "Succeeded" || n == "Failed").map(|(_, _, c)| c).sum())
+    let counts = queue.store().status_counts().map_err(|e| CliError::new("bench", e.to_string()))?;
+    Ok(counts.iter().filter(|(n, _, _)| n == "Succeeded" || n == "Failed").map(|(_, _, c)| c).sum())
 }
 
 /// Stops the benchmark's child processes with SIGTERM and waits for each.
@@ -650,12 +651,12 @@ impl QueueBench {
         let store = pipeline.store().clone();
         store.set_service_paused(true).map_err(|e| fail(&e))?;
         let succeeded = || -> Result<u64, CliError> {
-            let counts = store.job_counts().map_err(|e| fail(&e))?;
-            let failed = counts.by_status.iter().find(|(s, _, _)| s == "Failed").map_or(0, |c| c.2);
+            let counts = store.status_counts().map_err(|e| fail(&e))?;
+            let failed = counts.iter().find(|(s, _, _)| s == "Failed").map_or(0, |c| c.2);
             if failed > 0 {
                 return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
             }
-            Ok(counts.by_status.iter().find(|(s, _, _)| s == "Succeeded").map_or(0, |c| c.2))
+            Ok(counts.iter().find(|(s, _, _)| s == "Succeeded").map_or(0, |c| c.2))
         };
         let exe = std::env::current_exe().map_err(|e| fail(&e))?;
         let mut children = Vec::new();
