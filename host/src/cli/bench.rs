@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use plughost::jobs::JobStatus;
 use serde::Serialize;
 
 use super::{CliError, Global, table};
@@ -598,7 +599,6 @@ pub(super) fn drain(
     jobs: usize,
 ) -> Result<(f64, Arc<plughost::worker::WorkerPool>), CliError> {
     use plughost::worker::{WorkerConfig, WorkerPool};
-    let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
     let done_before: u64 = completed(queue)?;
     let started = Instant::now();
     let pool = WorkerPool::start(
@@ -609,8 +609,7 @@ pub(super) fn drain(
     );
     loop {
         if completed(queue)? - done_before >= jobs as u64 {
-            let counts = queue.counts().map_err(|e| fail(&e))?;
-            let failed = counts.by_status.iter().find(|(n, _, _)| n == "Failed").map_or(0, |c| c.2);
+            let failed = jobs_in(queue.store(), &[JobStatus::Failed])?;
             if failed > 0 {
                 return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
             }
@@ -620,11 +619,16 @@ pub(super) fn drain(
     }
 }
 
-/// How many jobs have completed (succeeded or failed). Polled every 5 ms during a
-/// drain: status counts only (counting the ready index would scan it on PostgreSQL).
+/// How many jobs have completed (succeeded or failed).
 fn completed(queue: &plughost::store::JobQueue) -> Result<u64, CliError> {
-    let counts = queue.store().status_counts().map_err(|e| CliError::new("bench", e.to_string()))?;
-    Ok(counts.iter().filter(|(n, _, _)| n == "Succeeded" || n == "Failed").map(|(_, _, c)| c).sum())
+    jobs_in(queue.store(), &[JobStatus::Succeeded, JobStatus::Failed])
+}
+
+/// How many jobs have one of `statuses`. Drains poll it every few ms: status counts
+/// only (counting the ready index would read all of it on PostgreSQL).
+fn jobs_in(store: &plughost::store::Store, statuses: &[JobStatus]) -> Result<u64, CliError> {
+    let counts = store.status_counts().map_err(|e| CliError::new("bench", e.to_string()))?;
+    Ok(counts.iter().filter(|(s, _)| statuses.contains(s)).map(|(_, n)| n).sum())
 }
 
 /// Stops the benchmark's child processes with SIGTERM and waits for each.
@@ -651,12 +655,11 @@ impl QueueBench {
         let store = pipeline.store().clone();
         store.set_service_paused(true).map_err(|e| fail(&e))?;
         let succeeded = || -> Result<u64, CliError> {
-            let counts = store.status_counts().map_err(|e| fail(&e))?;
-            let failed = counts.iter().find(|(s, _, _)| s == "Failed").map_or(0, |c| c.2);
+            let failed = jobs_in(&store, &[JobStatus::Failed])?;
             if failed > 0 {
                 return Err(CliError::new("bench", format!("{failed} benchmark jobs failed")));
             }
-            Ok(counts.iter().find(|(s, _, _)| s == "Succeeded").map_or(0, |c| c.2))
+            jobs_in(&store, &[JobStatus::Succeeded])
         };
         let exe = std::env::current_exe().map_err(|e| fail(&e))?;
         let mut children = Vec::new();

@@ -184,19 +184,17 @@ impl Store {
     /// PostgreSQL, so not for polling in a loop: see [`Store::status_counts`]).
     pub fn job_counts(&self) -> Result<crate::store::QueueCounts> {
         let txn = self.read()?;
-        Ok(crate::store::QueueCounts { by_status: by_status(&txn)?, runnable: txn.len(&super::jobs::READY)? })
+        let by_status =
+            super::jobs::status_counts(&txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect();
+        Ok(crate::store::QueueCounts { by_status, runnable: txn.len(&super::jobs::READY)? })
     }
 
-    /// Job counts by status alone: (name, code, count). Unlike [`Store::job_counts`]
-    /// it reads no index, so polling it costs the same whatever the queue holds (on
-    /// PostgreSQL, counting the ready jobs reads every one of them).
-    pub fn status_counts(&self) -> Result<Vec<(String, u32, u64)>> {
-        by_status(&self.read()?)
+    /// Job counts by status alone. Unlike [`Store::job_counts`] it reads no index,
+    /// so polling it costs the same whatever the queue holds (on PostgreSQL, counting
+    /// the ready jobs reads every one of them).
+    pub fn status_counts(&self) -> Result<Vec<(crate::jobs::JobStatus, u64)>> {
+        super::jobs::status_counts(&self.read()?)
     }
-}
-
-fn by_status(txn: &super::kv::Read) -> Result<Vec<(String, u32, u64)>> {
-    Ok(super::jobs::status_counts(txn)?.into_iter().map(|(s, n)| (s.name().to_owned(), s.code(), n)).collect())
 }
 
 /// The ids a query can select: its id prefix, its created range, its paging.
