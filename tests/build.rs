@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("OTHER_WORLD", "fixtures/other-world"),
     ("FUTURE_VERSION", "fixtures/future-version"),
     ("HUGE_MEMORY", "fixtures/huge-memory"),
+    ("FOLLOW_UP_TASK_V1", "fixtures/follow-up-task-v1"),
 ];
 
 /// (constant, directory under example-plugins, output file, sources, what the build needs)

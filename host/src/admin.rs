@@ -83,6 +83,15 @@ impl From<CommitError> for AdminError {
 
 type Result<T, E = AdminError> = std::result::Result<T, E>;
 
+/// A step set to record its runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepProfile {
+    pub step: Uuid,
+    pub name: String,
+    /// Runs still to record (0: the step records none).
+    pub runs_left: u32,
+}
+
 /// A plug-in with its assembly and steps.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PluginDetails {
@@ -390,10 +399,47 @@ impl Admin {
 
     pub fn add_step(&self, spec: StepSpec) -> Result<StepRecord> {
         let run_as = crate::registry::resolve_run_as(self.store(), spec.run_as.as_deref())?;
+        let record_runs = spec.record_runs;
         let mut record = spec.into_record(self.runtime().config().max_memory_bytes)?;
         record.run_as = run_as;
-        self.store().add_step(&record)?;
+        self.store().add_step(&record, record_runs)?;
         self.reloaded(record)
+    }
+
+    /// Sets a step to record its next `runs` runs (0: stop recording).
+    pub fn profile_step(&self, key: &str, runs: u32) -> Result<StepProfile> {
+        let step = self.store().resolve_step(key)?;
+        let runs_left = self.store().set_profile(step.id, runs)?;
+        self.reloaded(StepProfile { step: step.id, name: step.name, runs_left })
+    }
+
+    /// Steps set to record, with the runs each has left.
+    pub fn profiles(&self) -> Result<Vec<StepProfile>> {
+        let steps: std::collections::HashMap<Uuid, String> =
+            self.store().steps()?.into_iter().map(|s| (s.id, s.name)).collect();
+        let profiles = self.store().profiles()?.into_iter();
+        Ok(profiles
+            .map(|(step, runs_left)| StepProfile {
+                step,
+                name: steps.get(&step).cloned().unwrap_or_default(),
+                runs_left,
+            })
+            .collect())
+    }
+
+    /// Recorded runs, newest first, of the step `step` names (or of every step).
+    pub fn runs(&self, step: Option<&str>, before: Option<Uuid>, limit: usize) -> Result<Vec<crate::runs::RunSummary>> {
+        let step = step.map(|k| self.store().resolve_step(k)).transpose()?;
+        Ok(self.store().runs(step.map(|s| s.id), before, limit)?)
+    }
+
+    /// One recorded run, as `runs export` writes it.
+    pub fn run(&self, id: Uuid) -> Result<crate::runs::RecordedRun> {
+        Ok(self.store().run(id)?)
+    }
+
+    pub fn delete_run(&self, id: Uuid) -> Result<crate::runs::RunSummary> {
+        Ok(self.store().delete_run(id)?)
     }
 
     /// Removes a step and fails its queued jobs in the same transaction.

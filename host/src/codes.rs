@@ -91,6 +91,7 @@ pub const CODES: &[(&str, &str)] = &[
     // The command line.
     ("bad_config", "the configuration file or an environment variable is not valid"),
     ("bad_data", "a data file for `plughost test` is not valid"),
+    ("bad_run", "a file given to `plughost replay` is not a recorded run (or one from a newer plughost)"),
     ("io", "a file could not be read or written"),
     ("load_failed", "a component could not be loaded for `plughost test`"),
     ("runtime", "the plug-in runtime or the async runtime could not start"),

@@ -292,6 +292,7 @@ impl Admin {
                 .iter()
                 .map(crate::protocol::WireWorkflow::new)
                 .collect(),
+            profiles: self.pipeline().store().profiles()?,
         })
     }
 

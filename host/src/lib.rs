@@ -28,6 +28,7 @@ pub mod records;
 pub mod recurrence;
 pub mod registry;
 pub mod remote;
+pub mod runs;
 pub mod runtime;
 pub mod security;
 pub mod server;

@@ -54,6 +54,14 @@ impl MemoryData {
         self.inner().writes.clone()
     }
 
+    /// Holds `record` (which has an id) without logging a write: a record the data
+    /// set knows of, as a seed record.
+    pub fn remember(&self, record: Entity) {
+        if let Some(id) = record.id {
+            self.inner().records.insert((record.logical_name.clone(), id), record);
+        }
+    }
+
     /// Every record now held.
     pub fn records(&self) -> Vec<Entity> {
         self.inner().records.values().cloned().collect()

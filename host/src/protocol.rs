@@ -22,7 +22,7 @@ use crate::records::{PluginRecord, StepRecord};
 use crate::store::{ChangeSet, CompletionOutcome, JobCompletion, RecordChange, Renewal, StoredRecord};
 
 /// The version of this protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first call of a worker process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,6 +136,9 @@ pub struct WireCompletion {
     /// Workflow log rows the run wrote.
     #[serde(default)]
     pub log: Vec<crate::store::LogRow>,
+    /// Runs recorded for steps set to record.
+    #[serde(default)]
+    pub runs: Vec<crate::runs::RecordedRun>,
     pub trace: String,
     pub fuel_used: u64,
     pub duration_us: u64,
@@ -154,6 +157,7 @@ impl WireCompletion {
             records: c.effects.records,
             jobs: c.effects.jobs.into_iter().map(WireJob::new).collect(),
             log: c.effects.log,
+            runs: c.effects.runs,
             trace: c.trace,
             fuel_used: c.fuel_used,
             duration_us: c.duration_us,
@@ -174,6 +178,7 @@ impl WireCompletion {
                 records: self.records,
                 jobs: self.jobs.into_iter().map(WireJob::into_job).collect(),
                 log: self.log,
+                runs: self.runs,
             },
             trace: self.trace,
             fuel_used: self.fuel_used,
@@ -273,6 +278,9 @@ pub struct Registry {
     pub steps: Vec<StepRecord>,
     /// The active workflows' frozen versions: the triggers a worker's writes fire.
     pub workflows: Vec<WireWorkflow>,
+    /// Steps set to record their runs, with the runs each has left.
+    #[serde(default)]
+    pub profiles: Vec<(Uuid, u32)>,
 }
 
 /// An active workflow version on the wire.

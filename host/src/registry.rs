@@ -44,6 +44,8 @@ pub struct StepSpec {
     pub ordered_per_record: bool,
     /// The user (by name) the step runs as; unset: the caller.
     pub run_as: Option<String>,
+    /// Record the step's next this many runs (`crate::runs`); 0: none.
+    pub record_runs: u32,
 }
 
 /// The messages with a core operation of their own; every other message is a
@@ -100,6 +102,13 @@ impl StepSpec {
         if message.is_empty() || !message.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(invalid(format!(
                 "'{message}' is not a message name: use letters, digits and '_' (e.g. Create)"
+            )));
+        }
+        if self.record_runs > crate::runs::MAX_RECORD_RUNS {
+            return Err(invalid(format!(
+                "record_runs is {}; at most {} runs can be recorded at a time",
+                self.record_runs,
+                crate::runs::MAX_RECORD_RUNS
             )));
         }
         let core = CORE_MESSAGES.contains(&message.as_str());

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use plughost::accounts::{Grant, KeySpec};
-use plughost::admin::{Admin, JobFilter, PluginDetails, ServiceAction, ServiceStatus, UnregisteredPlugin};
+use plughost::admin::{Admin, JobFilter, PluginDetails, ServiceAction, ServiceStatus, StepProfile, UnregisteredPlugin};
 use plughost::config::Config;
 use plughost::jobs::SystemJob;
 use plughost::metadata::EntityDefinition;
@@ -14,6 +14,7 @@ use plughost::model::{Entity, EntityCollection};
 use plughost::pipeline::{BulkDelete, Caller, NewJob, Pipeline, Request, Response};
 use plughost::protocol::WorkerInfo;
 use plughost::registry::{AssemblyRecord, PluginRecord, Registration, StepRecord, StepSpec};
+use plughost::runs::{RecordedRun, RunSummary};
 use plughost::security::{ApiKey, AuditEntry, NewKey, Principal, Role, SYSTEM_USER, User};
 use plughost::server::{
     DefineBody, ErrorBody, IdBody, ImportQuery, MessageBody, NewRoleBody, NewUserBody, PostponeBody, RolesBody,
@@ -42,6 +43,12 @@ pub(crate) trait Backend {
     fn add_step(&self, spec: StepSpec) -> Result<StepRecord, CliError>;
     fn remove_step(&self, key: &str) -> Result<StepRecord, CliError>;
     fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError>;
+    /// Sets a step to record its next `runs` runs (0: none).
+    fn profile_step(&self, key: &str, runs: u32) -> Result<StepProfile, CliError>;
+    /// Recorded runs, newest first.
+    fn runs(&self, step: Option<&str>, limit: usize) -> Result<Vec<RunSummary>, CliError>;
+    fn run(&self, id: uuid::Uuid) -> Result<RecordedRun, CliError>;
+    fn delete_run(&self, id: uuid::Uuid) -> Result<RunSummary, CliError>;
     fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError>;
     fn unregister_assembly(&self, key: &str) -> Result<AssemblyRecord, CliError>;
     fn definitions(&self) -> Result<Vec<EntityDefinition>, CliError>;
@@ -177,6 +184,23 @@ impl Backend for Local {
     fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError> {
         let action = if enabled { "steps.enable" } else { "steps.disable" };
         self.audited(action, key, |a| a.set_step_enabled(key, enabled))
+    }
+
+    fn profile_step(&self, key: &str, runs: u32) -> Result<StepProfile, CliError> {
+        self.audited("steps.profile", key, |a| a.profile_step(key, runs))
+    }
+
+    fn runs(&self, step: Option<&str>, limit: usize) -> Result<Vec<RunSummary>, CliError> {
+        let step = step.map(|k| self.store.resolve_step(k)).transpose()?;
+        Ok(self.store.runs(step.map(|s| s.id), None, limit)?)
+    }
+
+    fn run(&self, id: uuid::Uuid) -> Result<RecordedRun, CliError> {
+        Ok(self.store.run(id)?)
+    }
+
+    fn delete_run(&self, id: uuid::Uuid) -> Result<RunSummary, CliError> {
+        self.audited("runs.delete", &id.to_string(), |a| a.delete_run(id))
     }
 
     fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError> {
@@ -475,6 +499,23 @@ impl Backend for Remote {
     fn set_step_enabled(&self, key: &str, enabled: bool) -> Result<StepRecord, CliError> {
         let action = if enabled { "enable" } else { "disable" };
         self.answer(self.auth(self.agent.post(self.url(&format!("/steps/{}/{action}", enc(key))))).send_empty())
+    }
+
+    fn profile_step(&self, key: &str, runs: u32) -> Result<StepProfile, CliError> {
+        self.post(&format!("/steps/{}/profile", enc(key)), &serde_json::json!({ "runs": runs }))
+    }
+
+    fn runs(&self, step: Option<&str>, limit: usize) -> Result<Vec<RunSummary>, CliError> {
+        let step = step.map(|s| format!("&step={}", enc(s))).unwrap_or_default();
+        self.get(&format!("/runs?limit={limit}{step}"))
+    }
+
+    fn run(&self, id: uuid::Uuid) -> Result<RecordedRun, CliError> {
+        self.get(&format!("/runs/{id}"))
+    }
+
+    fn delete_run(&self, id: uuid::Uuid) -> Result<RunSummary, CliError> {
+        self.delete(&format!("/runs/{id}"))
     }
 
     fn unregister_plugin(&self, name: &str, with_steps: bool) -> Result<UnregisteredPlugin, CliError> {

@@ -8,6 +8,7 @@ mod entities;
 mod jobs;
 mod plugins;
 mod register;
+mod runs;
 mod security;
 mod serve;
 mod service;
@@ -91,6 +92,12 @@ enum Command {
     Steps(steps::Steps),
     /// Run a plug-in once, locally, against a context and an in-memory data set.
     Test(test::Test),
+    /// Recorded runs of steps set to record (`steps profile`): list, show, export, delete.
+    #[command(subcommand)]
+    Runs(runs::Runs),
+    /// Replay a recorded run (by id, or an exported file) with a new build, offline,
+    /// and show what differs.
+    Replay(runs::ReplayCommand),
     /// Run the service: the data API, the admin API and the pipeline.
     Serve(serve::Serve),
     /// Create, read, update, delete and query records; define entities.
@@ -153,6 +160,8 @@ impl Cli {
             Command::Plugins(c) => c.run(&g),
             Command::Steps(c) => c.run(&g),
             Command::Test(c) => c.run(&g),
+            Command::Runs(c) => c.run(&g),
+            Command::Replay(c) => c.run(&g),
             Command::Serve(c) => c.run(&g),
             Command::Entities(c) => c.run(&g),
             Command::Jobs(c) => c.run(&g),

@@ -1,4 +1,4 @@
-//! `plughost steps add|list|show|remove|enable|disable`
+//! `plughost steps add|list|show|remove|enable|disable|profile`
 
 use std::process::ExitCode;
 
@@ -26,6 +26,17 @@ pub(crate) enum Steps {
     Enable { step: String },
     /// Disable a step; it stays registered but does not fire.
     Disable { step: String },
+    /// Record the step's next runs (context, every data call with its answer, outcome)
+    /// for `plughost replay`; see them with `plughost runs list`.
+    Profile {
+        step: String,
+        /// How many runs to record (at most 100).
+        #[arg(long, default_value_t = 10, conflicts_with = "off")]
+        runs: u32,
+        /// Stop recording.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -75,6 +86,9 @@ pub(crate) struct Add {
     /// Run the step as this user (Dataverse's impersonating user); default: the caller.
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
+    /// Record the step's next N runs for `plughost replay` (at most 100).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    record_runs: u32,
     /// Register the step disabled.
     #[arg(long)]
     disabled: bool,
@@ -121,6 +135,7 @@ impl Add {
             instance_reuse: self.reuse,
             ordered_per_record: self.ordered,
             run_as: self.run_as,
+            record_runs: self.record_runs,
         })
     }
 }
@@ -208,6 +223,13 @@ impl Steps {
             Steps::Disable { step } => {
                 let s = backend.set_step_enabled(&step, false)?;
                 g.print(&s, || format!("disabled step {} {}", s.id, s.name))?;
+            }
+            Steps::Profile { step, runs, off } => {
+                let p = backend.profile_step(&step, if off { 0 } else { runs })?;
+                g.print(&p, || match p.runs_left {
+                    0 => format!("step {} {} records no runs", p.step, p.name),
+                    n => format!("step {} {} records its next {n} runs: see `plughost runs list`", p.step, p.name),
+                })?;
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -68,21 +68,8 @@ impl Test {
         }
         let limits = Limits::default().with(&overrides);
 
-        // Use the data directory's compile cache when the store is free; run without it otherwise.
-        let store = match g.open_store() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::info!("running without the compile cache: {}", e.message);
-                None
-            }
-        };
-        let runtime = g.runtime(store)?;
-        let hash = AssemblyHash::of(&bytes);
-        let plugin =
-            runtime.load(&hash, || Ok(bytes.clone())).map_err(|e| match e.downcast_ref::<ComponentError>() {
-                Some(c) => CliError::new(c.code(), format!("{}: {c}", self.file.display())),
-                None => CliError::new("load_failed", format!("{}: {e:#}", self.file.display())),
-            })?;
+        let (runtime, plugin) = load_component(g, &self.file, &bytes)?;
+        let hash = plugin.hash;
         let invocation = runtime.invoke(&plugin, &context, &limits, data.clone());
         let failed = invocation.outcome.is_err();
         let report =
@@ -90,6 +77,29 @@ impl Test {
         g.print(&report, || text(&report))?;
         Ok(if failed { ExitCode::from(exit::PLUGIN_FAILED) } else { ExitCode::SUCCESS })
     }
+}
+
+/// A runtime (with the data directory's compile cache when the store is free) and
+/// the component `bytes`, read from `file`, loaded into it.
+pub(crate) fn load_component(
+    g: &Global,
+    file: &std::path::Path,
+    bytes: &[u8],
+) -> Result<(plughost::runtime::Runtime, Arc<plughost::runtime::LoadedPlugin>), CliError> {
+    let store = match g.open_store() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::info!("running without the compile cache: {}", e.message);
+            None
+        }
+    };
+    let runtime = g.runtime(store)?;
+    let hash = AssemblyHash::of(bytes);
+    let plugin = runtime.load(&hash, || Ok(bytes.to_vec())).map_err(|e| match e.downcast_ref::<ComponentError>() {
+        Some(c) => CliError::new(c.code(), format!("{}: {c}", file.display())),
+        None => CliError::new("load_failed", format!("{}: {e:#}", file.display())),
+    })?;
+    Ok((runtime, plugin))
 }
 
 fn json(v: &impl Serialize) -> String {

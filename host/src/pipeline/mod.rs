@@ -346,10 +346,16 @@ impl Pipeline {
             if let Some(p) = &caller.principal {
                 scope.principals.lock().unwrap_or_else(|p| p.into_inner()).insert(p.user_id, Some(p.clone()));
             }
-            let response = scope
-                .run(request.clone(), 1, BTreeMap::new(), scope.who)
-                .map(|(r, _)| r)
-                .map_err(|e| scope.root_cause(e))?;
+            let response = match scope.run(request.clone(), 1, BTreeMap::new(), scope.who) {
+                Ok((r, _)) => r,
+                Err(e) => {
+                    // A failed request writes nothing, but the runs it recorded are kept.
+                    if let Err(kept) = local.store.keep_runs(&scope.take_runs()) {
+                        tracing::warn!("recorded runs of a failed request were not kept: {kept}");
+                    }
+                    return Err(scope.root_cause(e));
+                }
+            };
             let changes = scope.into_changes();
             if changes.is_empty() {
                 return Ok(response);
@@ -398,6 +404,8 @@ impl Pipeline {
         let mut context = job.context.clone();
         context.operation_id = Some(job.id);
         let invocation = invoke_step(&self.runtime, step, &plugin, &context, &limits, scope.clone());
+        // Kept with the completion whatever the run came to.
+        let runs = scope.take_runs();
         let mut run = JobRun {
             result: crate::store::JobResult::Succeeded,
             effects: ChangeSet::default(),
@@ -426,6 +434,7 @@ impl Pipeline {
             }
             Err(f) => run.result = crate::store::JobResult::Failed { code: f.code.to_string(), message: f.message },
         }
+        run.effects.runs = runs;
         run
     }
 }

@@ -13,7 +13,7 @@ use crate::metadata::EntityDefinition;
 use crate::model::{Entity, EntityCollection, ExecutionContext, ExecutionResult, Mode, ParameterValue, Stage, Value};
 use crate::query;
 use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord};
-use crate::runtime::{CallContext, ErrorCode, Failure, OrganizationService, ServiceError};
+use crate::runtime::{CallContext, ErrorCode, Failure, ServiceError};
 use crate::security::{self, Action, Depth, Principal};
 use crate::store::{ChangeSet, RecordChange, StoredRecord};
 
@@ -52,6 +52,8 @@ pub(super) struct Scope {
     /// How many workflow runs led to this scope's (0: none is a workflow run): a
     /// run its writes trigger is one more (the loop guard counts them).
     pub(super) chain: AtomicU32,
+    /// Runs recorded in this scope (steps set to record), kept with its changes.
+    pub(super) runs: Mutex<Vec<crate::runs::RecordedRun>>,
 }
 
 impl Scope {
@@ -80,7 +82,13 @@ impl Scope {
             chain: AtomicU32::new(0),
             definitions: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            runs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The runs recorded so far (taken: kept once).
+    pub(super) fn take_runs(&self) -> Vec<crate::runs::RecordedRun> {
+        std::mem::take(&mut *self.runs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub(super) fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
@@ -136,7 +144,7 @@ impl Scope {
             })
             .map(|((entity, id), slot)| RecordChange { entity, id, expected_version: slot.base, new: slot.state })
             .collect();
-        ChangeSet { records, jobs: overlay.jobs, log: Vec::new() }
+        ChangeSet { records, jobs: overlay.jobs, log: Vec::new(), runs: self.take_runs() }
     }
 
     /// The current state of a record: the overlay's, else the snapshot's.
@@ -482,7 +490,7 @@ impl Scope {
             .runtime
             .load(&hash, || self.pipeline.source.assembly_bytes(&hash))
             .map_err(|e| failed(Failure::new(ErrorCode::InstantiationFailed, format!("{e:#}"))))?;
-        let me: Arc<dyn OrganizationService> = self.me.upgrade().expect("a scope outlives its invocations");
+        let me = self.me.upgrade().expect("a scope outlives its invocations");
         let limits = self.pipeline.defaults.with(&step.limits);
         // While the step runs, its writes may add at most its own write limit.
         let cap = {

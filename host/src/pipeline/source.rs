@@ -50,6 +50,8 @@ pub struct Registered {
     pub plugins: Vec<PluginRecord>,
     pub steps: Vec<StepRecord>,
     pub workflows: Vec<crate::workflow::ActiveWorkflow>,
+    /// Steps set to record their runs, with the runs each has left.
+    pub profiles: Vec<(Uuid, u32)>,
 }
 
 impl View for Snapshot {
@@ -85,7 +87,12 @@ impl Source for Store {
     }
 
     fn registry(&self) -> Result<Registered, StoreError> {
-        Ok(Registered { plugins: self.plugins()?, steps: self.steps()?, workflows: self.active_workflows()? })
+        Ok(Registered {
+            plugins: self.plugins()?,
+            steps: self.steps()?,
+            workflows: self.active_workflows()?,
+            profiles: self.profiles()?,
+        })
     }
 
     fn bulk_rows(&self, job: &SystemJob, from: u64, max: usize) -> Result<Vec<(u64, Entity)>, StoreError> {

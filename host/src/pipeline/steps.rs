@@ -3,12 +3,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use uuid::Uuid;
 
 use super::Source;
+use super::scope::Scope;
 use crate::model::{AssemblyHash, ExecutionContext, Mode, Stage};
 use crate::registry::StepRecord;
+use crate::runs::{RecordedRun, Recorder};
 use crate::runtime::{InstanceCache, Invocation, Limits, LoadedPlugin, OrganizationService, Reuse, Runtime};
 use crate::workflow::ActiveWorkflow;
 
@@ -25,12 +28,16 @@ pub(super) struct StepIndex {
     /// Active workflows by their primary entity, and by name.
     pub(super) workflows: HashMap<String, Vec<ActiveWorkflow>>,
     pub(super) workflow_names: HashMap<String, ActiveWorkflow>,
+    /// Steps set to record their runs, with the runs this process may still record
+    /// (the store keeps no more than the step's budget, whoever records).
+    pub(super) profiled: HashMap<Uuid, AtomicU32>,
 }
 
 impl StepIndex {
     pub(super) fn load(source: &dyn Source) -> Result<StepIndex> {
         let mut index = StepIndex::default();
-        let super::Registered { plugins, steps, workflows } = source.registry()?;
+        let super::Registered { plugins, steps, workflows, profiles } = source.registry()?;
+        index.profiled = profiles.into_iter().map(|(id, n)| (id, AtomicU32::new(n))).collect();
         for w in workflows {
             index.workflows.entry(w.definition.entity.clone()).or_default().push(w.clone());
             index.workflow_names.insert(w.definition.name.clone(), w);
@@ -72,8 +79,46 @@ thread_local! {
     static KEPT: std::cell::RefCell<InstanceCache> = std::cell::RefCell::new(InstanceCache::default());
 }
 
-/// Invokes a step's plug-in, in a kept instance when the step allows reuse.
+/// Invokes a step's plug-in, in a kept instance when the step allows reuse; when
+/// the step is set to record, records the run into `scope`.
 pub(super) fn invoke_step(
+    runtime: &Runtime,
+    step: &StepRecord,
+    plugin: &LoadedPlugin,
+    context: &ExecutionContext,
+    limits: &Limits,
+    scope: Arc<Scope>,
+) -> Invocation {
+    let records = scope
+        .steps
+        .profiled
+        .get(&step.id)
+        .is_some_and(|left| left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok());
+    if !records {
+        return invoke_plain(runtime, step, plugin, context, limits, scope);
+    }
+    let recorder = Recorder::new(scope.clone());
+    let invocation = invoke_plain(runtime, step, plugin, context, limits, recorder.clone());
+    let run = RecordedRun {
+        format: crate::runs::RUN_FORMAT,
+        id: Uuid::now_v7(),
+        recorded_at: crate::clock::now_ms(),
+        step_id: step.id,
+        step: step.name.clone(),
+        plugin: step.plugin.clone(),
+        assembly: plugin.hash,
+        job_id: context.operation_id,
+        correlation_id: context.correlation_id,
+        context: context.clone(),
+        limits: *limits,
+        calls: recorder.take_calls(),
+        invocation: invocation.clone(),
+    };
+    scope.runs.lock().unwrap_or_else(|p| p.into_inner()).push(run);
+    invocation
+}
+
+fn invoke_plain(
     runtime: &Runtime,
     step: &StepRecord,
     plugin: &LoadedPlugin,

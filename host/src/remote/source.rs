@@ -76,7 +76,7 @@ impl Source for RemoteSource {
             .into_iter()
             .map(|w| w.into_active().map_err(StoreError::Invalid))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Registered { plugins: r.plugins, steps: r.steps, workflows })
+        Ok(Registered { plugins: r.plugins, steps: r.steps, workflows, profiles: r.profiles })
     }
 
     fn bulk_rows(&self, job: &SystemJob, from: u64, max: usize) -> Result<Vec<(u64, Entity)>, StoreError> {

@@ -78,7 +78,10 @@ fn api_routes(state: &AppState) -> ApiRouter {
         .routes(routes!(steps, add_step))
         .routes(routes!(step, remove_step))
         .routes(routes!(enable_step))
-        .routes(routes!(disable_step));
+        .routes(routes!(disable_step))
+        .routes(routes!(profile_step))
+        .routes(routes!(runs))
+        .routes(routes!(recorded_run, delete_run));
     let registration = limited(registration, state.config.max_body_bytes, "max_body_bytes")
         .merge(uploads)
         .route_layer(need(Access::Capability(Capability::Registration)));
@@ -519,6 +522,59 @@ async fn disable_step(
     Extension(who): Who,
 ) -> ApiResult<Json<StepRecord>> {
     audited(&state, &who, "steps.disable", key.clone(), move |a| a.set_step_enabled(&key, false)).await.map(Json)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    /// Runs to record (0: stop recording).
+    runs: u32,
+}
+
+#[utoipa::path(post, path = "/api/v1/steps/{step}/profile", tag = "registration", summary = "Record a step's next runs for replay (runs: 0 stops)", params(("step" = String, Path, description = "id, unique id prefix or name")), request_body(content = serde_json::Value, content_type = "application/json", description = "{\"runs\": N}, at most 100"), responses((status = 200, description = "the step's profile", body = serde_json::Value), crate::server::openapi::ApiErrors))]
+async fn profile_step(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<crate::admin::StepProfile>> {
+    let body: ProfileBody = json_body(body)?;
+    audited(&state, &who, "steps.profile", key.clone(), move |a| a.profile_step(&key, body.runs)).await.map(Json)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    step: Option<String>,
+    before: Option<uuid::Uuid>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs", tag = "registration", summary = "Recorded runs, newest first", params(("step" = Option<String>, Query, description = "only this step's (id, prefix or name)"), ("before" = Option<String>, Query, description = "older than this run id"), ("limit" = Option<usize>, Query, description = "at most this many (default 50, up to 1000)")), responses((status = 200, description = "run summaries", body = serde_json::Value), crate::server::openapi::ApiErrors))]
+async fn runs(
+    State(state): State<AppState>,
+    Params(q): Params<RunsQuery>,
+) -> ApiResult<Json<Vec<crate::runs::RunSummary>>> {
+    admin(&state, move |a| a.runs(q.step.as_deref(), q.before, q.limit.unwrap_or(50))).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "registration", summary = "A recorded run, as `runs export` writes it", params(("id" = String, Path, description = "the run id (a GUID)")), responses((status = 200, description = "the run", body = serde_json::Value), crate::server::openapi::ApiErrors))]
+async fn recorded_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::runs::RecordedRun>> {
+    let id = guid_param(&id)?;
+    admin(&state, move |a| a.run(id)).await.map(Json)
+}
+
+#[utoipa::path(delete, path = "/api/v1/runs/{id}", tag = "registration", summary = "Delete a recorded run", params(("id" = String, Path, description = "the run id (a GUID)")), responses((status = 200, description = "the deleted run's summary", body = serde_json::Value), crate::server::openapi::ApiErrors))]
+async fn delete_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Extension(who): Who,
+) -> ApiResult<Json<crate::runs::RunSummary>> {
+    let id = guid_param(&id)?;
+    audited(&state, &who, "runs.delete", id.to_string(), move |a| a.delete_run(id)).await.map(Json)
 }
 
 // ---- metadata ----

@@ -42,11 +42,14 @@ pub struct ChangeSet {
     pub jobs: Vec<SystemJob>,
     /// Workflow log rows (a run's steps), written with the steps' effects.
     pub log: Vec<LogRow>,
+    /// Runs recorded for steps set to record (`crate::runs`): kept with the
+    /// request's changes or the job's completion, whatever its result.
+    pub runs: Vec<crate::runs::RecordedRun>,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.jobs.is_empty() && self.log.is_empty()
+        self.records.is_empty() && self.jobs.is_empty() && self.log.is_empty() && self.runs.is_empty()
     }
 }
 
@@ -298,7 +301,9 @@ fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
 
 pub(super) fn apply(w: &Write<'_>, changes: &ChangeSet) -> Result<Receipt, CommitError> {
     prefetch(w, [changes])?;
-    super::jobs::with_tables(w, |t| apply_in(t, changes))
+    let receipt = super::jobs::with_tables(w, |t| apply_in(t, changes))?;
+    super::runs::keep_runs(w, &changes.runs)?;
+    Ok(receipt)
 }
 
 /// Reads ahead, in one round trip per table, what applying `sets` reads: the records

@@ -206,7 +206,7 @@ impl<K, V> Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableId(pub(crate) u8, pub(crate) &'static str);
 
-pub(crate) const ALL_TABLES: [TableId; 37] = [
+pub(crate) const ALL_TABLES: [TableId; 40] = [
     TableId(0, "meta"),
     TableId(1, "assemblies"),
     TableId(2, "assembly_bytes"),
@@ -244,6 +244,9 @@ pub(crate) const ALL_TABLES: [TableId; 37] = [
     TableId(34, "jobs_recurring"),
     TableId(35, "job_minutes"),
     TableId(36, "mail_outbox"),
+    TableId(37, "step_profiles"),
+    TableId(38, "recorded_runs"),
+    TableId(39, "recorded_run_summaries"),
 ];
 
 /// redb's table for a logical table (a name apart from schema 4's typed tables).
@@ -251,7 +254,7 @@ pub(super) fn redb_table(id: TableId) -> TableDefinition<'static, &'static [u8],
     TableDefinition::new(REDB_NAMES[id.0 as usize])
 }
 
-const REDB_NAMES: [&str; 37] = [
+const REDB_NAMES: [&str; 40] = [
     "kv:meta",
     "kv:assemblies",
     "kv:assembly_bytes",
@@ -289,6 +292,9 @@ const REDB_NAMES: [&str; 37] = [
     "kv:jobs_recurring",
     "kv:job_minutes",
     "kv:mail_outbox",
+    "kv:step_profiles",
+    "kv:recorded_runs",
+    "kv:recorded_run_summaries",
 ];
 
 /// Creates every table of a redb store (so readers never meet a missing one).

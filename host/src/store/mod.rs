@@ -20,6 +20,7 @@ mod legacy;
 mod pg;
 mod queue;
 mod rows;
+mod runs;
 mod workflows;
 
 /// How a run ended (re-exported from `jobs`, where the job policy lives).
@@ -33,6 +34,7 @@ pub use queue::{
     CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, LeaseFilter, Outcomes,
     PURGE_BATCH, QueueCounts,
 };
+pub use runs::MAX_RUNS_PAGE;
 
 use crate::codec::{self, CodecError};
 use crate::model::AssemblyHash;
@@ -82,7 +84,7 @@ const HOUSEKEEPER: &str = "housekeeper";
 const SCHEMA_KEY: &str = "schema_version";
 /// Meta key of the registry's generation: bumped by every registry change, so each
 /// `plughost serve` on a shared store sees another's changes.
-const REGISTRY_GENERATION: &str = "registry_generation";
+pub(super) const REGISTRY_GENERATION: &str = "registry_generation";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -418,9 +420,7 @@ impl Store {
     pub(super) fn change_registry<T>(&self, f: impl FnOnce(&Write<'_>) -> Result<T>) -> Result<T> {
         self.write(|w| {
             let out = f(w)?;
-            let key = REGISTRY_GENERATION.to_owned();
-            let generation = get::<_, u64>(w, &META, &key)?.unwrap_or(0) + 1;
-            w.insert(&META, &key, &codec::encode(&generation)?)?;
+            runs::bump_registry_generation(w)?;
             Ok(out)
         })
     }
@@ -456,7 +456,9 @@ impl Store {
         Ok(Registration { assembly, assembly_is_new, plugin, previous_assembly, steps })
     }
 
-    pub fn add_step(&self, step: &StepRecord) -> Result<()> {
+    /// Adds a step; with `record_runs` > 0, set to record that many runs (in the
+    /// same transaction).
+    pub fn add_step(&self, step: &StepRecord, record_runs: u32) -> Result<()> {
         self.change_registry(|w| {
             if w.get(&PLUGINS, &step.plugin)?.is_none() {
                 return Err(StoreError::NotFound(format!(
@@ -464,7 +466,11 @@ impl Store {
                     step.plugin
                 )));
             }
-            w.insert(&STEPS, &step.id.as_u128(), &rows::encode(step)?)
+            w.insert(&STEPS, &step.id.as_u128(), &rows::encode(step)?)?;
+            if record_runs > 0 {
+                w.insert(&runs::PROFILES, &step.id.as_u128(), &u64::from(record_runs))?;
+            }
+            Ok(())
         })
     }
 
@@ -489,6 +495,7 @@ impl Store {
             let step: StepRecord = get_row(w, &STEPS, &id.as_u128())?
                 .ok_or_else(|| StoreError::NotFound(format!("no step with id {id}")))?;
             w.remove(&STEPS, &id.as_u128())?;
+            w.remove(&runs::PROFILES, &id.as_u128())?;
             let what = format!("step '{}' ({})", step.name, step.id);
             jobs::orphan_step_jobs(w, step.id, &what, crate::clock::now_ms())?;
             Ok(step)

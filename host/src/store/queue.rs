@@ -384,6 +384,8 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
     if !old.is_leased_with(c.fencing_token) {
         return Ok(CompletionOutcome::Stale);
     }
+    // Recorded runs are kept whatever the run came to (a failing run is what they are for).
+    super::runs::keep_runs(t.w, &c.effects.runs)?;
     let mut result = c.result;
     let mut report = RunReport {
         message: c.message,

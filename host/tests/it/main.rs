@@ -12,6 +12,7 @@ mod openapi;
 mod queue;
 mod registry;
 mod remote;
+mod replay;
 mod sandbox;
 mod security;
 mod server;
