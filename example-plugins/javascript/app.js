@@ -1,4 +1,5 @@
-// name-normalizer: a plughost plug-in in JavaScript (componentize-js).
+// name-normalizer: a plughost plug-in in JavaScript (componentize-js, or QuickJS
+// through componentize-qjs: the same source, see build.sh).
 //
 // PreOperation Create or Update of any entity with a `name`: trims it, collapses
 // inner spaces and capitalizes each word; refuses a name longer than the step's

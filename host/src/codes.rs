@@ -92,6 +92,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("bad_config", "the configuration file or an environment variable is not valid"),
     ("bad_data", "a data file for `plughost test` is not valid"),
     ("bad_run", "a file given to `plughost replay` is not a recorded run (or one from a newer plughost)"),
+    ("component", "`plughost component` could not generate bindings or make a component (the message says why)"),
     ("io", "a file could not be read or written"),
     ("load_failed", "a component could not be loaded for `plughost test`"),
     ("runtime", "the plug-in runtime or the async runtime could not start"),

@@ -594,21 +594,9 @@ impl Worker {
         if self.done.pending.is_empty() {
             self.done.since = Instant::now();
         }
-        self.done.pending.push(JobCompletion {
-            id: job.id,
-            fencing_token: job.fencing_token,
-            result: run.result,
-            effects: run.effects,
-            trace: run.trace,
-            fuel_used: run.fuel_used,
-            duration_us: run.duration_us,
-            delete_on_success: run.delete_on_success,
-            max_retries: shared.config.max_retries,
-            backoff_ms: shared.config.backoff_ms,
-            purge_before,
-            output: run.output,
-            message: run.message,
-        });
+        let retry =
+            crate::jobs::RetryPolicy { max_retries: shared.config.max_retries, backoff_ms: shared.config.backoff_ms };
+        self.done.pending.push(run.completion(&job, retry, purge_before));
     }
 
     /// Where the deletion service cuts off: jobs completed before this are deleted.

@@ -16,6 +16,8 @@ pub mod artifacts {
 #[derive(Debug)]
 pub struct OtherLanguage {
     pub script: &'static str,
+    /// Arguments after the output path (a build variant, e.g. `--quickjs`).
+    pub args: &'static [&'static str],
     pub out: &'static str,
     pub sources: &'static [&'static str],
     /// What the build needs, for the error message.
@@ -24,16 +26,24 @@ pub struct OtherLanguage {
 
 impl OtherLanguage {
     /// Builds the component unless it is newer than its sources, and returns its
-    /// path. One build at a time across test processes (a lock file beside it).
-    pub fn build(&self) -> &'static str {
-        let lock_path = format!("{}.lock", self.out);
-        let lock = std::fs::File::create(&lock_path).unwrap_or_else(|e| panic!("create {lock_path}: {e}"));
-        lock.lock().unwrap_or_else(|e| panic!("lock {lock_path}: {e}"));
+    /// path. `plughost` is the binary the script may use (`PLUGHOST`: bindings and
+    /// components for C and Go). One build per example at a time across test
+    /// processes (a lock file per example directory beside the outputs).
+    pub fn build(&self, plughost: &str) -> &'static str {
+        let example = Path::new(self.script).parent().and_then(|d| d.file_name()).unwrap_or_default();
+        let lock_path = Path::new(self.out).with_file_name(format!("{}.build.lock", example.to_string_lossy()));
+        let lock = std::fs::File::create(&lock_path).unwrap_or_else(|e| panic!("create {}: {e}", lock_path.display()));
+        lock.lock().unwrap_or_else(|e| panic!("lock {}: {e}", lock_path.display()));
         let modified = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let fresh = modified(self.out)
             .is_some_and(|built| self.sources.iter().all(|s| modified(s).is_some_and(|m| m <= built)));
         if !fresh {
-            let status = Command::new(self.script).arg(self.out).status().expect("run an example's build.sh");
+            let status = Command::new(self.script)
+                .arg(self.out)
+                .args(self.args)
+                .env("PLUGHOST", plughost)
+                .status()
+                .expect("run an example's build.sh");
             assert!(status.success(), "building {} failed (it needs {})", self.script, self.needs);
         }
         self.out

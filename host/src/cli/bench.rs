@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{CliError, Global, table};
 
+mod invoke;
 mod mail;
 
 #[derive(clap::Subcommand)]
@@ -31,6 +32,9 @@ pub(crate) enum Bench {
     /// Emails rendered (bulk mail) and delivered (outgoing mail) per second to an SMTP
     /// sink on 127.0.0.1, against a bulk import and bare SMTP sends.
     Mail(mail::MailBench),
+    /// What one invocation of each component costs (size, compile, a fresh and a
+    /// kept instance), as ratios to the first: the example plug-ins of each language.
+    Invoke(invoke::InvokeBench),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +76,7 @@ impl Bench {
             Bench::Workflows(b) => b.run(g),
             Bench::Dashboard(b) => b.run(g),
             Bench::Mail(b) => b.run(g),
+            Bench::Invoke(b) => b.run(g),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod backend;
 mod bench;
 mod bulk;
+mod component;
 mod entities;
 mod jobs;
 mod plugins;
@@ -92,6 +93,10 @@ enum Command {
     Steps(steps::Steps),
     /// Run a plug-in once, locally, against a context and an in-memory data set.
     Test(test::Test),
+    /// Build plug-in components from C or Go: C bindings for the world, and a
+    /// component from a core module (with the WASI preview1 adapter).
+    #[command(subcommand)]
+    Component(component::Component),
     /// Recorded runs of steps set to record (`steps profile`): list, show, export, delete.
     #[command(subcommand)]
     Runs(runs::Runs),
@@ -161,6 +166,7 @@ impl Cli {
             Command::Steps(c) => c.run(&g),
             Command::Test(c) => c.run(&g),
             Command::Runs(c) => c.run(&g),
+            Command::Component(c) => c.run(&g),
             Command::Replay(c) => c.run(&g),
             Command::Serve(c) => c.run(&g),
             Command::Entities(c) => c.run(&g),

@@ -302,6 +302,31 @@ impl JobRun {
         JobRun::ended(crate::store::JobResult::Retry { code: code.into(), message })
     }
 
+    /// The completion that reports this run of `job` (leased with its fencing token),
+    /// under a retry policy; `purge_before` is the deletion service's cut-off.
+    pub fn completion(
+        self,
+        job: &crate::jobs::SystemJob,
+        retry: crate::jobs::RetryPolicy,
+        purge_before: Option<i64>,
+    ) -> crate::store::JobCompletion {
+        crate::store::JobCompletion {
+            id: job.id,
+            fencing_token: job.fencing_token,
+            result: self.result,
+            effects: self.effects,
+            trace: self.trace,
+            fuel_used: self.fuel_used,
+            duration_us: self.duration_us,
+            delete_on_success: self.delete_on_success,
+            max_retries: retry.max_retries,
+            backoff_ms: retry.backoff_ms,
+            purge_before,
+            output: self.output,
+            message: self.message,
+        }
+    }
+
     pub(super) fn ended(result: crate::store::JobResult) -> JobRun {
         JobRun {
             result,

@@ -359,7 +359,7 @@ fn assert_pre_operation_step(
 fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
     assert_pre_operation_step(
         &server(),
-        artifacts::CREDIT_CHECK_PY.build(),
+        artifacts::CREDIT_CHECK_PY.build(BIN),
         "5000",
         json!({"name": "Contoso", "creditlimit": {"money": "1200.00"}}),
         ("description", "credit checked (max 5000) in Python"),
@@ -372,11 +372,51 @@ fn a_python_plugin_runs_in_the_pipeline_like_a_rust_one() {
 fn a_javascript_plugin_runs_in_the_pipeline_like_a_rust_one() {
     assert_pre_operation_step(
         &server(),
-        artifacts::NAME_NORMALIZER_JS.build(),
+        artifacts::NAME_NORMALIZER_JS.build(BIN),
         "20",
         json!({"name": "  contoso   LTD "}),
         ("name", "Contoso Ltd"),
         json!({"name": "a name much longer than twenty"}),
         "at most 20 are allowed",
+    );
+}
+
+#[test]
+fn the_quickjs_build_of_the_javascript_plugin_runs_like_the_default_one() {
+    assert_pre_operation_step(
+        &server(),
+        artifacts::NAME_NORMALIZER_QUICKJS.build(BIN),
+        "20",
+        json!({"name": "  contoso   LTD "}),
+        ("name", "Contoso Ltd"),
+        json!({"name": "a name much longer than twenty"}),
+        "at most 20 are allowed",
+    );
+}
+
+#[test]
+fn a_c_plugin_runs_in_the_pipeline_like_a_rust_one() {
+    // Duplicate detection: the second Contoso is refused after a query through the service.
+    assert_pre_operation_step(
+        &server(),
+        artifacts::DUPLICATE_CHECK_C.build(BIN),
+        "no duplicate (checked in C)",
+        json!({"name": "Contoso"}),
+        ("description", "no duplicate (checked in C)"),
+        json!({"name": "Contoso"}),
+        "An account named 'Contoso' exists already",
+    );
+}
+
+#[test]
+fn a_go_plugin_runs_in_the_pipeline_like_a_rust_one() {
+    assert_pre_operation_step(
+        &server(),
+        artifacts::NAME_POLICY_GO.build(BIN),
+        "4",
+        json!({"name": "Contoso"}),
+        ("name", "Contoso"),
+        json!({"name": "Abc"}),
+        "needs at least 4 characters",
     );
 }

@@ -30,14 +30,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use plughost::admin::Admin;
-use plughost::jobs::{JobQuery, OperationType, SystemJob};
+use plughost::jobs::{JobQuery, OperationType, RetryPolicy, SystemJob};
 use plughost::metadata::{AttributeType, EntityDefinition};
 use plughost::model::{Entity, EntityReference};
 use plughost::pipeline::{Caller, Pipeline, PipelineError, Request, Response};
 use plughost::registry::{StepRecord, StepSpec};
 use plughost::runs::{MAX_RECORD_RUNS, RecordedRun};
 use plughost::runtime::{Limits, Runtime, RuntimeConfig};
-use plughost::store::{Committer, JobCompletion, JobQueue, Store};
+use plughost::store::{Committer, JobQueue, Store};
 use uuid::Uuid;
 
 pub use plughost;
@@ -206,21 +206,9 @@ impl Simulator {
                 OperationType::Workflow => self.pipeline.run_workflow(&job, stop),
                 other => bail!("the simulator runs plug-in and workflow jobs; job {} is {other:?}", job.id),
             };
-            self.queue.complete(JobCompletion {
-                id: job.id,
-                fencing_token: job.fencing_token,
-                result: run.result,
-                effects: run.effects,
-                trace: run.trace,
-                fuel_used: run.fuel_used,
-                duration_us: run.duration_us,
-                delete_on_success: run.delete_on_success,
-                max_retries: 0,
-                backoff_ms: 0,
-                purge_before: None,
-                output: run.output,
-                message: run.message,
-            })?;
+            // No retries: a retryable failure fails the job, for the test to see at once.
+            let retry = RetryPolicy { max_retries: 0, backoff_ms: 0 };
+            self.queue.complete(run.completion(&job, retry, None))?;
             self.rearm()?;
             ran += 1;
         }

@@ -1,0 +1,3 @@
+module plughost.example/name-policy
+
+go 1.24
