@@ -3,7 +3,7 @@
 # builds the example plug-ins and the host, starts `plughost serve`, registers
 # the plug-ins, creates a user with an API key, raises data events with the CLI (as
 # the administrator) and with curl (as that user), and shows what the synchronous
-# plug-ins changed or rejected, what each user may see, the system jobs the async
+# plug-ins changed or rejected (and a recorded run replayed), what each user may see, the system jobs the async
 # step queued, a workflow run waiting for a record to change and finishing when it
 # does, a small email campaign delivered to a local SMTP server, and the audit log.
 set -euo pipefail
@@ -54,6 +54,9 @@ step "Registering the example plug-ins"
 "$PH" register "$WASM/account_number.wasm" --name account-number --step Create:account:pre-operation
 "$PH" register "$WASM/follow_up_task.wasm" --name follow-up-task --step Create:account:post-operation:async
 "$PH" steps list
+# The account-number step records its next runs, for replay (the Plug-in Profiler).
+STEP=$("$PH" steps list --json | /usr/bin/python3 -c 'import json, sys; print(next(s["id"] for s in json.load(sys.stdin) if s["plugin"] == "account-number"))')
+"$PH" steps profile "$STEP" --runs 5
 
 step "A user with the basic-user role and an API key (printed once; only its hash is stored)"
 "$PH" users create ann --role basic-user
@@ -72,6 +75,13 @@ step "A bad account is rejected by the plug-in, and nothing is stored"
 curl -sS -X POST "$URL/api/v1/entities/account" -H "Authorization: Bearer $KEY" \
   -H 'Content-Type: application/json' -d '{"name": "Litware", "creditlimit": {"money": "-5"}}'
 echo
+
+step "The step recorded its runs, the rejected ones too: one replays offline against a build, showing what differs"
+"$PH" runs list --step "$STEP"
+RUN=$("$PH" runs list --step "$STEP" --json | /usr/bin/python3 -c 'import json, sys; print(next(r["id"] for r in json.load(sys.stdin) if r["outcome"] != "succeeded"))')
+"$PH" runs export "$RUN" > "$PLUGHOST_DATA_DIR/run.json"
+echo "exported to $PLUGHOST_DATA_DIR/run.json; replayed with the same build (plughost replay FILE --with NEW.wasm):"
+"$PH" replay "$PLUGHOST_DATA_DIR/run.json" --with "$WASM/account_number.wasm" || true
 
 step "Ann sees only the account she owns; a call without a key, or on another's record, is refused"
 curl -sS "$URL/api/v1/entities/account?columns=name,accountnumber" -H "Authorization: Bearer $KEY"
