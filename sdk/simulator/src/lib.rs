@@ -193,7 +193,8 @@ impl Simulator {
 
     /// Runs the plug-in and workflow jobs runnable now, and those their runs queue,
     /// one at a time, until none is left (or [`MAX_JOB_ROUNDS`]); returns how many ran.
-    /// Jobs waiting for a retry's backoff, a postponement or a recurrence stay queued.
+    /// A retryable failure fails the job at once (no retries, so a test sees it);
+    /// postponed and recurring jobs stay queued until their time.
     pub fn run_jobs(&self) -> anyhow::Result<usize> {
         let mut ran = 0;
         for _ in 0..MAX_JOB_ROUNDS {
@@ -215,8 +216,9 @@ impl Simulator {
         Ok(ran)
     }
 
-    /// Every recorded run of the simulator's steps, oldest first: the context each
-    /// plug-in got, its data calls with their answers, its outcome and its trace.
+    /// The recorded runs of the simulator's steps (the newest 1,000; [`Simulator::clear_runs`]
+    /// between phases of a long test), oldest first: the context each plug-in got, its
+    /// data calls with their answers, its outcome and its trace.
     pub fn runs(&self) -> anyhow::Result<Vec<RecordedRun>> {
         let summaries = self.store.runs(None, None, plughost::store::MAX_RUNS_PAGE)?;
         let mut runs = summaries.iter().rev().map(|s| self.store.run(s.id)).collect::<Result<Vec<_>, _>>()?;
