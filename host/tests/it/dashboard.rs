@@ -390,3 +390,26 @@ fn the_cli_lists_jobs_by_type_plugin_record_and_name_like_the_dashboard() {
     let out = cli.run(&["jobs", "list", "--plugin", "hostile", "--json"]).ok().json();
     assert_eq!(out.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn the_plugins_page_lists_recording_steps_and_their_runs() {
+    let s = server_with(&[]);
+    s.run(&["register", artifacts::ACCOUNT_NUMBER, "--name", "numbers"]).ok();
+    let step = s
+        .post(
+            "/api/v1/steps",
+            &json!({"plugin": "numbers", "message": "Create", "entity": "account", "stage": "pre-operation", "record_runs": 2}),
+        )
+        .expect(201);
+    assert_eq!(s.post("/api/v1/entities/account", &json!({"name": ""})).status, 400);
+    let run = s.get("/api/v1/runs").expect(200)[0]["id"].as_str().unwrap().to_owned();
+    let mut c = Client::new(&s.url);
+    c.login(&s.token);
+    let page = c.send("GET", "/ui/plugins", None, &[]).body;
+    let name = step["name"].as_str().unwrap();
+    assert!(page.contains("Recorded runs") && page.contains(&run), "{page}");
+    assert!(page.contains("plugin_error"), "the run's outcome is shown");
+    let profiles = &page[page.find("Runs left to record").unwrap()..];
+    let profiles = &profiles[..profiles.find("</table>").unwrap()];
+    assert!(profiles.contains(name) && profiles.contains(">1<"), "one run left of two: {profiles}");
+}

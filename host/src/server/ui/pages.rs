@@ -690,6 +690,9 @@ pub(super) async fn recurring(
 
 // ---- plug-ins and steps ----
 
+/// Recorded runs the plug-ins page lists.
+const RECENT_RUNS: usize = 50;
+
 pub(super) async fn plugins(
     State(state): State<AppState>,
     Extension(s): Extension<Session>,
@@ -698,6 +701,7 @@ pub(super) async fn plugins(
     require(&s.principal, Capability::Registration)?;
     let (assemblies, plugins, steps, stats) =
         admin(&state, |a| Ok((a.assemblies()?, a.plugins()?, a.steps()?, a.store().step_stats()?))).await?;
+    let (profiles, runs) = admin(&state, |a| Ok((a.profiles()?, a.runs(None, None, RECENT_RUNS)?))).await?;
     let mut h = Html::default();
     h.raw(&done_notice(&pairs(&q)));
     h.raw("<h2>Assemblies</h2>");
@@ -771,6 +775,33 @@ pub(super) async fn plugins(
                 avg(stat.fuel).to_string(),
                 html::ms(avg(stat.run_us)),
                 html::button(&format!("/ui/steps/{}/{toggle}", st.id), toggle, &s.csrf, "", ""),
+            ]
+        }),
+    );
+    h.raw(&format!(
+        "<h2>Recorded runs</h2><p class=\"hint\">Steps set to record their runs (<code>plughost steps profile STEP</code>) \
+         and the newest {RECENT_RUNS} runs. Export one with <code>plughost runs export ID &gt; run.json</code> and replay it \
+         against a new build with <code>plughost replay run.json --with new.wasm</code>.</p>"
+    ));
+    h.table(
+        "profiles",
+        &["Step", "Runs left to record"],
+        profiles.iter().map(|p| vec![esc(&p.name), p.runs_left.to_string()]),
+    );
+    h.table(
+        "runs",
+        &["Run", "Recorded", "Step", "Event", "Assembly", "Outcome", "Calls", "Time"],
+        runs.iter().map(|r| {
+            let hash = r.assembly.to_string();
+            vec![
+                format!("<code>{}</code>", r.id),
+                html::time(r.recorded_at),
+                esc(&r.step),
+                esc(&format!("{} {}", r.message, r.entity)),
+                format!("<code>{}</code>", &hash[..16.min(hash.len())]),
+                esc(&r.outcome),
+                r.calls.to_string(),
+                html::ms(r.duration_us),
             ]
         }),
     );
