@@ -225,6 +225,21 @@ impl Store {
         Ok(store)
     }
 
+    /// A new embedded store held in memory (redb's in-memory backend): nothing touches
+    /// the disk and everything is gone when it is dropped. For tests (the pipeline
+    /// simulator); the same engine and code as the file store.
+    pub fn in_memory() -> Result<Store> {
+        let path = PathBuf::from("(in memory)");
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Db(format!("cannot create an in-memory store: {e}")))?;
+        legacy::prepare_redb(&db, &path)?;
+        let store = Store { engine: Engine::Redb(db), path };
+        store.check_schema()?;
+        Ok(store)
+    }
+
     /// Opens a PostgreSQL store, creating or upgrading its schema.
     pub fn open_postgres(url: &str, connections: usize) -> Result<Store> {
         let (pg, applied) = pg::Pg::open(url, connections)?;

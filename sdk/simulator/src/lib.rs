@@ -5,7 +5,7 @@
 //! does, steps fire by message, entity, stage and rank with their images and
 //! filtering attributes, writes are checked against entity definitions, and
 //! asynchronous steps queue system jobs that [`Simulator::run_jobs`] runs. The store
-//! is a temporary redb file, deleted when the simulator is dropped. Every step's
+//! is redb held in memory (`Store::in_memory`), gone when the simulator is dropped. Every step's
 //! runs are recorded ([`Simulator::runs`]): the context each got, its data calls
 //! with their answers, its outcome and its trace.
 //!
@@ -45,15 +45,13 @@ pub use plughost;
 /// Most rounds of [`Simulator::run_jobs`]: jobs that keep queueing jobs stop here.
 pub const MAX_JOB_ROUNDS: usize = 1000;
 
-/// The pipeline, registry and queue of a server, in this process, over a temporary store.
+/// The pipeline, registry and queue of a server, in this process, over a store in memory.
 pub struct Simulator {
     admin: Admin,
     pipeline: Arc<Pipeline>,
     queue: JobQueue,
     store: Arc<Store>,
     steps: std::sync::Mutex<Vec<Uuid>>,
-    // Dropped last: the store's file lives in it.
-    _dir: tempfile::TempDir,
 }
 
 /// A step spec for `plugin` on `message` of `entity` at `stage` (`pre-validation`,
@@ -77,14 +75,13 @@ impl Simulator {
 
     /// A simulator whose steps get `limits` unless they set their own.
     pub fn with_limits(limits: Limits) -> anyhow::Result<Simulator> {
-        let dir = tempfile::tempdir().context("a temporary directory for the simulator's store")?;
-        let store = Arc::new(Store::open(dir.path())?);
+        let store = Arc::new(Store::in_memory()?);
         let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None)?);
         let committer = Committer::start(store.clone(), 1024);
         let pipeline = Pipeline::new(store.clone(), runtime, committer.clone(), limits)?;
         let queue = JobQueue::new(store.clone(), committer);
         let admin = Admin::new(pipeline.clone(), queue.clone())?;
-        Ok(Simulator { admin, pipeline, queue, store, steps: Default::default(), _dir: dir })
+        Ok(Simulator { admin, pipeline, queue, store, steps: Default::default() })
     }
 
     /// Defines (or extends) an entity: `(attribute, type)` with types as
