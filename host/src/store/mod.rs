@@ -543,6 +543,7 @@ impl Store {
             }
             for s in &steps {
                 w.remove(&STEPS, &s.id.as_u128())?;
+                w.remove(&runs::PROFILES, &s.id.as_u128())?;
             }
             w.remove(&PLUGINS, &name.to_owned())?;
             for s in &steps {

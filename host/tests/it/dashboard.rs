@@ -412,4 +412,11 @@ fn the_plugins_page_lists_recording_steps_and_their_runs() {
     let profiles = &page[page.find("Runs left to record").unwrap()..];
     let profiles = &profiles[..profiles.find("</table>").unwrap()];
     assert!(profiles.contains(name) && profiles.contains(">1<"), "one run left of two: {profiles}");
+    // Unregistering the plug-in with its steps ends the recording; the runs stay.
+    s.run(&["unregister", "plugin", "numbers", "--with-steps"]).ok();
+    let page = c.send("GET", "/ui/plugins", None, &[]).body;
+    let profiles = &page[page.find("Runs left to record").unwrap()..];
+    let profiles = &profiles[..profiles.find("</table>").unwrap()];
+    assert!(profiles.contains("class=\"empty\">none"), "no step records now: {profiles}");
+    assert!(page.contains(&run));
 }
