@@ -409,8 +409,8 @@ impl Admin {
     /// Sets a step to record its next `runs` runs (0: stop recording).
     pub fn profile_step(&self, key: &str, runs: u32) -> Result<StepProfile> {
         let step = self.store().resolve_step(key)?;
-        let runs_left = self.store().set_profile(step.id, runs)?;
-        self.reloaded(StepProfile { step: step.id, name: step.name, runs_left })
+        self.store().set_profile(step.id, runs)?;
+        self.reloaded(StepProfile { step: step.id, name: step.name, runs_left: runs })
     }
 
     /// Steps set to record, with the runs each has left.

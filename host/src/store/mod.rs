@@ -219,6 +219,11 @@ impl Store {
             }
             other => StoreError::Corrupt { path: path.clone(), detail: other.to_string() },
         })?;
+        Store::embedded(db, path)
+    }
+
+    /// A redb database made a store: its tables created or upgraded, its schema checked.
+    fn embedded(db: Database, path: PathBuf) -> Result<Store> {
         legacy::prepare_redb(&db, &path)?;
         let store = Store { engine: Engine::Redb(db), path };
         store.check_schema()?;
@@ -234,10 +239,7 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::Db(format!("cannot create an in-memory store: {e}")))?;
-        legacy::prepare_redb(&db, &path)?;
-        let store = Store { engine: Engine::Redb(db), path };
-        store.check_schema()?;
-        Ok(store)
+        Store::embedded(db, path)
     }
 
     /// Opens a PostgreSQL store, creating or upgrading its schema.

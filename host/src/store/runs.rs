@@ -67,9 +67,8 @@ pub(super) fn keep_runs(w: &Write<'_>, runs: &[RecordedRun]) -> Result<usize> {
 }
 
 impl Store {
-    /// Sets how many of a step's next runs to record (0: stop recording). Returns
-    /// the budget set.
-    pub fn set_profile(&self, step: Uuid, runs: u32) -> Result<u32> {
+    /// Sets how many of a step's next runs to record (0: stop recording).
+    pub fn set_profile(&self, step: Uuid, runs: u32) -> Result<()> {
         if runs > MAX_RECORD_RUNS {
             return Err(StoreError::Invalid(format!(
                 "at most {MAX_RECORD_RUNS} runs can be recorded at a time; {runs} were asked for"
@@ -83,7 +82,7 @@ impl Store {
                 0 => w.remove(&PROFILES, &step.as_u128())?,
                 n => w.insert(&PROFILES, &step.as_u128(), &u64::from(n))?,
             }
-            Ok(runs)
+            Ok(())
         })
     }
 

@@ -37,7 +37,7 @@ use plughost::pipeline::{Caller, Pipeline, PipelineError, Request, Response};
 use plughost::registry::{StepRecord, StepSpec};
 use plughost::runs::{MAX_RECORD_RUNS, RecordedRun};
 use plughost::runtime::{Limits, Runtime, RuntimeConfig};
-use plughost::store::{Committer, JobQueue, Store};
+use plughost::store::{Committer, JobQueue, Store, StoreError};
 use uuid::Uuid;
 
 pub use plughost;
@@ -241,11 +241,24 @@ impl Simulator {
         &self.admin
     }
 
-    /// Keeps every step recording: a step's budget is topped up after each message.
+    /// Keeps every step recording: a step whose budget ran below half is topped up
+    /// (one read per message; a registry write and a reload only when one is topped up).
     fn rearm(&self) -> Result<(), PipelineError> {
+        let left: std::collections::HashMap<Uuid, u32> = self.store.profiles()?.into_iter().collect();
         let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for id in steps {
-            self.store.set_profile(id, MAX_RECORD_RUNS)?;
+        let low: Vec<Uuid> =
+            steps.into_iter().filter(|id| left.get(id).is_none_or(|n| *n < MAX_RECORD_RUNS / 2)).collect();
+        if low.is_empty() {
+            return Ok(());
+        }
+        for id in low {
+            match self.store.set_profile(id, MAX_RECORD_RUNS) {
+                // Removed through `admin()`: nothing to keep recording.
+                Err(StoreError::NotFound(_)) => {
+                    self.steps.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| *s != id)
+                }
+                other => other?,
+            }
         }
         self.pipeline.reload_steps()
     }
