@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::jobs::{OperationType, RunOutcome, SystemJob};
 use crate::pipeline::{JobRun, Pipeline};
-use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outcomes, Renewal};
+use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, LeaseTicket, Outcomes, Renewal};
 
 /// The queue a worker pool works: the store's (`JobQueue`, in `plughost serve`) or
 /// the server's over HTTP (`crate::remote`, in `plughost worker`). The pool's rules
@@ -36,6 +36,11 @@ use crate::store::{CommitError, CompletionOutcome, JobCompletion, JobQueue, Outc
 pub trait WorkQueue: Send + Sync {
     /// Locks up to `max` runnable jobs for `host`, with their contexts (blocking).
     fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError>;
+    /// Asks for a lease without waiting for it, where the queue can (by default it
+    /// leases at once).
+    fn lease_ahead(&self, host: &str, max: usize, lease: Duration) -> LeaseTicket {
+        LeaseTicket::answered(max, self.lease(host, max, lease))
+    }
     /// Extends the leases of held jobs; says for each whether it is still held.
     fn renew(&self, held: Vec<(Uuid, u64)>, lease: Duration) -> Result<Vec<Renewal>, CommitError>;
     /// Puts leased jobs that were not run back in the queue.
@@ -61,6 +66,9 @@ pub trait WorkQueue: Send + Sync {
 impl WorkQueue for JobQueue {
     fn lease(&self, host: &str, max: usize, lease: Duration) -> Result<Vec<SystemJob>, CommitError> {
         JobQueue::lease(self, host, max, lease)
+    }
+    fn lease_ahead(&self, host: &str, max: usize, lease: Duration) -> LeaseTicket {
+        JobQueue::lease_ahead(self, host, max, lease)
     }
     fn renew(&self, held: Vec<(Uuid, u64)>, lease: Duration) -> Result<Vec<Renewal>, CommitError> {
         JobQueue::renew(self, held, lease)
@@ -241,11 +249,18 @@ struct Shared {
 #[derive(Default)]
 struct Local {
     waiting: VecDeque<SystemJob>,
-    /// A worker is leasing now: the others wait for its jobs instead of leasing too.
-    leasing: bool,
+    /// Leases asked for and not yet taken, oldest first (at most [`LEASES_AHEAD`]).
+    leases: VecDeque<LeaseTicket>,
+    /// A worker is taking a lease's jobs now: the others wait for them.
+    taking: bool,
     /// The last lease got fewer jobs than it asked for: lease again only when empty.
     drained: bool,
 }
+
+/// Leases a pool may have asked for at once. Two let the writer commit the next
+/// jobs' lease while the jobs of the last one are being leased, so a store whose
+/// commits take long (PostgreSQL) always has one under way.
+const LEASES_AHEAD: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -353,9 +368,19 @@ impl Shared {
         usize::try_from(n).unwrap_or(usize::MAX).clamp(1, most)
     }
 
-    /// Puts leased jobs that were not started back in the queue.
+    /// Puts leased jobs that were not started back in the queue, with those of the
+    /// leases asked for (waiting for them).
     fn release_waiting(&self) {
-        let jobs: Vec<(Uuid, u64)> = lock(&self.local).waiting.drain(..).map(|j| (j.id, j.fencing_token)).collect();
+        let (mut jobs, leases): (Vec<(Uuid, u64)>, VecDeque<LeaseTicket>) = {
+            let mut local = lock(&self.local);
+            (local.waiting.drain(..).map(|j| (j.id, j.fencing_token)).collect(), std::mem::take(&mut local.leases))
+        };
+        for ticket in leases {
+            match ticket.take() {
+                Ok(leased) => jobs.extend(leased.iter().map(|j| (j.id, j.fencing_token))),
+                Err(e) => tracing::error!("leasing jobs failed: {e}"),
+            }
+        }
         self.release(jobs);
     }
 
@@ -494,10 +519,11 @@ impl Worker {
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// The next leased job to run, from the pool's queue. The worker that finds the
-    /// queue low (half a batch left) leases the next batch while the others go on
-    /// with what is left, so a lease's commit rarely leaves a worker idle; one that
-    /// finds it empty while another leases waits for those jobs.
+    /// The next leased job to run, from the pool's queue. The pool asks for the next
+    /// lease when its queue runs low (a batch left, counting the leases asked for),
+    /// without waiting for it; up to [`LEASES_AHEAD`] may be under way. A lease's
+    /// jobs join the queue once it is durable; a worker that finds the queue empty
+    /// waits for the oldest lease, and the others for its jobs.
     fn next_job(&mut self, poll: Duration) -> Option<SystemJob> {
         let shared = self.shared.clone();
         let mut local = lock(&shared.local);
@@ -505,23 +531,26 @@ impl Worker {
             if shared.stopping() || shared.paused() {
                 return None;
             }
-            let batch = shared.batch_size();
-            // Lease ahead when the queue runs low, unless the last lease found the
-            // backlog drained (then only when the queue is empty).
-            let low = local.waiting.len() <= batch && (!local.drained || local.waiting.is_empty());
-            if !local.leasing && low {
-                local.leasing = true;
+            // A lease answered joins the queue first (a queue that leases while the
+            // caller waits answers at once: its jobs run before anything is asked).
+            let answered = local.leases.front_mut().is_some_and(LeaseTicket::ready);
+            if (answered || local.waiting.is_empty() && !local.leases.is_empty()) && !local.taking {
+                let ticket = local.leases.pop_front().expect("a lease asked for");
+                local.taking = true;
                 drop(local);
-                // The finished jobs' completions share the lease's commit.
-                self.flush();
-                let leased = shared.queue.lease(&shared.host, batch, shared.config.lease());
-                self.settle(true);
+                if !answered {
+                    // Hand over what this worker finished while it waits.
+                    self.flush();
+                }
+                let asked = ticket.asked;
+                let leased = ticket.take();
+                self.settle(false);
                 local = lock(&shared.local);
-                local.leasing = false;
+                local.taking = false;
                 shared.changed.notify_all();
                 match leased {
                     Ok(jobs) => {
-                        local.drained = jobs.len() < batch;
+                        local.drained = jobs.len() < asked;
                         shared.stats.leased.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                         if shared.stopping() || shared.paused() {
                             drop(local);
@@ -529,7 +558,7 @@ impl Worker {
                             return None;
                         }
                         local.waiting.extend(jobs);
-                        if local.waiting.is_empty() {
+                        if local.waiting.is_empty() && local.leases.is_empty() {
                             drop(local);
                             shared.queue.wait_for_work(poll);
                             return None;
@@ -542,18 +571,34 @@ impl Worker {
                         return None;
                     }
                 }
+                continue;
+            }
+            let batch = shared.batch_size();
+            let asked: usize = local.leases.iter().map(|t| t.asked).sum();
+            let under_way = local.leases.len() + usize::from(local.taking);
+            // Lease ahead when the queue runs low, unless the last lease found the
+            // backlog drained (then only when the queue is empty and nothing is asked).
+            let low = local.waiting.len() + asked <= batch * LEASES_AHEAD
+                && (!local.drained || local.waiting.is_empty() && under_way == 0);
+            if low && under_way < LEASES_AHEAD {
+                drop(local);
+                // The finished jobs' completions share the lease's commit.
+                self.flush();
+                let ticket = shared.queue.lease_ahead(&shared.host, batch, shared.config.lease());
+                local = lock(&shared.local);
+                local.leases.push_back(ticket);
+                continue;
             }
             if let Some(job) = local.waiting.pop_front() {
                 return Some(job);
             }
-            if local.leasing {
-                // Hand over what this worker finished, then wait for the jobs being leased.
-                drop(local);
-                self.flush();
-                local = lock(&shared.local);
-                if local.leasing && local.waiting.is_empty() {
-                    local = shared.changed.wait_timeout(local, poll).unwrap_or_else(|p| p.into_inner()).0;
-                }
+            // Another worker is taking a lease's jobs: hand over what this one
+            // finished, then wait for them.
+            drop(local);
+            self.flush();
+            local = lock(&shared.local);
+            if local.taking && local.waiting.is_empty() {
+                local = shared.changed.wait_timeout(local, poll).unwrap_or_else(|p| p.into_inner()).0;
             }
         }
     }

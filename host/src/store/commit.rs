@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::kv::{Reads, Write};
+use super::pg;
 use super::{RECORDS, Store, StoreError, StoredRecord, get};
 use crate::codec;
 use crate::jobs::SystemJob;
@@ -84,20 +85,58 @@ pub struct Receipt {
     pub jobs: Vec<(Uuid, u64)>,
 }
 
-/// One operation of a batch: it runs against the batch's transaction and returns
-/// how to answer its producer once the commit's outcome is known.
-/// Without a transaction (it could not begin), the operation answers with the failure.
-type Work = Box<dyn FnOnce(Result<&Write<'_>, &StoreError>) -> Done + Send>;
+/// One operation of a batch. It may run more than once: on PostgreSQL a batch is
+/// applied while the one before it commits, and applied again if another writer got
+/// in between (`pg_writer`), so an operation reads and writes only through its
+/// transaction (anything else it touches must not mind a repeat).
+trait Operation: Send {
+    /// Runs against the batch's transaction; the result is kept for [`Operation::answer`].
+    fn run(&mut self, w: &Write<'_>) -> Ran;
+    /// Answers the producer with the last run's result, or why the batch failed.
+    fn answer(self: Box<Self>, batch: Option<&BatchFailure>);
+    /// Answers without running: no transaction could begin.
+    fn refuse(self: Box<Self>, e: &StoreError);
+}
 
-/// Answers an operation's producer, given how its batch ended.
-type Finish = Box<dyn FnOnce(Option<&BatchFailure>) + Send>;
+type Work = Box<dyn Operation>;
 
-struct Done {
+/// How a run of an operation went, for its batch.
+#[derive(Clone, Copy, Default)]
+struct Ran {
     /// A storage failure: the whole batch is abandoned.
     fatal: bool,
     /// The storage error was an unreachable database.
     unavailable: bool,
-    finish: Finish,
+}
+
+struct Op<T, F> {
+    f: F,
+    result: Option<Result<T, CommitError>>,
+    reply: oneshot::Sender<Result<T, CommitError>>,
+}
+
+impl<T: Send, F: FnMut(&Write<'_>) -> Result<T, CommitError> + Send> Operation for Op<T, F> {
+    fn run(&mut self, w: &Write<'_>) -> Ran {
+        let result = (self.f)(w);
+        let ran = Ran {
+            fatal: matches!(result, Err(CommitError::Store(_))),
+            unavailable: matches!(result, Err(CommitError::Store(StoreError::Unavailable(_)))),
+        };
+        self.result = Some(result);
+        ran
+    }
+
+    fn answer(self: Box<Self>, batch: Option<&BatchFailure>) {
+        let _ = self.reply.send(match (batch, self.result) {
+            (None, Some(result)) => result,
+            (Some(e), _) => Err(CommitError::Store(e.error())),
+            (None, None) => Err(CommitError::Stopped),
+        });
+    }
+
+    fn refuse(self: Box<Self>, e: &StoreError) {
+        let _ = self.reply.send(Err(CommitError::Store(e.clone_for_reply())));
+    }
 }
 
 /// The handle producers commit through. Cloning it is cheap.
@@ -120,6 +159,9 @@ pub struct CommitStats {
     /// Time spent applying operations, from beginning a transaction to committing it
     /// (with `commit_us`: how busy the writer is).
     pub apply_us: AtomicU64,
+    /// PostgreSQL: batches applied again because another transaction wrote while
+    /// they were applied ahead of the commit before them.
+    pub reapplied: AtomicU64,
 }
 
 /// Lets workers sleep until a commit queues new jobs.
@@ -149,7 +191,7 @@ impl Committer {
         let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("plughost-writer".into())
-            .spawn(move || writer(&store, &rx, max_batch.max(1), &counters))
+            .spawn(move || writer(&store, &rx, max_batch.max(1), counters))
             .expect("spawn the writer thread");
         Committer { tx, wake: Arc::default(), stats, _writer: Arc::new(WriterThread(Some(thread))) }
     }
@@ -164,31 +206,12 @@ impl Committer {
     /// not undone.
     pub(crate) fn submit_op<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Write<'_>) -> Result<T, CommitError> + Send + 'static,
+        op: impl FnMut(&Write<'_>) -> Result<T, CommitError> + Send + 'static,
     ) -> oneshot::Receiver<Result<T, CommitError>> {
         let (reply, rx) = oneshot::channel();
-        let work: Work = Box::new(move |txn| {
-            let result = match txn {
-                Ok(w) => op(w),
-                Err(e) => Err(CommitError::Store(e.clone_for_reply())),
-            };
-            let fatal = matches!(result, Err(CommitError::Store(_)));
-            let unavailable = matches!(result, Err(CommitError::Store(StoreError::Unavailable(_))));
-            Done {
-                fatal,
-                unavailable,
-                finish: Box::new(move |batch_error| {
-                    let _ = reply.send(match batch_error {
-                        None => result,
-                        Some(e) => Err(CommitError::Store(e.error())),
-                    });
-                }),
-            }
-        });
-        if self.tx.send(work).is_err() {
-            let (reply, rx) = oneshot::channel();
-            let _ = reply.send(Err(CommitError::Stopped));
-            return rx;
+        if let Err(mpsc::SendError(work)) = self.tx.send(Box::new(Op { f: op, result: None, reply })) {
+            // Never run: answered `Stopped`.
+            work.answer(None);
         }
         rx
     }
@@ -239,7 +262,11 @@ impl BatchFailure {
     }
 }
 
-fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: &CommitStats) {
+fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: Arc<CommitStats>) {
+    if let super::Engine::Pg(pg) = &store.engine {
+        return pg_writer(pg, rx, max_batch, stats);
+    }
+    let stats = &*stats;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -255,47 +282,272 @@ fn writer(store: &Store, rx: &Receiver<Work>, max_batch: usize, stats: &CommitSt
 }
 
 /// Runs every operation in one transaction, commits once, then answers each.
-fn commit_batch(store: &Store, batch: Vec<Work>, stats: &CommitStats) {
+fn commit_batch(store: &Store, mut batch: Vec<Work>, stats: &CommitStats) {
     let began = Instant::now();
-    let n = batch.len();
     let mut applied = Instant::now();
-    let mut batch = Some(batch);
     let result = store.transact(|w| {
-        let batch = batch.take().expect("the batch runs once");
-        let mut done = Vec::with_capacity(batch.len());
-        let mut fatal = false;
-        for work in batch {
-            let d = work(Ok(w));
-            fatal |= d.fatal;
-            done.push(d);
-        }
+        let ran = run_all(&mut batch, w);
         stats.apply_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
         applied = Instant::now();
-        (done, !fatal)
+        (ran, !ran.fatal)
     });
-    let (done, committed) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Each producer hears why (a database that is down: `store_unavailable`).
-            tracing::error!("cannot begin a write transaction: {e}; {n} operations refused");
-            for work in batch.into_iter().flatten() {
-                (work(Err(&e)).finish)(None);
-            }
-            return;
+    match result {
+        Ok((ran, committed)) => {
+            stats.commit_us.fetch_add(applied.elapsed().as_micros() as u64, Ordering::Relaxed);
+            answer(batch, ran, committed);
         }
-    };
-    stats.commit_us.fetch_add(applied.elapsed().as_micros() as u64, Ordering::Relaxed);
-    let fatal = done.iter().any(|d| d.fatal);
+        Err(e) => refuse(batch, &e),
+    }
+}
+
+/// Runs `batch` against `w`; how the runs went, together.
+fn run_all(batch: &mut [Work], w: &Write<'_>) -> Ran {
+    batch.iter_mut().fold(Ran::default(), |all, work| all.and(work.run(w)))
+}
+
+impl Ran {
+    fn and(self, other: Ran) -> Ran {
+        Ran { fatal: self.fatal || other.fatal, unavailable: self.unavailable || other.unavailable }
+    }
+}
+
+/// Answers a batch that was applied: with each operation's result if it committed.
+fn answer(batch: Vec<Work>, ran: Ran, committed: Result<(), StoreError>) {
     let outcome = match committed {
-        _ if fatal => Some(BatchFailure {
+        _ if ran.fatal => Some(BatchFailure {
             message: "a storage error stopped the batch; nothing in it was committed".to_owned(),
-            unavailable: done.iter().any(|d| d.unavailable),
+            unavailable: ran.unavailable,
         }),
         Err(e) => Some(BatchFailure { unavailable: matches!(e, StoreError::Unavailable(_)), message: e.to_string() }),
         Ok(()) => None,
     };
-    for d in done {
-        (d.finish)(outcome.as_ref());
+    for work in batch {
+        work.answer(outcome.as_ref());
+    }
+}
+
+/// Answers a batch that could not run: no transaction began (a database that is
+/// down: `store_unavailable`).
+fn refuse(batch: Vec<Work>, e: &StoreError) {
+    tracing::error!("cannot begin a write transaction: {e}; {} operations refused", batch.len());
+    for work in batch {
+        work.refuse(e);
+    }
+}
+
+/// How often the PostgreSQL writer looks whether the commit under way has ended,
+/// while it waits for operations.
+const COMMIT_POLL: Duration = Duration::from_micros(500);
+
+/// How long the PostgreSQL writer goes on applying operations that keep arriving
+/// when no commit is under way, before it commits them: operations that arrive
+/// later are applied while that batch commits.
+const FIRST_GATHER: Duration = Duration::from_millis(2);
+
+/// How long a PostgreSQL writer that found another process writing between two of
+/// its batches leaves the store to it before it writes again.
+const WRITER_TURN: Duration = Duration::from_millis(250);
+
+/// A batch whose commit runs on the commit thread.
+struct InFlight {
+    batch: Vec<Work>,
+    ran: Ran,
+    /// What it wrote: the next batch reads it over the database meanwhile.
+    writes: Arc<pg::Writes>,
+    /// The writer row's version it set.
+    version: i64,
+    /// The commit's outcome, once the commit thread told it.
+    outcome: Option<Result<(), StoreError>>,
+}
+
+/// The thread that commits PostgreSQL batches, so the writer can apply the next one
+/// meanwhile.
+struct CommitThread {
+    jobs: SyncSender<(pg::PgCommit, Arc<pg::Writes>)>,
+    done: Receiver<Result<(), StoreError>>,
+}
+
+impl CommitThread {
+    fn start(stats: Arc<CommitStats>) -> CommitThread {
+        let (jobs, jobs_rx) = mpsc::sync_channel::<(pg::PgCommit, Arc<pg::Writes>)>(1);
+        let (done_tx, done) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("plughost-pg-commit".into())
+            .spawn(move || {
+                while let Ok((commit, writes)) = jobs_rx.recv() {
+                    let began = Instant::now();
+                    let outcome = commit.commit(&writes);
+                    stats.commit_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    let _ = done_tx.send(outcome);
+                }
+            })
+            .expect("spawn the commit thread");
+        CommitThread { jobs, done }
+    }
+
+    /// Whether the batch in flight has committed (or failed), without waiting.
+    fn finished(&self, f: &mut InFlight) -> bool {
+        if f.outcome.is_none() {
+            f.outcome = self.done.try_recv().ok();
+        }
+        f.outcome.is_some()
+    }
+
+    /// Waits for the batch in flight to commit and answers its producers; whether it
+    /// committed.
+    fn settle(&self, mut f: InFlight) -> bool {
+        let outcome = match f.outcome.take() {
+            Some(o) => o,
+            None => self.done.recv().unwrap_or_else(|_| Err(StoreError::Db("the commit thread stopped".into()))),
+        };
+        let committed = outcome.is_ok();
+        answer(f.batch, f.ran, outcome);
+        committed
+    }
+}
+
+/// The writer on PostgreSQL: it applies a batch while the batch before it commits
+/// (PostgreSQL executes one's writes while plughost applies the next: about a third
+/// of a drain's time was the writer applying while PostgreSQL idled). The batch
+/// applied ahead reads the committing batch's writes over the database, then takes
+/// the writer lock once that one is durable; if the writer row's version shows that
+/// another transaction (another `plughost serve`, or a registration in this one)
+/// wrote in between, it forgets what it did and applies its operations again under
+/// the lock. A batch whose predecessor failed is applied again too.
+fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: Arc<CommitStats>) {
+    let committer = CommitThread::start(stats.clone());
+    let mut inflight: Option<InFlight> = None;
+    let mut closed = false;
+    loop {
+        // The first operation of the next batch; meanwhile the batch in flight may end.
+        let first = match inflight.as_mut() {
+            None if closed => return,
+            None => match rx.recv() {
+                Ok(w) => w,
+                Err(_) => return,
+            },
+            Some(f) => {
+                let mut first = None;
+                while first.is_none() && !closed && !committer.finished(f) {
+                    match rx.recv_timeout(COMMIT_POLL) {
+                        Ok(w) => first = Some(w),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+                    }
+                }
+                match first {
+                    Some(w) => w,
+                    None => {
+                        committer.settle(inflight.take().expect("in flight"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let began = Instant::now();
+        let txn = match &inflight {
+            Some(f) => pg.begin_after(f.writes.clone()),
+            None => pg.begin_write(),
+        };
+        let txn = match txn {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(f) = inflight.take() {
+                    committer.settle(f);
+                }
+                refuse(vec![first], &e);
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        let mut ran = batch[0].run(&Write::Pg(&txn));
+        // Gather what arrives while the batch ahead commits, until it has; with
+        // nothing committing, what is queued, for at most `FIRST_GATHER` (what comes
+        // later is applied while this batch commits).
+        while batch.len() < max_batch {
+            let next = match inflight.as_mut() {
+                None if began.elapsed() >= FIRST_GATHER => break,
+                None => match rx.try_recv() {
+                    Ok(work) => work,
+                    Err(_) => break,
+                },
+                Some(f) => {
+                    if committer.finished(f) {
+                        break;
+                    }
+                    match rx.recv_timeout(COMMIT_POLL) {
+                        Ok(work) => work,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            closed = true;
+                            // Nothing more will come: wait for the commit ahead.
+                            while !committer.finished(f) {
+                                std::thread::sleep(COMMIT_POLL);
+                            }
+                            break;
+                        }
+                    }
+                }
+            };
+            let mut work = next;
+            ran = ran.and(work.run(&Write::Pg(&txn)));
+            batch.push(work);
+        }
+        let mut applied_us = began.elapsed().as_micros() as u64;
+        let mut txn = txn;
+        if let Some(f) = inflight.take() {
+            let expected = f.version + 1;
+            let ahead_committed = committer.settle(f);
+            let again = Instant::now();
+            let version = match txn.lock() {
+                Ok(v) => v,
+                Err(e) => {
+                    txn.rollback();
+                    refuse(batch, &e);
+                    continue;
+                }
+            };
+            if !ahead_committed || version != expected && !txn.after_other() {
+                // What it read ahead never reached the store, or this process wrote
+                // in between (a registration): apply again on what the store holds.
+                txn.restart();
+                ran = run_all(&mut batch, &Write::Pg(&txn));
+                stats.reapplied.fetch_add(1, Ordering::Relaxed);
+            } else if version != expected {
+                // Another writer got in between, so what was read ahead may be stale.
+                // Let it have the store for a while (its batches go on overlapping
+                // their commits), then apply again: writers on several processes
+                // take turns instead of spoiling each other's batches.
+                txn.rollback();
+                stats.reapplied.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(WRITER_TURN);
+                txn = match pg.begin_write() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        refuse(batch, &e);
+                        continue;
+                    }
+                };
+                ran = run_all(&mut batch, &Write::Pg(&txn));
+                applied_us = applied_us.saturating_sub(WRITER_TURN.as_micros() as u64);
+            }
+            applied_us += again.elapsed().as_micros() as u64;
+        }
+        stats.apply_us.fetch_add(applied_us, Ordering::Relaxed);
+        if ran.fatal {
+            txn.rollback();
+            answer(batch, ran, Ok(()));
+            continue;
+        }
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let version = txn.version().expect("locked before it commits");
+        let (writes, commit) = txn.send();
+        if committer.jobs.send((commit, writes.clone())).is_err() {
+            answer(batch, ran, Err(StoreError::Db("the commit thread stopped".into())));
+            continue;
+        }
+        inflight = Some(InFlight { batch, ran, writes, version, outcome: None });
     }
 }
 
@@ -398,4 +650,59 @@ fn apply_records(w: &Write<'_>, changes: &ChangeSet) -> Result<Vec<Option<Stored
         };
     }
     Ok(before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::META;
+
+    /// Two processes' writers on one database (two stores: two pools with their own
+    /// writer names), each applying batches ahead of their commits, increment one
+    /// counter from several threads: every acknowledged increment is there, so a batch
+    /// that read ahead over another process's write never committed.
+    #[test]
+    fn writers_of_two_processes_on_one_postgresql_database_lose_no_update() {
+        let Some(pg) = plughost_test_support::postgres::server() else { return };
+        let url = pg.database();
+        let committers: Vec<Committer> =
+            (0..2).map(|_| Committer::start(Arc::new(Store::open_postgres(&url, 4).unwrap()), 64)).collect();
+        const KEY: &str = "test_counter";
+        let threads: Vec<_> = committers
+            .iter()
+            .flat_map(|c| std::iter::repeat_n(c.clone(), 3))
+            .map(|c| {
+                std::thread::spawn(move || {
+                    let mut acknowledged = 0u64;
+                    for _ in 0..20 {
+                        let answers: Vec<_> = (0..10)
+                            .map(|_| {
+                                c.submit_op(|w| {
+                                    let n: u64 = get(w, &META, &KEY.to_owned())?.unwrap_or(0);
+                                    w.insert(
+                                        &META,
+                                        &KEY.to_owned(),
+                                        &codec::encode(&(n + 1)).map_err(StoreError::from)?,
+                                    )?;
+                                    Ok(())
+                                })
+                            })
+                            .collect();
+                        for answer in answers {
+                            answer.blocking_recv().unwrap().unwrap();
+                            acknowledged += 1;
+                        }
+                    }
+                    acknowledged
+                })
+            })
+            .collect();
+        let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total, 2 * 3 * 20 * 10);
+        let store = Store::open_postgres(&url, 2).unwrap();
+        let counted: u64 = get(&store.read().unwrap(), &META, &KEY.to_owned()).unwrap().unwrap();
+        assert_eq!(counted, total, "every increment is there once");
+        let applied_again: u64 = committers.iter().map(|c| c.stats().reapplied.load(Ordering::Relaxed)).sum();
+        eprintln!("batches applied again: {applied_again}");
+    }
 }

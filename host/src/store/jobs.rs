@@ -25,8 +25,22 @@ pub(super) const READY: Table<u64, u128> = Table::new(ALL_TABLES[10]);
 pub(super) const POSTPONED: Table<(i64, u128), ()> = Table::new(ALL_TABLES[11]);
 /// Unfinished jobs with a dependency token, in creation order: (token, sequence) -> id.
 pub(super) const TOKENS: Table<(String, u64), u128> = Table::new(ALL_TABLES[12]);
-/// Locked jobs by lease expiry: (expiry, id).
-pub(super) const LEASES: Table<(i64, u128), ()> = Table::new(ALL_TABLES[13]);
+/// Locked jobs by lease expiry, in groups: (expiry, group) -> the ids of the jobs an
+/// operation (a lease, a renewal) gave that expiry, encoded; an empty value is the
+/// job `group` alone (schema 9 and before wrote one entry per job). A lease writes
+/// one entry for all the jobs it takes, and nothing removes it when they complete
+/// or are renewed: whoever reads an entry checks that each job still holds that
+/// lease ([`lease_group`]), and recovery deletes the entry once its time has passed.
+/// On PostgreSQL that is two row writes a job less (a quarter of a drain's).
+pub(super) const LEASES: Table<(i64, u128), Vec<u8>> = Table::new(ALL_TABLES[13]);
+
+/// The jobs of a lease entry ([`LEASES`]).
+pub(super) fn lease_group(group: u128, value: &[u8]) -> Result<Vec<u128>> {
+    if value.is_empty() {
+        return Ok(vec![group]);
+    }
+    Ok(codec::decode(value)?)
+}
 /// Jobs by the step that queued them: (step, job). Every unfinished job has its
 /// entry; a finished one keeps it until the job is deleted.
 pub(super) const STEP_JOBS: Table<(u128, u128), ()> = Table::new(ALL_TABLES[14]);
@@ -77,6 +91,9 @@ pub(crate) struct Tables<'a, 't> {
     step_stats: Vec<(u128, StepStats)>,
     /// Per-minute run statistics to add, written once when the operation ends.
     minutes: Vec<(i64, MinuteStats)>,
+    /// Jobs given a lease expiry, by expiry: one [`LEASES`] entry each, written
+    /// when the operation ends.
+    leased: Vec<(i64, Vec<u128>)>,
 }
 
 impl Tables<'_, '_> {
@@ -126,9 +143,14 @@ pub(crate) fn with_tables<T, E: From<StoreError>>(
         deltas: [[0; JobStatus::ALL.len()]; OperationType::ALL.len()],
         step_stats: Vec::new(),
         minutes: Vec::new(),
+        leased: Vec::new(),
     };
     let out = op(&mut t)?;
     write_counts(w, &t.deltas)?;
+    for (at, ids) in &t.leased {
+        // A key of its own (time-ordered, random below): entries never collide.
+        w.insert(&LEASES, &(*at, Uuid::now_v7().as_u128()), &codec::encode(ids).map_err(StoreError::from)?)?;
+    }
     w.prefetch(&STEP_STATS, t.step_stats.iter().map(|(s, _)| *s))?;
     for (step, add) in t.step_stats {
         let mut stats: StepStats = get(w, &STEP_STATS, &step)?.unwrap_or_default();
@@ -249,9 +271,6 @@ pub(crate) fn put_job(
         if let Some(at) = o.postpone_until {
             t.w.remove(&POSTPONED, &(at, id))?;
         }
-        if let Some(at) = o.lease_expiry {
-            t.w.remove(&LEASES, &(at, id))?;
-        }
         // Token entries exist while a job is unfinished: keep them when they stay.
         if in_chains(old)
             && !in_chains(new)
@@ -349,8 +368,12 @@ pub(crate) fn put_job(
         }
         if n.state() == JobState::Locked
             && let Some(at) = n.lease_expiry
+            && old.is_none_or(|o| o.state() != JobState::Locked || o.lease_expiry != Some(at))
         {
-            t.w.insert(&LEASES, &(at, id), &())?;
+            match t.leased.iter_mut().find(|(a, _)| *a == at) {
+                Some((_, ids)) => ids.push(id),
+                None => t.leased.push((at, vec![id])),
+            }
         }
         let waits_for_time = matches!(n.status, JobStatus::WaitingForResources | JobStatus::Waiting) && !is_due(n, now)
             || n.status == JobStatus::Waiting && n.postpone_until.is_some();
@@ -517,15 +540,33 @@ fn promote_due(t: &mut Tables<'_, '_>, now: i64, max: usize) -> Result<()> {
 
 /// Returns jobs whose lease expired to the queue (their worker died or hung), or
 /// fails those whose lease expired too often ([`crate::jobs::after_lease_expired`]).
+/// Looks at the lease entries that expired, oldest first, until they name `max`
+/// jobs: jobs still holding such a lease are recovered, and the entries deleted.
+/// Returns how many jobs were recovered.
 pub(crate) fn recover_expired(t: &mut Tables<'_, '_>, now: i64, max: usize, max_expirations: u32) -> Result<usize> {
-    let expired = ids_before(t, &LEASES, now, max)?;
-    for id in &expired {
-        if let Some(old) = load(t, Uuid::from_u128(*id))? {
+    let mut entries = Vec::new();
+    let mut expired = Vec::new();
+    t.w.scan(&LEASES, ..(now, 0), false, |(at, group), ids: Vec<u8>| {
+        expired.extend(lease_group(group, &ids)?.into_iter().map(|id| (at, id)));
+        entries.push((at, group));
+        Ok(if expired.len() >= max { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) })
+    })?;
+    t.w.prefetch(&JOBS, expired.iter().map(|(_, id)| *id))?;
+    let mut recovered = 0;
+    for (at, id) in expired {
+        if let Some(old) = load(t, Uuid::from_u128(id))?
+            && old.state() == JobState::Locked
+            && old.lease_expiry == Some(at)
+        {
             let new = crate::jobs::after_lease_expired(&old, max_expirations, now);
             put_job(t, Some(&old), Some(&new), now)?;
+            recovered += 1;
         }
     }
-    Ok(expired.len())
+    for key in entries {
+        t.w.remove(&LEASES, &key)?;
+    }
+    Ok(recovered)
 }
 
 /// Takes a locked job back from its worker without a result ([`crate::jobs::released`]).
@@ -988,6 +1029,62 @@ mod tests {
                         assert_eq!(ready(t), vec![queued[0].1], "the retried job is the head again; the other waits");
                         Ok::<_, StoreError>(())
                     })
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn lease_entries_name_groups_and_recovery_checks_each_job_still_holds_its_lease() {
+        for (_dir, store) in testing::stores() {
+            let now = 1_000_000;
+            store
+                .write(|w| {
+                    let ids = with_tables(w, |t| {
+                        let job = SystemJob::plugin_execution("leased", Uuid::nil(), None, ExecutionContext::default());
+                        let queued = enqueue(t, &[job.clone(), job.clone(), job], now)?;
+                        let leased = lease(t, "i", "h", 10, 1000, 3, super::super::queue::LeaseFilter::All, now)?;
+                        assert_eq!(leased.len(), 3);
+                        Ok::<_, StoreError>(queued.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
+                    })?;
+                    let entries = w.all(&LEASES)?;
+                    assert_eq!(entries.len(), 1, "one entry for the lease's three jobs");
+                    let ((at, group), v) = &entries[0];
+                    assert_eq!(*at, now + 1000);
+                    let mut named = lease_group(*group, v)?;
+                    named.sort_unstable();
+                    assert_eq!(named, ids.iter().map(|id| id.as_u128()).collect::<Vec<_>>());
+                    with_tables(w, |t| {
+                        // The first completes, the second is renewed: the entry stays,
+                        // and a new one names the renewed job.
+                        let first = load(t, ids[0])?.unwrap();
+                        let done = SystemJob {
+                            status: JobStatus::Succeeded,
+                            completed_on: Some(now + 1),
+                            lease_expiry: None,
+                            ..first.clone()
+                        };
+                        put_job(t, Some(&first), Some(&done), now + 1)?;
+                        let second = load(t, ids[1])?.unwrap();
+                        renew(t, &[(ids[1], second.fencing_token)], 5000, now + 2)?;
+                        Ok::<_, StoreError>(())
+                    })?;
+                    assert_eq!(w.all(&LEASES)?.len(), 2);
+                    // A schema-9 entry (one job, empty value) is read as that job.
+                    let third = ids[2].as_u128();
+                    w.insert(&LEASES, &(now + 1000, third), &Vec::new())?;
+                    with_tables(w, |t| {
+                        // Past the first expiry: only the third job still holds that lease.
+                        assert_eq!(recover_expired(t, now + 1500, 100, 3)?, 1);
+                        assert_eq!(load(t, ids[0])?.unwrap().status, JobStatus::Succeeded);
+                        assert_eq!(load(t, ids[1])?.unwrap().status, JobStatus::InProgress, "renewed: still held");
+                        assert_eq!(load(t, ids[2])?.unwrap().status, JobStatus::WaitingForResources);
+                        Ok::<_, StoreError>(())
+                    })?;
+                    let left = w.all(&LEASES)?;
+                    assert_eq!(left.len(), 1, "the expired entries are gone: {left:?}");
+                    assert_eq!(left[0].0.0, now + 2 + 5000, "the renewal's entry stays");
+                    Ok::<_, StoreError>(())
                 })
                 .unwrap();
         }

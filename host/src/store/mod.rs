@@ -31,8 +31,8 @@ pub use identity::MAX_AUDIT_PAGE;
 pub use jobs::{HOUSEKEEPER_TTL_MS, Housekeeper, Renewal};
 pub use pg::{DEFAULT_CONNECTIONS, MIN_CONNECTIONS};
 pub use queue::{
-    CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, LeaseFilter, Outcomes,
-    PURGE_BATCH, QueueCounts,
+    CompletionOutcome, DEFAULT_MAX_LEASE_EXPIRATIONS, JobAction, JobCompletion, JobQueue, LeaseFilter, LeaseTicket,
+    Outcomes, PURGE_BATCH, QueueCounts,
 };
 pub use runs::MAX_RUNS_PAGE;
 
@@ -47,8 +47,11 @@ use kv::{ALL_TABLES, Read, Reads, Table, Write};
 /// `output` and `bulk_rows`, 4 job records without their context (it has its own
 /// table) and with lease-expiration and recurrence-run counters, and the steps' write
 /// limit; 5 ordered byte keys (`kv`), so that PostgreSQL holds the same tables; 6
-/// users, keys, roles, the audit log, jobs by owner, and the steps' run-as user.
-pub const SCHEMA_VERSION: u32 = 9;
+/// users, keys, roles, the audit log, jobs by owner, and the steps' run-as user; 7
+/// the workflow tables; 8 jobs by status and counts by type; 9 the mail entities and
+/// the outbox; 10 lease entries that name a group of jobs (`jobs::LEASES`: an older
+/// plughost would not recover those jobs, so it must refuse the store).
+pub const SCHEMA_VERSION: u32 = 10;
 /// redb's page cache: bounds the store's memory whatever the data size.
 pub const CACHE_BYTES: usize = 128 << 20;
 /// The store file's name inside the data directory.
@@ -343,14 +346,17 @@ impl Store {
             match found {
                 Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew { path: path.clone(), found: v }),
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
-                Some(v @ 5..=8) => {
+                Some(v @ 5..=9) => {
                     let steps = if v == 5 { upgrade_steps_to_6(w)? } else { 0 };
                     // Schema 7 added the workflow tables, empty: nothing to rewrite.
                     // Schema 8 indexes jobs by status and counts them by type.
                     let jobs = if v < 8 { jobs::upgrade_to_8(w)? } else { 0 };
                     // Schema 9 defines the mail entities and fills the outbox.
-                    define_builtin_entities(w)?;
-                    commit::rebuild_outbox(w)?;
+                    if v < 9 {
+                        define_builtin_entities(w)?;
+                        commit::rebuild_outbox(w)?;
+                    }
+                    // Schema 10 reads the one-job lease entries before it as they are.
                     tracing::info!(steps, jobs, "store migrated from schema {v} to {SCHEMA_VERSION}");
                     w.insert(&META, &SCHEMA_KEY.to_owned(), &codec::encode(&SCHEMA_VERSION)?)
                 }

@@ -13,7 +13,7 @@
 //! **Invariant:** a connection that failed is never reused; the pool opens a new one,
 //! so the store carries on by itself once the database is back.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex};
@@ -48,6 +48,11 @@ const MIGRATIONS: &[&str] = &[
     // Room on each page for a row's new version: a job rewritten at every transition
     // is then updated in place of its page (HOT), without touching the index.
     "ALTER TABLE plughost_kv SET (fillfactor = 70);",
+    // Every write transaction moves the writer row's version when it takes the lock, so
+    // a batch applied while the one before it committed can tell whether anyone else
+    // wrote in between, and which process wrote last (`PgWrite::lock`).
+    "ALTER TABLE plughost_writer ADD COLUMN version int8 NOT NULL DEFAULT 0,
+         ADD COLUMN writer text, ADD COLUMN previous_writer text;",
 ];
 
 /// Prepared statements of one connection.
@@ -78,6 +83,8 @@ struct Pool {
     config: postgres::Config,
     /// The address without credentials, for messages.
     shown: String,
+    /// This process's name in the writer row (random per pool).
+    writer: String,
     max: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
@@ -184,6 +191,7 @@ impl Pg {
         let pool = Pool {
             config,
             shown: redact(url),
+            writer: uuid::Uuid::new_v4().simple().to_string(),
             max: max_connections,
             state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
             freed: Condvar::new(),
@@ -298,12 +306,29 @@ impl Pg {
 
     /// Begins a write transaction: waits for the writer lock.
     pub(crate) fn begin_write(&self) -> Result<PgWrite> {
+        let w = self.begin_unlocked(None)?;
+        w.lock()?;
+        Ok(w)
+    }
+
+    /// Begins a write transaction to run while the one that wrote `ahead` commits:
+    /// it reads `ahead` over the database and takes the writer lock only at
+    /// [`PgWrite::lock`], which tells whether anyone else wrote in between.
+    pub(crate) fn begin_after(&self, ahead: Arc<Writes>) -> Result<PgWrite> {
+        self.begin_unlocked(Some(ahead))
+    }
+
+    fn begin_unlocked(&self, ahead: Option<Arc<Writes>>) -> Result<PgWrite> {
         let mut conn = self.checkout()?;
-        conn.run(|c| {
-            c.client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
-            c.client.query(&c.sql.lock, &[]).map(drop)
-        })?;
-        Ok(PgWrite { conn: RefCell::new(conn), pending: RefCell::new(BTreeMap::new()), read_ahead: RefCell::default() })
+        conn.run(|c| c.client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"))?;
+        Ok(PgWrite {
+            conn: RefCell::new(conn),
+            pending: RefCell::default(),
+            ahead: RefCell::new(ahead),
+            read_ahead: RefCell::default(),
+            version: Cell::new(None),
+            after_other: Cell::new(false),
+        })
     }
 }
 
@@ -330,7 +355,10 @@ fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
         )?,
         delete: client
             .prepare("DELETE FROM plughost_kv WHERE (t, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))")?,
-        lock: client.prepare("SELECT id FROM plughost_writer WHERE id = 1 FOR UPDATE")?,
+        lock: client.prepare(
+            "UPDATE plughost_writer SET version = version + 1, previous_writer = writer, writer = $1
+             WHERE id = 1 RETURNING version, previous_writer",
+        )?,
     })
 }
 
@@ -524,19 +552,92 @@ impl PgRead {
 /// A key with its table's number.
 type TableKey = (u8, Vec<u8>);
 
-/// A write transaction holding the writer lock; its writes wait in `pending`.
+/// A write transaction's writes, sent at commit: `None` deletes.
+pub(crate) type Writes = BTreeMap<TableKey, Option<Vec<u8>>>;
+
+/// A write transaction; its writes wait in `pending`. It holds the writer lock from
+/// [`PgWrite::lock`] (at once, unless begun with [`Pg::begin_after`]).
 pub(crate) struct PgWrite {
     conn: RefCell<Pooled>,
-    pending: RefCell<BTreeMap<TableKey, Option<Vec<u8>>>>,
+    pending: RefCell<Writes>,
+    /// The writes of the transaction committing ahead of this one, read under
+    /// `pending` and over the database (which holds them once that one committed).
+    ahead: RefCell<Option<Arc<Writes>>>,
     /// Values read ahead in one round trip ([`PgWrite::prefetch`]); `None`: absent.
-    /// Safe to keep for the transaction: it holds the writer lock, no one else writes.
+    /// Safe to keep for the transaction: no one else writes while it holds the writer
+    /// lock, and one that read before taking it checks that no one did.
     read_ahead: RefCell<std::collections::HashMap<TableKey, Option<Vec<u8>>>>,
+    /// The writer row's version this transaction set when it took the lock.
+    version: Cell<Option<i64>>,
+    /// The write transaction before it (in the writer row) was another process's.
+    after_other: Cell<bool>,
+}
+
+/// A write transaction on its way to commit ([`PgWrite::send`]).
+pub(crate) struct PgCommit {
+    conn: Pooled,
 }
 
 impl PgWrite {
+    /// Takes the writer lock (waiting for it) and moves the writer row's version;
+    /// returns the new version. Every write transaction does, so a transaction that
+    /// read over the writes of the one ahead of it finds the version one above that
+    /// one's exactly when nobody else wrote in between.
+    pub(crate) fn lock(&self) -> Result<i64> {
+        let mut conn = self.conn.borrow_mut();
+        let me = conn.pool.writer.clone();
+        let row = conn.run(|c| c.client.query_one(&c.sql.lock, &[&me]))?;
+        let (v, previous): (i64, Option<String>) = (row.get(0), row.get(1));
+        self.version.set(Some(v));
+        self.after_other.set(previous.is_some_and(|p| p != me));
+        Ok(v)
+    }
+
+    /// Whether the write transaction just before this one (by the writer row) was
+    /// another process's, once locked.
+    pub(crate) fn after_other(&self) -> bool {
+        self.after_other.get()
+    }
+
+    /// The version set by [`PgWrite::lock`], once locked.
+    pub(crate) fn version(&self) -> Option<i64> {
+        self.version.get()
+    }
+
+    /// Forgets everything written and read so far (and the writes ahead), to apply
+    /// the operations again on what the database holds.
+    pub(crate) fn restart(&self) {
+        self.pending.borrow_mut().clear();
+        self.read_ahead.borrow_mut().clear();
+        self.ahead.borrow_mut().take();
+    }
+
+    /// What this transaction has written, over the writes ahead, in `window` of `table`.
+    fn own_writes(&self, table: u8, window: &RawRange) -> Vec<OwnWrite> {
+        let lo = Bound::Included((table, window.lo.clone()));
+        let hi = match &window.hi {
+            Some(h) => Bound::Excluded((table, h.clone())),
+            None => Bound::Excluded((table + 1, Vec::new())),
+        };
+        let pending = self.pending.borrow();
+        let own = pending.range((lo.clone(), hi.clone())).map(|((_, k), v)| (k.clone(), v.clone()));
+        match &*self.ahead.borrow() {
+            None => own.collect(),
+            Some(ahead) => {
+                let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+                    ahead.range((lo, hi)).map(|((_, k), v)| (k.clone(), v.clone())).collect();
+                merged.extend(own);
+                merged.into_iter().collect()
+            }
+        }
+    }
+
     pub(crate) fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let k = (table.0, key.to_vec());
         if let Some(v) = self.pending.borrow().get(&k) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.ahead.borrow().as_ref().and_then(|a| a.get(&k)) {
             return Ok(v.clone());
         }
         if let Some(v) = self.read_ahead.borrow().get(&k) {
@@ -547,17 +648,9 @@ impl PgWrite {
     }
 
     pub(crate) fn scan(&self, table: TableId, range: &RawRange, reverse: bool, f: &mut Visit<'_>) -> Result<()> {
-        let pending = |window: &RawRange| -> Vec<OwnWrite> {
-            let lo = Bound::Included((table.0, window.lo.clone()));
-            let hi = match &window.hi {
-                Some(h) => Bound::Excluded((table.0, h.clone())),
-                None => Bound::Excluded((table.0 + 1, Vec::new())),
-            };
-            self.pending.borrow().range((lo, hi)).map(|((_, k), v)| (k.clone(), v.clone())).collect()
-        };
         scan_merged(
             &mut |r, limit| self.conn.borrow_mut().run(|c| fetch(c, table, r, reverse, limit)),
-            &pending,
+            &|window| self.own_writes(table.0, window),
             range,
             reverse,
             f,
@@ -585,31 +678,15 @@ impl PgWrite {
 
     /// Sends the writes and commits.
     pub(crate) fn commit(self) -> Result<()> {
-        let pending = self.pending.into_inner();
-        let mut conn = self.conn.into_inner();
-        let (mut ut, mut uk, mut uv, mut dt, mut dk) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((t, k), v) in pending {
-            match v {
-                Some(v) => {
-                    ut.push(i16::from(t));
-                    uk.push(k);
-                    uv.push(v);
-                }
-                None => {
-                    dt.push(i16::from(t));
-                    dk.push(k);
-                }
-            }
-        }
-        conn.run(|c| {
-            if !dk.is_empty() {
-                c.client.execute(&c.sql.delete, &[&dt as &(dyn ToSql + Sync), &dk])?;
-            }
-            if !uk.is_empty() {
-                c.client.execute(&c.sql.upsert, &[&ut as &(dyn ToSql + Sync), &uk, &uv])?;
-            }
-            c.client.batch_execute("COMMIT")
-        })
+        let (writes, commit) = self.send();
+        commit.commit(&writes)
+    }
+
+    /// Ends the transaction's work here: its writes (for the transaction after it to
+    /// read ahead), and the commit, which may run on another thread. Must hold the lock.
+    pub(crate) fn send(self) -> (Arc<Writes>, PgCommit) {
+        debug_assert!(self.version.get().is_some(), "a write transaction commits holding the writer lock");
+        (Arc::new(self.pending.into_inner()), PgCommit { conn: self.conn.into_inner() })
     }
 
     /// Ends the transaction without writing.
@@ -618,6 +695,35 @@ impl PgWrite {
         if conn.run(|c| c.client.batch_execute("ROLLBACK")).is_err() {
             conn.broken = true;
         }
+    }
+}
+
+impl PgCommit {
+    /// Writes `writes` (what [`PgWrite::send`] returned) and commits.
+    pub(crate) fn commit(mut self, writes: &Writes) -> Result<()> {
+        let (mut ut, mut uk, mut uv, mut dt, mut dk) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((t, k), v) in writes {
+            match v {
+                Some(v) => {
+                    ut.push(i16::from(*t));
+                    uk.push(k.as_slice());
+                    uv.push(v.as_slice());
+                }
+                None => {
+                    dt.push(i16::from(*t));
+                    dk.push(k.as_slice());
+                }
+            }
+        }
+        self.conn.run(|c| {
+            if !dk.is_empty() {
+                c.client.execute(&c.sql.delete, &[&dt as &(dyn ToSql + Sync), &dk])?;
+            }
+            if !uk.is_empty() {
+                c.client.execute(&c.sql.upsert, &[&ut as &(dyn ToSql + Sync), &uk, &uv])?;
+            }
+            c.client.batch_execute("COMMIT")
+        })
     }
 }
 

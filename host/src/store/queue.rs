@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot::Receiver;
+use tokio::sync::oneshot::{self, Receiver};
 use uuid::Uuid;
 
 use super::commit::apply_in;
@@ -224,16 +224,35 @@ impl JobQueue {
         lease: Duration,
         filter: LeaseFilter,
     ) -> Result<Vec<SystemJob>, CommitError> {
+        self.lease_ahead_for(host, max, lease, filter).take()
+    }
+
+    /// Asks for a lease like [`JobQueue::lease`] without waiting for it: the ticket
+    /// gives the jobs once the lease is durable. A worker pool asks for the next
+    /// jobs while it runs the last ones, so the writer always has a lease to commit.
+    pub fn lease_ahead(&self, host: &str, max: usize, lease: Duration) -> LeaseTicket {
+        self.lease_ahead_for(host, max, lease, self.filter)
+    }
+
+    fn lease_ahead_for(&self, host: &str, max: usize, lease: Duration, filter: LeaseFilter) -> LeaseTicket {
         let host = host.to_owned();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let expirations = self.max_lease_expirations;
         let instance = self.instance.clone();
-        let mut leased = wait(self.committer.submit_op(move |w| {
+        let rx = self.committer.submit_op(move |w| {
             Ok(with_tables(w, |t| jobs::lease(t, &instance, &host, max, lease_ms, expirations, filter, now_ms()))?)
-        }))?;
-        // A context never changes once queued: read it here, on the worker's thread.
-        self.store.fill_contexts(&mut leased)?;
-        Ok(leased)
+        });
+        let store = self.store.clone();
+        LeaseTicket {
+            asked: max,
+            answer: None,
+            rx: Some(rx),
+            // A context never changes once queued: read it on the worker's thread.
+            then: Some(Box::new(move |mut leased| {
+                store.fill_contexts(&mut leased)?;
+                Ok(leased)
+            })),
+        }
     }
 
     /// Wakes idle workers.
@@ -274,7 +293,7 @@ impl JobQueue {
                 }
                 t.w.prefetch(&super::JOBS, completions.iter().map(|c| c.id.as_u128()))?;
                 super::commit::prefetch(t.w, completions.iter().map(|c| &c.effects))?;
-                for c in completions {
+                for c in &completions {
                     queued_jobs |= !c.effects.jobs.is_empty();
                     match complete_one(t, c, now) {
                         // A storage error abandons the whole group commit.
@@ -310,10 +329,10 @@ impl JobQueue {
         key: &'static str,
         wanted: Option<SystemJob>,
     ) -> Result<Option<SystemJob>, CommitError> {
-        let job = wait(
-            self.committer
-                .submit_op(move |w| Ok(with_tables(w, |t| jobs::ensure_service_job(t, key, wanted, now_ms()))?)),
-        )?;
+        let job =
+            wait(self.committer.submit_op(move |w| {
+                Ok(with_tables(w, |t| jobs::ensure_service_job(t, key, wanted.clone(), now_ms()))?)
+            }))?;
         self.committer.notify();
         Ok(job)
     }
@@ -329,7 +348,7 @@ impl JobQueue {
             with_tables(w, |t| {
                 let (id, sequence) = jobs::enqueue(t, std::slice::from_ref(&job), now_ms())?[0];
                 jobs::put_bulk_rows(t, id, &rows)?;
-                Ok::<_, StoreError>(SystemJob { id, sequence, ..job })
+                Ok::<_, StoreError>(SystemJob { id, sequence, ..job.clone() })
             })
             .map_err(CommitError::from)
         }))?;
@@ -343,7 +362,7 @@ impl JobQueue {
             let now = now_ms();
             with_tables(w, |t| {
                 let mut released = 0;
-                for (id, token) in leased {
+                for &(id, token) in &leased {
                     let Some(old) = load(t, id)? else { continue };
                     if !old.is_leased_with(token) {
                         continue;
@@ -378,7 +397,53 @@ impl JobQueue {
 }
 
 /// Records one completion. Writes nothing unless it returns `Ok`.
-fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<CompletionOutcome, CommitError> {
+/// A lease asked for ([`JobQueue::lease_ahead`]): its jobs, once it is durable.
+pub struct LeaseTicket {
+    /// How many jobs it asked for.
+    pub asked: usize,
+    answer: Option<Result<Vec<SystemJob>, CommitError>>,
+    rx: Option<oneshot::Receiver<Result<Vec<SystemJob>, CommitError>>>,
+    /// What the jobs need once leased (their contexts read).
+    then: Option<FillLeased>,
+}
+
+type FillLeased = Box<dyn FnOnce(Vec<SystemJob>) -> Result<Vec<SystemJob>, CommitError> + Send>;
+
+impl LeaseTicket {
+    /// A lease already answered (a queue that leases only while the caller waits).
+    pub fn answered(asked: usize, answer: Result<Vec<SystemJob>, CommitError>) -> LeaseTicket {
+        LeaseTicket { asked, answer: Some(answer), rx: None, then: None }
+    }
+
+    /// Whether the lease is answered (its jobs can be taken without waiting for a commit).
+    pub fn ready(&mut self) -> bool {
+        if self.answer.is_none()
+            && let Some(rx) = self.rx.as_mut()
+        {
+            match rx.try_recv() {
+                Ok(answer) => self.answer = Some(answer),
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Err(oneshot::error::TryRecvError::Closed) => self.answer = Some(Err(CommitError::Stopped)),
+            }
+        }
+        true
+    }
+
+    /// The leased jobs with their contexts, waiting for the lease's commit if need be.
+    pub fn take(mut self) -> Result<Vec<SystemJob>, CommitError> {
+        let answer = match (self.answer.take(), self.rx.take()) {
+            (Some(a), _) => a,
+            (None, Some(rx)) => wait(rx),
+            (None, None) => Err(CommitError::Stopped),
+        };
+        match (answer, self.then.take()) {
+            (Ok(jobs), Some(then)) => then(jobs),
+            (answer, _) => answer,
+        }
+    }
+}
+
+fn complete_one(t: &mut Tables<'_, '_>, c: &JobCompletion, now: i64) -> Result<CompletionOutcome, CommitError> {
     let old = load(t, c.id)?;
     let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
     if !old.is_leased_with(c.fencing_token) {
@@ -386,11 +451,11 @@ fn complete_one(t: &mut Tables<'_, '_>, c: JobCompletion, now: i64) -> Result<Co
     }
     // Recorded runs are kept whatever the run came to (a failing run is what they are for).
     super::runs::keep_runs(t.w, &c.effects.runs)?;
-    let mut result = c.result;
+    let mut result = c.result.clone();
     let mut report = RunReport {
-        message: c.message,
-        output: c.output,
-        trace: c.trace,
+        message: c.message.clone(),
+        output: c.output.clone(),
+        trace: c.trace.clone(),
         fuel_used: c.fuel_used,
         duration_us: c.duration_us,
     };
