@@ -854,6 +854,12 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
             "Time the writer spent applying operations (with the commit time: how busy it is).",
             cs.apply_us.load(Relaxed),
         ),
+        (
+            "plughost_group_commit_reapplied_total",
+            counter,
+            "PostgreSQL: batches applied again because another transaction wrote while they were applied ahead of the commit before them.",
+            cs.reapplied.load(Relaxed),
+        ),
         ("plughost_invocations_total", counter, "Plug-in invocations.", rt.invocations),
         ("plughost_compiled_total", counter, "Components compiled (not loaded from the cache).", rt.compiled),
     ]);

@@ -461,6 +461,8 @@ fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: A
         };
         let mut batch = vec![first];
         let mut ran = batch[0].run(&Write::Pg(&txn));
+        // Time spent running operations (not waiting for them, or for the commit ahead).
+        let mut applying = began.elapsed();
         // Gather what arrives while the batch ahead commits, until it has; with
         // nothing committing, what is queued, for at most `FIRST_GATHER` (what comes
         // later is applied while this batch commits).
@@ -490,15 +492,15 @@ fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: A
                 }
             };
             let mut work = next;
+            let running = Instant::now();
             ran = ran.and(work.run(&Write::Pg(&txn)));
+            applying += running.elapsed();
             batch.push(work);
         }
-        let mut applied_us = began.elapsed().as_micros() as u64;
         let mut txn = txn;
         if let Some(f) = inflight.take() {
             let expected = f.version + 1;
             let ahead_committed = committer.settle(f);
-            let again = Instant::now();
             let version = match txn.lock() {
                 Ok(v) => v,
                 Err(e) => {
@@ -511,7 +513,9 @@ fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: A
                 // What it read ahead never reached the store, or this process wrote
                 // in between (a registration): apply again on what the store holds.
                 txn.restart();
+                let running = Instant::now();
                 ran = run_all(&mut batch, &Write::Pg(&txn));
+                applying += running.elapsed();
                 stats.reapplied.fetch_add(1, Ordering::Relaxed);
             } else if version != expected {
                 // Another writer got in between, so what was read ahead may be stale.
@@ -528,12 +532,12 @@ fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: A
                         continue;
                     }
                 };
+                let running = Instant::now();
                 ran = run_all(&mut batch, &Write::Pg(&txn));
-                applied_us = applied_us.saturating_sub(WRITER_TURN.as_micros() as u64);
+                applying += running.elapsed();
             }
-            applied_us += again.elapsed().as_micros() as u64;
         }
-        stats.apply_us.fetch_add(applied_us, Ordering::Relaxed);
+        stats.apply_us.fetch_add(applying.as_micros() as u64, Ordering::Relaxed);
         if ran.fatal {
             txn.rollback();
             answer(batch, ran, Ok(()));
