@@ -520,7 +520,7 @@ impl Worker {
     }
 
     /// The next leased job to run, from the pool's queue. The pool asks for the next
-    /// lease when its queue runs low (a batch left, counting the leases asked for),
+    /// lease when its queue runs low ([`LEASES_AHEAD`] batches left, counting the leases asked for),
     /// without waiting for it; up to [`LEASES_AHEAD`] may be under way. A lease's
     /// jobs join the queue once it is durable; a worker that finds the queue empty
     /// waits for the oldest lease, and the others for its jobs.

@@ -396,7 +396,6 @@ impl JobQueue {
     }
 }
 
-/// Records one completion. Writes nothing unless it returns `Ok`.
 /// A lease asked for ([`JobQueue::lease_ahead`]): its jobs, once it is durable.
 pub struct LeaseTicket {
     /// How many jobs it asked for.
@@ -443,6 +442,7 @@ impl LeaseTicket {
     }
 }
 
+/// Records one completion. Writes nothing unless it returns `Ok`.
 fn complete_one(t: &mut Tables<'_, '_>, c: &JobCompletion, now: i64) -> Result<CompletionOutcome, CommitError> {
     let old = load(t, c.id)?;
     let Some(old) = old else { return Ok(CompletionOutcome::Stale) };
