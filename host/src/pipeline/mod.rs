@@ -370,6 +370,23 @@ impl Pipeline {
         Err(PipelineError::Conflict(conflict))
     }
 
+    /// The compiled plug-in of `hash` for a job, or what the job comes to without
+    /// it: run again later when its bytes could not be fetched (the store or, on a
+    /// remote worker, the server was unavailable), failed when they cannot be loaded.
+    pub(super) fn load_plugin(
+        &self,
+        hash: &crate::model::AssemblyHash,
+    ) -> std::result::Result<Arc<crate::runtime::LoadedPlugin>, crate::store::JobResult> {
+        self.runtime.load(hash, || self.source.assembly_bytes(hash)).map_err(|e| {
+            let message = format!("assembly {} cannot be loaded: {e:#}", hash.short());
+            if e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Unavailable(_)))) {
+                crate::store::JobResult::Retry { code: "store_unavailable".into(), message }
+            } else {
+                crate::store::JobResult::Failed { code: "plugin_not_registered".into(), message }
+            }
+        })
+    }
+
     /// Runs a plug-in execution job: the plug-in's writes are buffered (and run
     /// through the pipeline at depth + 1) and returned as the job's effects, to be
     /// committed with its completion. Its plug-ins stop when `stop` is set (the job
@@ -387,14 +404,9 @@ impl Pipeline {
             let queued = job.assembly.map(|h| format!(", assembly {} at queue time", h.short())).unwrap_or_default();
             return orphan(format!("plug-in '{}'{queued}", step.plugin));
         };
-        let plugin = match self.runtime.load(&hash, || self.source.assembly_bytes(&hash)) {
+        let plugin = match self.load_plugin(&hash) {
             Ok(p) => p,
-            Err(e) => {
-                return JobRun::failed(
-                    "plugin_not_registered",
-                    format!("assembly {} cannot be loaded: {e:#}", hash.short()),
-                );
-            }
+            Err(result) => return JobRun::ended(result),
         };
         let limits = self.defaults.with(&step.limits);
         let scope = match self.job_scope(job, None, limits.write_bytes, stop) {
@@ -421,18 +433,7 @@ impl Pipeline {
                 run.effects = scope.into_changes();
                 run.output = result.output_parameters;
             }
-            // A plug-in that failed after a write broke the limit failed because of it.
-            Err(f) if scope.write_limit_hit().is_some() => {
-                let hit = scope.write_limit_hit().unwrap_or_default();
-                run.result = crate::store::JobResult::Failed {
-                    code: "write_limit".into(),
-                    message: format!("{hit}; then the plug-in failed: {}", f.message),
-                }
-            }
-            Err(f) if f.code.is_retryable() => {
-                run.result = crate::store::JobResult::Retry { code: f.code.to_string(), message: f.message }
-            }
-            Err(f) => run.result = crate::store::JobResult::Failed { code: f.code.to_string(), message: f.message },
+            Err(f) => run.result = scope.job_failure(f),
         }
         run.effects.runs = runs;
         run

@@ -15,7 +15,7 @@ use crate::query;
 use crate::registry::{CORE_MESSAGES, ImageKind, StepRecord};
 use crate::runtime::{CallContext, ErrorCode, Failure, ServiceError};
 use crate::security::{self, Action, Depth, Principal};
-use crate::store::{ChangeSet, RecordChange, StoredRecord};
+use crate::store::{ChangeSet, JobResult, RecordChange, StoreError, StoredRecord};
 
 use super::jobs::unknown_entity;
 use super::overlay::{Overlay, Slot, record_bytes};
@@ -42,6 +42,9 @@ pub(super) struct Scope {
     pub(super) write_caps: Mutex<Vec<u64>>,
     /// Set when a write broke the limit, to name the root cause.
     pub(super) write_exceeded: Mutex<Option<String>>,
+    /// Set when a call found the store (or, on a remote worker, the server)
+    /// unavailable, to name the root cause: a job run again later rather than failed.
+    pub(super) unavailable: Mutex<Option<String>>,
     /// Set when the job this scope runs was canceled or paused: its plug-ins stop.
     pub(super) stop: Arc<AtomicBool>,
     /// Records this scope read from its snapshot (which cannot change under it), so a
@@ -78,6 +81,7 @@ impl Scope {
             depth_exceeded: Mutex::new(None),
             write_caps: Mutex::new(vec![write_bytes]),
             write_exceeded: Mutex::new(None),
+            unavailable: Mutex::new(None),
             stop,
             chain: AtomicU32::new(0),
             definitions: Mutex::new(HashMap::new()),
@@ -104,8 +108,13 @@ impl Scope {
         self.write_exceeded.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A failure caused by an infinite loop or a broken write limit shows up as a
-    /// plug-in failing on the error it got: report the cause.
+    /// Why a call found the store unavailable, if one did.
+    fn unavailable(&self) -> Option<String> {
+        self.unavailable.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A failure caused by an infinite loop, a broken write limit or an unavailable
+    /// store shows up as a plug-in failing on the error it got: report the cause.
     pub(super) fn root_cause(&self, e: PipelineError) -> PipelineError {
         if let PipelineError::Plugin { .. } = &e {
             if let Some(depth) = self.depth_exceeded.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -114,8 +123,30 @@ impl Scope {
             if let Some(hit) = self.write_limit_hit() {
                 return PipelineError::WriteLimit(format!("{hit}; then {e}"));
             }
+            if let Some(cause) = self.unavailable() {
+                return PipelineError::Store(StoreError::Unavailable(format!("{cause}; then {e}")));
+            }
         }
         e
+    }
+
+    /// What a job's plug-in failing with `f` in this scope comes to: failed for good
+    /// after breaking the write limit, run again later after finding the store
+    /// unavailable (it failed on the error it got), else as the plug-in said.
+    pub(super) fn job_failure(&self, f: Failure) -> JobResult {
+        if let Some(hit) = self.write_limit_hit() {
+            let message = format!("{hit}; then the plug-in failed: {}", f.message);
+            return JobResult::Failed { code: "write_limit".into(), message };
+        }
+        if let Some(cause) = self.unavailable() {
+            let message = format!("{cause}; then the plug-in failed: {}", f.message);
+            return JobResult::Retry { code: "store_unavailable".into(), message };
+        }
+        if f.code.is_retryable() {
+            JobResult::Retry { code: f.code.to_string(), message: f.message }
+        } else {
+            JobResult::Failed { code: f.code.to_string(), message: f.message }
+        }
     }
 
     /// Runs `request` at `depth` for `who`; if it fails, the overlay is as it was before.
@@ -563,7 +594,12 @@ impl Scope {
     /// Runs a nested request for a plug-in; on failure, undoes what it wrote.
     pub(super) fn nested(&self, caller: &CallContext, request: Request) -> std::result::Result<Response, ServiceError> {
         let who = Who { initiating: caller.initiating_user_id, user: caller.user_id };
-        self.attempt_at(request, caller.depth + 1, who).map_err(|e| e.to_service_error())
+        self.attempt_at(request, caller.depth + 1, who).map_err(|e| {
+            if let PipelineError::Store(StoreError::Unavailable(m)) = &e {
+                self.unavailable.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(m.clone());
+            }
+            e.to_service_error()
+        })
     }
 }
 

@@ -125,6 +125,18 @@ impl From<PipelineError> for StepError {
     }
 }
 
+impl From<JobResult> for StepError {
+    /// A plug-in's failure (or a failed load) as a step's: only failures and retries
+    /// come this way.
+    fn from(r: JobResult) -> StepError {
+        match r {
+            JobResult::Retry { code, message } => StepError::Retry(code, message),
+            JobResult::Failed { code, message } => StepError::Failed(code, message),
+            other => StepError::Failed("internal".into(), format!("a plug-in's run ended with {other:?}")),
+        }
+    }
+}
+
 fn invalid(message: String) -> StepError {
     StepError::Failed("invalid".into(), message)
 }
@@ -493,10 +505,7 @@ impl Run<'_> {
                 format!("activity plug-in '{plugin}' is not registered"),
             ));
         };
-        let loaded = pipeline
-            .runtime
-            .load(&hash, || pipeline.source.assembly_bytes(&hash))
-            .map_err(|e| StepError::Failed("plugin_not_registered".into(), format!("{e:#}")))?;
+        let loaded = pipeline.load_plugin(&hash).map_err(StepError::from)?;
         let r = self.primary()?;
         let context = ExecutionContext {
             message_name: message.unwrap_or("WorkflowActivity").to_owned(),
@@ -523,12 +532,7 @@ impl Run<'_> {
         }
         match invocation.outcome {
             Ok(result) => Ok(result.output_parameters),
-            Err(f) if self.scope.write_limit_hit().is_some() => Err(StepError::Failed(
-                "write_limit".into(),
-                format!("{}; then the plug-in failed: {}", self.scope.write_limit_hit().unwrap_or_default(), f.message),
-            )),
-            Err(f) if f.code.is_retryable() => Err(StepError::Retry(f.code.to_string(), f.message)),
-            Err(f) => Err(StepError::Failed(f.code.to_string(), f.message)),
+            Err(f) => Err(StepError::from(self.scope.job_failure(f))),
         }
     }
 }

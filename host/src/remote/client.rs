@@ -27,8 +27,8 @@ impl RemoteError {
     }
 
     /// Worth trying again: the server was unreachable, restarting or overloaded.
-    fn transient(&self) -> bool {
-        matches!(self.code.as_str(), "unreachable" | "store_error" | "http")
+    pub fn transient(&self) -> bool {
+        matches!(self.code.as_str(), "unreachable" | "store_error" | "store_unavailable" | "http")
     }
 }
 
@@ -115,12 +115,27 @@ impl Client {
         patience: Patience,
         body: impl Fn(Uuid) -> Option<B>,
     ) -> Result<T, RemoteError> {
+        self.retrying(path, patience, |worker| self.send(method, path, body(worker).as_ref()))
+    }
+
+    /// The raw body of `GET path` (an assembly's bytes), retrying as `patience` allows.
+    pub fn get_raw(&self, path: &str, patience: Patience) -> Result<Vec<u8>, RemoteError> {
+        self.retrying(path, patience, |_| self.send_raw::<()>("GET", path, None))
+    }
+
+    /// Runs `attempt` with this worker's id until it succeeds, fails for good, or
+    /// `patience` runs out; says hello again when the server forgot this worker.
+    fn retrying<T>(
+        &self,
+        path: &str,
+        patience: Patience,
+        attempt: impl Fn(Uuid) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
             let used = self.id();
-            let result = self.send(method, path, body(used).as_ref());
-            let error = match result {
+            let error = match attempt(used) {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };

@@ -26,8 +26,11 @@ const READ_PATIENCE: Duration = Duration::from_secs(10);
 /// Records one scan call asks for.
 const SCAN_PAGE: usize = 250;
 
+/// A failed call as the pipeline sees it: a server that stayed unreachable (or whose
+/// store did) is unavailable, so the job runs again later rather than failing.
 fn store_error(e: RemoteError) -> StoreError {
-    StoreError::Db(format!("{} ({})", e.message, e.code))
+    let message = format!("{} ({})", e.message, e.code);
+    if e.transient() { StoreError::Unavailable(message) } else { StoreError::Db(message) }
 }
 
 pub struct RemoteSource {
@@ -56,7 +59,7 @@ impl Source for RemoteSource {
 
     fn assembly_bytes(&self, hash: &AssemblyHash) -> anyhow::Result<Vec<u8>> {
         let path = format!("/worker/assemblies/{hash}");
-        let bytes = self.client.send_raw::<()>("GET", &path, None)?;
+        let bytes = self.client.get_raw(&path, Patience::For(READ_PATIENCE)).map_err(store_error)?;
         let got = AssemblyHash::of(&bytes);
         anyhow::ensure!(
             got == *hash,
@@ -231,12 +234,19 @@ mod tests {
     use super::*;
     use crate::protocol::{Hello, PROTOCOL_VERSION};
 
-    /// A server that answers every request with `body`.
-    fn fake_server(body: &'static [u8]) -> String {
+    /// How the fake server answers one connection.
+    enum Answer {
+        /// Closes it without a word (a server killed mid-request).
+        Hangs,
+        Status(u16, Vec<u8>),
+    }
+
+    /// A server that answers its connections as `answers` say, in order.
+    fn fake_server(answers: Vec<Answer>) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
-            for conn in listener.incoming().flatten().take(4) {
+            for (conn, answer) in listener.incoming().flatten().zip(answers) {
                 let mut conn = conn;
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -246,17 +256,17 @@ mod tests {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let Answer::Status(status, body) = answer else { continue };
+                let head =
+                    format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
                 let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(body);
+                let _ = conn.write_all(&body);
             }
         });
         url
     }
 
-    #[test]
-    fn a_tampered_assembly_download_is_refused() {
-        let url = fake_server(b"these are not the bytes you registered");
+    fn source(url: &str) -> RemoteSource {
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
             name: "t".into(),
@@ -265,11 +275,45 @@ mod tests {
             version: "0".into(),
             workers: 1,
         };
-        let source = RemoteSource::new(Arc::new(Client::new(&url, "token", hello, ureq::tls::TlsConfig::default())));
+        RemoteSource::new(Arc::new(Client::new(url, "token", hello, ureq::tls::TlsConfig::default())))
+    }
+
+    #[test]
+    fn a_tampered_assembly_download_is_refused() {
+        let url = fake_server(vec![Answer::Status(200, b"these are not the bytes you registered".to_vec())]);
         let expected = AssemblyHash::of(b"the registered bytes");
-        let err = source.assembly_bytes(&expected).unwrap_err().to_string();
+        let err = source(&url).assembly_bytes(&expected).unwrap_err().to_string();
         assert!(err.contains(&format!("the assembly downloaded for {expected} hashes to")), "{err}");
         assert!(err.contains("refused (tampered with or corrupted on the way)"), "{err}");
+    }
+
+    #[test]
+    fn an_assembly_download_rides_out_a_restarting_server() {
+        let bytes = b"the registered bytes".to_vec();
+        let unavailable = br#"{"error":{"code":"store_unavailable","message":"the database is restarting"}}"#;
+        let url = fake_server(vec![
+            Answer::Hangs,
+            Answer::Status(503, unavailable.to_vec()),
+            Answer::Status(200, bytes.clone()),
+        ]);
+        assert_eq!(source(&url).assembly_bytes(&AssemblyHash::of(&bytes)).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_server_out_of_reach_makes_the_store_unavailable_and_a_refusal_does_not() {
+        let away = RemoteError { code: "unreachable".into(), message: "cannot reach the server".into() };
+        assert!(matches!(store_error(away), StoreError::Unavailable(m) if m.contains("cannot reach the server")));
+        let lost = RemoteError { code: "lease_lost".into(), message: "reads end with the lease".into() };
+        assert!(matches!(store_error(lost), StoreError::Db(_)));
+        let url = fake_server(vec![Answer::Status(
+            404,
+            br#"{"error":{"code":"not_found","message":"no such assembly"}}"#.to_vec(),
+        )]);
+        let err = source(&url).assembly_bytes(&AssemblyHash::of(b"x")).unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<StoreError>(), Some(StoreError::Db(m)) if m.contains("no such assembly")),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -35,6 +35,29 @@ fn succeeded(jobs: &[Value]) -> usize {
     jobs.iter().filter(|j| j["status"] == "Succeeded").count()
 }
 
+/// Asserts that all `n` jobs succeeded, naming each one that did not and why.
+fn assert_all_succeeded(jobs: &[Value], n: usize) {
+    let others: Vec<String> = jobs
+        .iter()
+        .filter(|j| j["status"] != "Succeeded")
+        .map(|j| {
+            format!(
+                "{} {} {}: {} {} (retries {}, expired leases {}, host {}, token {})",
+                j["name"],
+                j["id"],
+                j["status"],
+                j["error_code"],
+                j["message"],
+                j["retry_count"],
+                j["lease_expirations"],
+                j["host_id"],
+                j["fencing_token"]
+            )
+        })
+        .collect();
+    assert!(jobs.len() == n && others.is_empty(), "{} jobs of {n}; not succeeded:\n{}", jobs.len(), others.join("\n"));
+}
+
 /// Two async steps on Create of account: the follow-up task (an effect to count) and
 /// a slow one (spinning `spin_ms`), so workers hold leased jobs for a while.
 fn follow_up_and_slow_steps(s: &TestServer, spin_ms: u64) {
@@ -45,6 +68,23 @@ fn follow_up_and_slow_steps(s: &TestServer, spin_ms: u64) {
         json!({"plugin": "hostile", "name": "slow", "message": "Create", "entity": "account", "stage": "post-operation",
                "mode": "asynchronous", "configuration": format!("spin:{spin_ms}")}),
     );
+}
+
+/// Whether `w` compiled the assembly `hash` into its compile cache.
+fn compiled(w: &TestWorker, hash: &str) -> bool {
+    let cache = w.data_dir.join("worker-cache");
+    std::fs::read_dir(&cache).into_iter().flatten().flatten().any(|engine| {
+        std::fs::read_dir(engine.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().starts_with(hash))
+    })
+}
+
+/// The assembly a registered plug-in runs.
+fn assembly(s: &TestServer, plugin: &str) -> String {
+    s.get(&format!("/api/v1/plugins/{plugin}")).expect(200)["plugin"]["assembly"].as_str().unwrap().to_owned()
 }
 
 /// Exactly one follow-up task per account: the jobs' effects exist once each.
@@ -127,7 +167,7 @@ fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice() {
     w1.kill();
     let _w2 = worker(&s, "w2", &["--workers", "1"]);
     let jobs = wait_jobs(&s, |j| j.len() == 24 && completed(j));
-    assert_eq!(succeeded(&jobs), 24, "{jobs:#?}");
+    assert_all_succeeded(&jobs, 24);
     assert_one_task_per_account(&s, &accounts);
 }
 
@@ -144,7 +184,7 @@ fn a_frozen_worker_finds_its_jobs_recovered_and_its_late_completions_refused() {
     assert!(lost.iter().any(|w| w["name"] == "w1"), "a worker not heard from for a lease is lost");
     let _w2 = worker(&s, "w2", &["--workers", "1"]);
     let jobs = wait_jobs(&s, |j| j.len() == 12 && completed(j));
-    assert_eq!(succeeded(&jobs), 12, "{jobs:#?}");
+    assert_all_succeeded(&jobs, 12);
     // Back after its leases ended: what it finishes now is refused as stale.
     w1.thaw();
     std::thread::sleep(Duration::from_millis(1500));
@@ -178,29 +218,49 @@ fn workers_ride_out_server_restarts_by_sigterm_and_sigkill() {
     std::thread::sleep(Duration::from_millis(300));
     let s = TestServer::start_at(BIN, cli, &env, &listen);
     let jobs = wait_jobs(&s, |j| j.len() == 20 && completed(j));
-    assert_eq!(succeeded(&jobs), 20, "{jobs:#?}");
+    assert_all_succeeded(&jobs, 20);
     assert_one_task_per_account(&s, &accounts);
     wait_workers(&s, |w| w.len() == 2 && w.iter().all(|w| w["lost"] == false));
+}
+
+#[test]
+fn a_worker_that_needs_code_while_the_server_is_down_waits_for_it() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1000")];
+    let s = TestServer::start_at(BIN, TestCommand::new(BIN), &env, &listen);
+    define_entities(&s);
+    follow_up_and_slow_steps(&s, 1500);
+    let (hostile, follow_up) = (assembly(&s, "hostile"), assembly(&s, "follow-up"));
+    let accounts = [create(&s, "acc0")];
+    // One lease takes both jobs; the slow one runs first, so the worker needs the
+    // follow-up plug-in's code only once it is done.
+    let w1 = worker(&s, "w1", &["--workers", "1", "--batch", "4"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !compiled(&w1, &hostile) {
+        assert!(Instant::now() < deadline, "the worker did not compile the slow plug-in: {:?}", walk(&w1.data_dir));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!compiled(&w1, &follow_up), "the follow-up job ran before the slow one");
+    // Down for longer than the slow job's run: the worker asks for the code meanwhile.
+    let cli = s.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    let s = TestServer::start_at(BIN, cli, &env, &listen);
+    let jobs = wait_jobs(&s, |j| j.len() == 2 && completed(j));
+    assert_all_succeeded(&jobs, 2);
+    assert!(compiled(&w1, &follow_up));
+    assert_one_task_per_account(&s, &accounts);
 }
 
 #[test]
 fn unregistering_a_plugin_fails_its_leased_jobs_and_the_worker_drops_its_code() {
     let s = server_with(&[NO_LOCAL_WORKERS, ("PLUGHOST_LEASE_MS", "1000")]);
     follow_up_and_slow_steps(&s, 300);
-    let hostile = s.get("/api/v1/plugins/hostile").expect(200)["plugin"]["assembly"].as_str().unwrap().to_owned();
+    let hostile = assembly(&s, "hostile");
     let accounts: Vec<String> = (0..6).map(|i| create(&s, &format!("acc{i}"))).collect();
     let w1 = worker(&s, "w1", &["--workers", "1"]);
     wait_jobs(&s, |j| j.iter().any(|j| j["name"].as_str().unwrap().starts_with("slow") && j["status"] == "InProgress"));
-    let compiled = |hash: &str| -> bool {
-        let cache = w1.data_dir.join("worker-cache");
-        std::fs::read_dir(&cache).into_iter().flatten().flatten().any(|engine| {
-            std::fs::read_dir(engine.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|f| f.file_name().to_string_lossy().starts_with(hash))
-        })
-    };
+    let compiled = |hash: &str| compiled(&w1, hash);
     // Leased jobs are InProgress before they start: wait for the code the first one compiled.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !compiled(&hostile) {
