@@ -266,14 +266,13 @@ pub(super) fn select_jobs(
         (JobIndex::Status, _, _, Some(status)) if super::jobs::in_status_index(status) => {
             scan_index(r, &super::jobs::BY_STATUS, status.code(), low, high, newest, &mut take)?
         }
-        // Locked jobs are few and all in the lease index (with some that held a lease
-        // lately: the filter leaves them out): read it whole, in id order.
+        // Locked jobs are few (what the workers hold) and all in the lease index:
+        // read it whole, in id order.
         (JobIndex::Status, ..) => {
             let mut ids = Vec::new();
             for ((_, group), v) in r.all(&super::jobs::LEASES)? {
                 ids.extend(super::jobs::lease_group(group, &v)?.into_iter().filter(|id| (low..=high).contains(id)));
             }
-            // A job renewed is in an entry per lease it held.
             ids.sort_unstable();
             ids.dedup();
             if newest {
