@@ -345,8 +345,31 @@ const COMMIT_POLL: Duration = Duration::from_micros(500);
 const FIRST_GATHER: Duration = Duration::from_millis(2);
 
 /// How long a PostgreSQL writer that found another process writing between two of
-/// its batches leaves the store to it before it writes again.
-const WRITER_TURN: Duration = Duration::from_millis(250);
+/// its batches leaves the store to it before it writes again, at most: it takes its
+/// turn early once the other stops writing ([`wait_turn`]).
+const WRITER_TURN: Duration = Duration::from_millis(500);
+
+/// While a PostgreSQL writer leaves the store to another process, it looks this
+/// often whether that one still writes...
+const TURN_POLL: Duration = Duration::from_millis(5);
+/// ... and takes its turn early once it found the writer row free this many times
+/// in a row (a writer that has stopped writing, or writes now and then, does not
+/// keep the other waiting for a whole turn).
+const IDLE_POLLS: u32 = 4;
+
+/// Waits while another process writes, for at most `turn`.
+fn wait_turn(pg: &super::pg::Pg, turn: Duration) {
+    let ends = Instant::now() + turn;
+    let mut free = 0;
+    while free < IDLE_POLLS && Instant::now() < ends {
+        std::thread::sleep(TURN_POLL.min(ends.saturating_duration_since(Instant::now())));
+        free = match pg.writer_free() {
+            Ok(true) => free + 1,
+            // Busy, or the database cannot say: wait on.
+            _ => 0,
+        };
+    }
+}
 
 /// A batch whose commit runs on the commit thread.
 struct InFlight {
@@ -524,7 +547,7 @@ fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: A
                 // take turns instead of spoiling each other's batches.
                 txn.rollback();
                 stats.reapplied.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(WRITER_TURN);
+                wait_turn(pg, WRITER_TURN);
                 txn = match pg.begin_write() {
                     Ok(t) => t,
                     Err(e) => {
@@ -665,6 +688,26 @@ mod tests {
     /// writer names), each applying batches ahead of their commits, increment one
     /// counter from several threads: every acknowledged increment is there, so a batch
     /// that read ahead over another process's write never committed.
+    /// A writer waiting for its turn goes on waiting while another holds the writer
+    /// lock, and takes its turn early once nobody does.
+    #[test]
+    fn a_waiting_writer_takes_its_turn_early_when_the_other_stops_writing() {
+        let Some(server) = plughost_test_support::postgres::server() else { return };
+        let store = Store::open_postgres(&server.database(), 4).unwrap();
+        let super::super::Engine::Pg(pg) = &store.engine else { unreachable!("a PostgreSQL store") };
+        assert!(pg.writer_free().unwrap());
+        let other = pg.begin_write().unwrap();
+        assert!(!pg.writer_free().unwrap(), "a write transaction holds the writer row");
+        let waited = Instant::now();
+        wait_turn(pg, Duration::from_millis(300));
+        assert!(waited.elapsed() >= Duration::from_millis(300), "the whole turn while the other writes");
+        other.rollback();
+        assert!(pg.writer_free().unwrap());
+        let waited = Instant::now();
+        wait_turn(pg, Duration::from_secs(60));
+        assert!(waited.elapsed() < Duration::from_secs(30), "early: nobody writes");
+    }
+
     #[test]
     fn writers_of_two_processes_on_one_postgresql_database_lose_no_update() {
         let Some(pg) = plughost_test_support::postgres::server() else { return };

@@ -67,6 +67,7 @@ struct Statements {
     upsert: Statement,
     delete: Statement,
     lock: Statement,
+    writer_free: Statement,
 }
 
 struct Conn {
@@ -304,6 +305,13 @@ impl Pg {
         Ok(PgRead { pg: self.clone(), conn: Mutex::new(None) })
     }
 
+    /// Whether no write transaction holds the writer lock now (the row is free; taking
+    /// it for the one statement costs a writer that comes meanwhile microseconds).
+    pub(crate) fn writer_free(&self) -> Result<bool> {
+        let mut conn = self.checkout()?;
+        conn.run(|c| Ok(c.client.query_opt(&c.sql.writer_free, &[])?.is_some()))
+    }
+
     /// Begins a write transaction: waits for the writer lock.
     pub(crate) fn begin_write(&self) -> Result<PgWrite> {
         let w = self.begin_unlocked(None)?;
@@ -359,6 +367,7 @@ fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
             "UPDATE plughost_writer SET version = version + 1, previous_writer = writer, writer = $1
              WHERE id = 1 RETURNING version, previous_writer",
         )?,
+        writer_free: client.prepare("SELECT version FROM plughost_writer WHERE id = 1 FOR UPDATE SKIP LOCKED")?,
     })
 }
 
