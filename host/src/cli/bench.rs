@@ -794,6 +794,7 @@ impl QueueBench {
         let metrics = || -> Result<[u64; 4], CliError> {
             let text = agent
                 .get(format!("http://{addr}/metrics"))
+                .header("Authorization", "Bearer bench")
                 .call()
                 .map_err(|e| fail(&e))?
                 .body_mut()
