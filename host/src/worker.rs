@@ -97,9 +97,9 @@ pub const MIN_LEASE_MS: u64 = 1000;
 /// average run time); the rest stay in the queue for other workers and hosts. With
 /// up to two leases under way that is enough to keep a writer's commits overlapped;
 /// shorter leases keep what a writer applies under its lock short, which is what two
-/// servers on one PostgreSQL database wait for when they hand over (100 ms leases
-/// gave them 0.75x the rate of one server, 30 ms 0.82x; redb and remote workers did
-/// not change: BENCHMARKS.md, thirteenth session).
+/// servers on one PostgreSQL database wait for when they hand over (in interleaved
+/// runs 100 ms leases gave them 0.78x the rate of one server, 30 ms 0.82x; redb and
+/// remote workers did not change: BENCHMARKS.md, thirteenth session).
 const LEASE_AHEAD_US: u64 = 30_000;
 
 /// Worker pool settings.

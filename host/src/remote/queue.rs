@@ -22,7 +22,7 @@ use crate::store::{CommitError, CompletionOutcome, JobCompletion, Outcomes, Rene
 use crate::worker::WorkQueue;
 
 fn commit_error(e: RemoteError) -> CommitError {
-    CommitError::Store(StoreError::Db(format!("{} ({})", e.message, e.code)))
+    CommitError::Store(super::source::store_error(e))
 }
 
 type Reply = oneshot::Sender<Result<Outcomes, CommitError>>;

@@ -28,7 +28,7 @@ const SCAN_PAGE: usize = 250;
 
 /// A failed call as the pipeline sees it: a server that stayed unreachable (or whose
 /// store did) is unavailable, so the job runs again later rather than failing.
-fn store_error(e: RemoteError) -> StoreError {
+pub(super) fn store_error(e: RemoteError) -> StoreError {
     let message = format!("{} ({})", e.message, e.code);
     if e.transient() { StoreError::Unavailable(message) } else { StoreError::Db(message) }
 }

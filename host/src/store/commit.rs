@@ -358,7 +358,7 @@ const TURN_POLL: Duration = Duration::from_millis(5);
 const IDLE_POLLS: u32 = 4;
 
 /// Waits while another process writes, for at most `turn`.
-fn wait_turn(pg: &super::pg::Pg, turn: Duration) {
+fn wait_turn(pg: &pg::Pg, turn: Duration) {
     let ends = Instant::now() + turn;
     let mut free = 0;
     while free < IDLE_POLLS && Instant::now() < ends {
@@ -437,7 +437,7 @@ impl CommitThread {
 /// another transaction (another `plughost serve`, or a registration in this one)
 /// wrote in between, it forgets what it did and applies its operations again under
 /// the lock. A batch whose predecessor failed is applied again too.
-fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: Arc<CommitStats>) {
+fn pg_writer(pg: &pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: Arc<CommitStats>) {
     let committer = CommitThread::start(stats.clone());
     let mut inflight: Option<InFlight> = None;
     let mut closed = false;
@@ -532,29 +532,27 @@ fn pg_writer(pg: &super::pg::Pg, rx: &Receiver<Work>, max_batch: usize, stats: A
                     continue;
                 }
             };
-            if !ahead_committed || version != expected && !txn.after_other() {
-                // What it read ahead never reached the store, or this process wrote
-                // in between (a registration): apply again on what the store holds.
-                txn.restart();
-                let running = Instant::now();
-                ran = run_all(&mut batch, &Write::Pg(&txn));
-                applying += running.elapsed();
+            if !ahead_committed || version != expected {
+                if ahead_committed && txn.after_other() {
+                    // Another writer got in between, so what was read ahead may be
+                    // stale. Let it have the store for a while (its batches go on
+                    // overlapping their commits), then apply again: writers on several
+                    // processes take turns instead of spoiling each other's batches.
+                    txn.rollback();
+                    wait_turn(pg, WRITER_TURN);
+                    txn = match pg.begin_write() {
+                        Ok(t) => t,
+                        Err(e) => {
+                            refuse(batch, &e);
+                            continue;
+                        }
+                    };
+                } else {
+                    // What it read ahead never reached the store, or this process wrote
+                    // in between (a registration): apply again on what the store holds.
+                    txn.restart();
+                }
                 stats.reapplied.fetch_add(1, Ordering::Relaxed);
-            } else if version != expected {
-                // Another writer got in between, so what was read ahead may be stale.
-                // Let it have the store for a while (its batches go on overlapping
-                // their commits), then apply again: writers on several processes
-                // take turns instead of spoiling each other's batches.
-                txn.rollback();
-                stats.reapplied.fetch_add(1, Ordering::Relaxed);
-                wait_turn(pg, WRITER_TURN);
-                txn = match pg.begin_write() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        refuse(batch, &e);
-                        continue;
-                    }
-                };
                 let running = Instant::now();
                 ran = run_all(&mut batch, &Write::Pg(&txn));
                 applying += running.elapsed();
@@ -684,10 +682,6 @@ mod tests {
     use super::*;
     use crate::store::META;
 
-    /// Two processes' writers on one database (two stores: two pools with their own
-    /// writer names), each applying batches ahead of their commits, increment one
-    /// counter from several threads: every acknowledged increment is there, so a batch
-    /// that read ahead over another process's write never committed.
     /// A writer waiting for its turn goes on waiting while another holds the writer
     /// lock, and takes its turn early once nobody does.
     #[test]
@@ -708,6 +702,10 @@ mod tests {
         assert!(waited.elapsed() < Duration::from_secs(30), "early: nobody writes");
     }
 
+    /// Two processes' writers on one database (two stores: two pools with their own
+    /// writer names), each applying batches ahead of their commits, increment one
+    /// counter from several threads: every acknowledged increment is there, so a batch
+    /// that read ahead over another process's write never committed.
     #[test]
     fn writers_of_two_processes_on_one_postgresql_database_lose_no_update() {
         let Some(pg) = plughost_test_support::postgres::server() else { return };
