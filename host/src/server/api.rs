@@ -860,6 +860,12 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<HttpResponse> {
             "PostgreSQL: batches applied again because another transaction wrote while they were applied ahead of the commit before them.",
             cs.reapplied.load(Relaxed),
         ),
+        (
+            "plughost_group_commit_carried_total",
+            counter,
+            "PostgreSQL: operations left to the next batch when a batch applied again under the writer lock was cut short.",
+            cs.carried.load(Relaxed),
+        ),
         ("plughost_invocations_total", counter, "Plug-in invocations.", rt.invocations),
         ("plughost_compiled_total", counter, "Components compiled (not loaded from the cache).", rt.compiled),
     ]);
