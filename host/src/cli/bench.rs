@@ -240,7 +240,8 @@ pub(crate) struct QueueBench {
     remote_workers: usize,
     /// Also drain the same number of jobs with 1, then 2, ... up to this many
     /// `plughost serve` processes on the same PostgreSQL store (`--store`), each with
-    /// `--workers` workers, in the same run.
+    /// `--workers` workers, in the same run, and again from this many down to 1 (each
+    /// count's figure is the mean of its two drains).
     #[arg(long, default_value_t = 0)]
     instances: usize,
 }
@@ -404,10 +405,18 @@ impl QueueBench {
             let Some(url) = config.store.clone() else {
                 return Err(CliError::new("bench", "--instances needs a PostgreSQL store (--store URL)"));
             };
-            for n in 1..=self.instances {
-                instances.push((n, self.instances_drain(&url, &wasm, tmp.path(), n)?));
+            // 1, 2, ..., N, then N, ..., 2, 1: every drain leaves its jobs in the
+            // database, so a later drain runs on a bigger one; in this order each count
+            // of processes meets, on average, the same database size.
+            let order: Vec<usize> = (1..=self.instances).chain((1..=self.instances).rev()).collect();
+            let mut runs: Vec<Vec<f64>> = vec![Vec::new(); self.instances];
+            for (k, n) in order.into_iter().enumerate() {
+                let dir = tmp.path().join(format!("instances-{k}-{n}"));
+                runs[n - 1].push(self.instances_drain(&url, &wasm, &dir, n)?);
             }
+            instances = runs.into_iter().enumerate().map(|(i, r)| (i + 1, r)).collect();
         }
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
 
         let json = serde_json::json!({
             "command": "plughost bench queue",
@@ -431,7 +440,8 @@ impl QueueBench {
             "remote_jobs_per_second": remote.as_ref().map(|r| r.0),
             "remote_vs_in_process": remote.as_ref().map(|r| r.0 / drained),
             "remote_writer": remote.as_ref().map(|r| &r.1),
-            "instances_jobs_per_second": instances.iter().map(|(n, r)| (n.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
+            "instances_jobs_per_second": instances.iter().map(|(n, r)| (n.to_string(), mean(r))).collect::<std::collections::BTreeMap<_, _>>(),
+            "instances_runs_jobs_per_second": instances.iter().map(|(n, r)| (n.to_string(), r.clone())).collect::<std::collections::BTreeMap<_, _>>(),
         });
         g.print(&json, || {
             table(vec![
@@ -457,9 +467,11 @@ impl QueueBench {
                 100.0 * w.apply_share,
                 100.0 * w.commit_share
             )) + &instances.iter().map(|(n, r)| format!(
-                "{n} `plughost serve` process(es) on the store, {} workers each: {r:.0} jobs/s, {:.2}x one\n",
+                "{n} `plughost serve` process(es) on the store, {} workers each: {:.0} jobs/s ({}), {:.2}x one\n",
                 self.workers,
-                r / instances[0].1
+                mean(r),
+                r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / "),
+                mean(r) / mean(&instances[0].1)
             )).collect::<String>() + &format!(
                 "drain: {:.2}x the raw redb loop; {commits} commits of {:.1} operations; the writer spent {:.0}% of the time applying operations and {:.0}% committing\n",
                 drained / raw,
@@ -650,12 +662,11 @@ impl QueueBench {
     /// Drains `self.jobs` jobs with `n` `plughost serve` processes on the PostgreSQL
     /// store `url`: jobs per second from the moment the paused service resumes on every
     /// process (each ran a few jobs first, so its compile cache is warm) until all are done.
-    fn instances_drain(&self, url: &str, wasm: &[u8], tmp: &std::path::Path, n: usize) -> Result<f64, CliError> {
+    fn instances_drain(&self, url: &str, wasm: &[u8], dir: &std::path::Path, n: usize) -> Result<f64, CliError> {
         let fail = |e: &dyn std::fmt::Display| CliError::new("bench", e.to_string());
-        let dir = tmp.join(format!("instances-{n}"));
-        std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+        std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let config = plughost::config::Config { store: Some(url.to_owned()), ..Default::default() };
-        let pipeline = plughost::server::open_host(&config, &dir).map_err(|e| fail(&e))?;
+        let pipeline = plughost::server::open_host(&config, dir).map_err(|e| fail(&e))?;
         let (reg, context) = bench_step(&pipeline, wasm, self.reuse)?;
         let store = pipeline.store().clone();
         store.set_service_paused(true).map_err(|e| fail(&e))?;
