@@ -400,7 +400,8 @@ impl QueueBench {
             0 => None,
             n => Some(self.remote_drain(&wasm, tmp.path(), n)?),
         };
-        let mut instances = Vec::new();
+        // Each count of processes' drains, for 1, 2, ... processes.
+        let mut instances: Vec<Vec<f64>> = Vec::new();
         if self.instances > 0 {
             let Some(url) = config.store.clone() else {
                 return Err(CliError::new("bench", "--instances needs a PostgreSQL store (--store URL)"));
@@ -409,12 +410,11 @@ impl QueueBench {
             // database, so a later drain runs on a bigger one; in this order each count
             // of processes meets, on average, the same database size.
             let order: Vec<usize> = (1..=self.instances).chain((1..=self.instances).rev()).collect();
-            let mut runs: Vec<Vec<f64>> = vec![Vec::new(); self.instances];
+            instances = vec![Vec::new(); self.instances];
             for (k, n) in order.into_iter().enumerate() {
                 let dir = tmp.path().join(format!("instances-{k}-{n}"));
-                runs[n - 1].push(self.instances_drain(&url, &wasm, &dir, n)?);
+                instances[n - 1].push(self.instances_drain(&url, &wasm, &dir, n)?);
             }
-            instances = runs.into_iter().enumerate().map(|(i, r)| (i + 1, r)).collect();
         }
         let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
 
@@ -440,8 +440,8 @@ impl QueueBench {
             "remote_jobs_per_second": remote.as_ref().map(|r| r.0),
             "remote_vs_in_process": remote.as_ref().map(|r| r.0 / drained),
             "remote_writer": remote.as_ref().map(|r| &r.1),
-            "instances_jobs_per_second": instances.iter().map(|(n, r)| (n.to_string(), mean(r))).collect::<std::collections::BTreeMap<_, _>>(),
-            "instances_runs_jobs_per_second": instances.iter().map(|(n, r)| (n.to_string(), r.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+            "instances_jobs_per_second": instances.iter().enumerate().map(|(i, r)| ((i + 1).to_string(), mean(r))).collect::<std::collections::BTreeMap<_, _>>(),
+            "instances_runs_jobs_per_second": instances.iter().enumerate().map(|(i, r)| ((i + 1).to_string(), r)).collect::<std::collections::BTreeMap<_, _>>(),
         });
         g.print(&json, || {
             table(vec![
@@ -466,12 +466,13 @@ impl QueueBench {
                 w.operations_per_commit,
                 100.0 * w.apply_share,
                 100.0 * w.commit_share
-            )) + &instances.iter().map(|(n, r)| format!(
-                "{n} `plughost serve` process(es) on the store, {} workers each: {:.0} jobs/s ({}), {:.2}x one\n",
+            )) + &instances.iter().enumerate().map(|(i, r)| format!(
+                "{} `plughost serve` process(es) on the store, {} workers each: {:.0} jobs/s ({}), {:.2}x one\n",
+                i + 1,
                 self.workers,
                 mean(r),
                 r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / "),
-                mean(r) / mean(&instances[0].1)
+                mean(r) / mean(&instances[0])
             )).collect::<String>() + &format!(
                 "drain: {:.2}x the raw redb loop; {commits} commits of {:.1} operations; the writer spent {:.0}% of the time applying operations and {:.0}% committing\n",
                 drained / raw,

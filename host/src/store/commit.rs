@@ -736,21 +736,18 @@ mod tests {
         let Some(server) = plughost_test_support::postgres::server() else { return };
         let url = server.database();
         let committer = Committer::start(Arc::new(Store::open_postgres(&url, 4).unwrap()), 64);
-        let other = Arc::new(Store::open_postgres(&url, 4).unwrap());
+        let other = Store::open_postgres(&url, 4).unwrap();
         let (go, went) = mpsc::channel::<()>();
         // Another process: waits for the writer lock while the first batch holds it,
         // then keeps it long enough for the second batch to find its write.
-        let intruder = {
-            let other = other.clone();
-            std::thread::spawn(move || {
-                went.recv().unwrap();
-                let super::super::Engine::Pg(pg) = &other.engine else { unreachable!("a PostgreSQL store") };
-                let txn = pg.begin_write().unwrap();
-                Write::Pg(&txn).insert(&META, &"intruder".to_owned(), &codec::encode(&1u64).unwrap()).unwrap();
-                std::thread::sleep(Duration::from_millis(150));
-                txn.commit().unwrap();
-            })
-        };
+        let intruder = std::thread::spawn(move || {
+            went.recv().unwrap();
+            let super::super::Engine::Pg(pg) = &other.engine else { unreachable!("a PostgreSQL store") };
+            let txn = pg.begin_write().unwrap();
+            Write::Pg(&txn).insert(&META, &"intruder".to_owned(), &codec::encode(&1u64).unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            txn.commit().unwrap();
+        });
         let key = |i: usize| format!("sliced_{i}");
         let write = move |i: usize| {
             let mut runs = 0;
